@@ -1,0 +1,264 @@
+//! Core benchmarks (issue #2). Run with `cargo bench --bench core`; figures are printed and written to
+//! `docs/benchmarks.md`.
+//!
+//! 1. Allocation cycle: one DRF pass over 10,000 agents for 1,000 frameworks (target < 50 ms).
+//! 2. End-to-end launch throughput: a real `keel master` process, simulated agents (the in-memory
+//!    containerizer, which reports RUNNING then FINISHED) and a framework on the gRPC scheduler API; tasks
+//!    launched, finished and acknowledged per second (target >= 10,000/s).
+//! 3. Master memory with 100,000 running tasks (resident set of the master process).
+//!
+//! `KEEL_BENCH_QUICK=1` shrinks every run, for a smoke test.
+
+use std::fmt::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_core::agent::{self, AgentConfig, memory::MemoryContainerizer};
+use keel_core::allocator::Allocator;
+use keel_core::api::{Call, Event, Filters, FrameworkInfo};
+use keel_core::ids::{AgentId, FrameworkId, TaskId};
+use keel_core::resources::Resources;
+use keel_core::scheduler::{self, DriverEvent};
+use keel_core::task::{CommandSpec, TaskSpec, TaskState};
+use tokio_util::sync::CancellationToken;
+
+fn quick() -> bool {
+    std::env::var("KEEL_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn allocation_cycle() -> (Duration, Duration, usize) {
+    let (agents, frameworks) = if quick() { (1_000, 100) } else { (10_000, 1_000) };
+    let mut a = Allocator::new();
+    let per_agent: Resources = "cpus:16;mem:65536;disk:500000;ports:[31000-32000]".parse().unwrap();
+    for i in 0..agents {
+        a.add_agent(&AgentId::parse(format!("agent-{i}")).unwrap(), &per_agent);
+    }
+    for i in 0..frameworks {
+        let role = format!("role-{}", i % 10);
+        a.set_weight(&role, 1.0 + (i % 3) as f64);
+        a.add_framework(&FrameworkId::parse(format!("framework-{i}")).unwrap(), &role, true);
+    }
+    let mut times = Vec::new();
+    let mut offered = 0;
+    for _ in 0..21 {
+        let start = Instant::now();
+        let allocations = a.allocate(Instant::now());
+        times.push(start.elapsed());
+        offered = allocations.len();
+        // Everything comes back (declined with no filter), so the next pass does the full work again.
+        for al in allocations {
+            a.recover(&al.framework_id, &al.agent_id, &al.resources);
+        }
+    }
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 1.0), offered)
+}
+
+struct MasterProcess {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl MasterProcess {
+    fn start() -> MasterProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", dir.path().to_str().unwrap()])
+            .args(["--agent-timeout", "60s", "--offer-timeout", "0"])
+            .env("KEEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn keel master");
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        MasterProcess { child, url, _dir: dir }
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        kb / 1024.0
+    }
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `n` simulated agents against `url`.
+fn start_agents(
+    url: &str,
+    n: usize,
+    resources: &str,
+    run_for: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let containerizer = Arc::new(MemoryContainerizer::new(run_for));
+    for i in 0..n {
+        let mut config = AgentConfig::new(url, dir.path().join(format!("agent-{i}")), resources.parse().unwrap());
+        config.hostname = format!("sim-{i}");
+        config.checkpoint = false;
+        tokio::spawn(agent::run(config, containerizer.clone(), shutdown.clone()));
+    }
+    dir
+}
+
+fn tiny_task(n: usize, resources: &Resources) -> TaskSpec {
+    TaskSpec {
+        id: TaskId::parse(format!("t{n}")).unwrap(),
+        name: "bench".into(),
+        resources: resources.clone(),
+        command: CommandSpec { value: "simulated".into(), shell: true, ..Default::default() },
+        labels: Default::default(),
+        kill_grace: None,
+    }
+}
+
+/// Launches `total` tasks through the scheduler API and waits until `done_state` was reported for all of
+/// them; returns the elapsed time from the first offer.
+async fn launch_all(url: &str, total: usize, task_resources: &str, done_state: TaskState) -> Duration {
+    let shutdown = CancellationToken::new();
+    let (driver, mut events) = scheduler::start(url, FrameworkInfo::new("bench"), None, shutdown.clone());
+    let per_task: Resources = task_resources.parse().unwrap();
+    let (mut launched, mut done) = (0usize, 0usize);
+    let mut started: Option<Instant> = None;
+    while done < total {
+        let Some(event) = events.recv().await else { panic!("driver stopped") };
+        match event {
+            DriverEvent::Event(Event::Offers(offers)) => {
+                started.get_or_insert_with(Instant::now);
+                for offer in offers {
+                    let mut left = offer.resources.clone();
+                    let mut tasks = Vec::new();
+                    while launched < total && left.contains(&per_task) {
+                        left.subtract(&per_task);
+                        tasks.push(tiny_task(launched, &per_task));
+                        launched += 1;
+                    }
+                    let filters = Filters { refuse: Some(Duration::ZERO) };
+                    let call = if tasks.is_empty() {
+                        Call::Decline {
+                            offer_ids: vec![offer.id],
+                            filters: Filters { refuse: Some(Duration::from_secs(60)) },
+                        }
+                    } else {
+                        Call::Accept { offer_ids: vec![offer.id], tasks, filters }
+                    };
+                    driver.call(call).await.unwrap();
+                }
+            }
+            DriverEvent::Event(Event::Update(s)) => {
+                if let (Some(uuid), Some(agent_id)) = (s.uuid, s.agent_id) {
+                    driver.call(Call::Acknowledge { agent_id, task_id: s.task_id.clone(), uuid }).await.unwrap();
+                }
+                if s.state == done_state {
+                    done += 1;
+                } else if s.state.is_terminal() {
+                    panic!("task {} ended {} ({})", s.task_id, s.state, s.message);
+                }
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+    shutdown.cancel();
+    elapsed
+}
+
+async fn throughput() -> (usize, Duration) {
+    let total = if quick() { 5_000 } else { 100_000 };
+    let master = MasterProcess::start();
+    let shutdown = CancellationToken::new();
+    let _dirs = start_agents(&master.url, 100, "cpus:64;mem:262144;disk:0", Some(Duration::ZERO), &shutdown);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let elapsed = launch_all(&master.url, total, "cpus:0.1;mem:32", TaskState::Finished).await;
+    shutdown.cancel();
+    (total, elapsed)
+}
+
+async fn memory() -> (usize, f64, f64, Duration) {
+    let total = if quick() { 10_000 } else { 100_000 };
+    let master = MasterProcess::start();
+    let shutdown = CancellationToken::new();
+    let _dirs = start_agents(&master.url, 100, "cpus:1000;mem:1000000;disk:0", None, &shutdown);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = master.rss_mb();
+    let elapsed = launch_all(&master.url, total, "cpus:0.01;mem:1", TaskState::Running).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = master.rss_mb();
+    shutdown.cancel();
+    (total, before, after, elapsed)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (such as `cargo test --benches`) only checks it builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut report = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        report,
+        "# Benchmarks\n\nRecorded by `cargo bench --bench core` on {} cores ({cpu}){}.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        if quick() { ", QUICK mode" } else { "" }
+    );
+
+    let (median, max, offers) = allocation_cycle();
+    println!("allocation cycle: median {median:?}, max {max:?} ({offers} offers per cycle)");
+    let verdict = if median < Duration::from_millis(50) { "meets" } else { "MISSES" };
+    let _ = writeln!(
+        report,
+        "## 1. Allocation cycle\n\n10,000 agents, 1,000 frameworks in 10 weighted roles, every agent offerable each pass (21 passes).\n\n| median | max | offers per pass | target |\n|---|---|---|---|\n| {:.1} ms | {:.1} ms | {offers} | < 50 ms ({verdict}) |\n",
+        median.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+
+    let (n, elapsed) = rt.block_on(throughput());
+    let rate = n as f64 / elapsed.as_secs_f64();
+    println!("launch throughput: {n} tasks in {elapsed:?} = {rate:.0} tasks/s");
+    let verdict = if rate >= 10_000.0 { "meets" } else { "MISSES" };
+    let _ = writeln!(
+        report,
+        "## 2. End-to-end launch throughput\n\nA `keel master` process; 100 simulated agents (in-memory containerizer: RUNNING, then FINISHED) and one framework in the benchmark process, all on gRPC over loopback, sharing the same cores. A task counts once its FINISHED update is received and acknowledged.\n\n| tasks | seconds | tasks/s | target |\n|---|---|---|---|\n| {n} | {:.2} | {rate:.0} | >= 10,000/s ({verdict}) |\n",
+        elapsed.as_secs_f64()
+    );
+
+    let (n, before, after, elapsed) = rt.block_on(memory());
+    println!("master memory: {before:.0} MiB idle, {after:.0} MiB with {n} running tasks (launched in {elapsed:?})");
+    let _ = writeln!(
+        report,
+        "## 3. Master memory\n\nResident set of the master process with 100 simulated agents, before and after launching tasks that keep running.\n\n| running tasks | RSS idle | RSS with tasks | per task |\n|---|---|---|---|\n| {n} | {before:.0} MiB | {after:.0} MiB | {:.2} KiB |\n",
+        (after - before) * 1024.0 / n as f64
+    );
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+    std::fs::write(path, report).expect("write docs/benchmarks.md");
+    println!("wrote {path}");
+}

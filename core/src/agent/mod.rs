@@ -1,0 +1,618 @@
+//! The agent: it registers its resources with the master, runs the tasks the master sends through a
+//! [`Containerizer`], and reports their states until the framework acknowledges each report.
+//!
+//! One actor ([`Agent`]) owns the tasks. A connection task keeps a gRPC stream to the master open,
+//! reconnecting with backoff, and feeds what arrives into the actor. Status updates of a task are queued;
+//! only the head is sent, and it is re-sent until acknowledged, so each task's updates arrive at least once
+//! and in order. Every change is checkpointed to `WORK_DIR/meta` before it is acted on, so a restarted
+//! agent re-attaches to running tasks and re-sends unacknowledged updates. Shutting the agent down never
+//! stops its tasks.
+
+pub mod containerizer;
+pub mod memory;
+pub mod process;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::api::{AgentInfo, AgentTask, MasterMessage};
+use crate::ids::{AgentId, FrameworkId, TaskId};
+use crate::proto;
+use crate::proto::agent_service_client::AgentServiceClient;
+use crate::resources::{PortSet, Resources, Scalar};
+use crate::task::{Source, TaskSpec, TaskState, TaskStatus, now_seconds, reason};
+
+pub use containerizer::{ContainerRecord, Containerizer, LaunchRequest, Termination};
+
+/// How long a kill waits between SIGTERM and SIGKILL when the task does not say.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The master's URL, such as `http://127.0.0.1:5050`.
+    pub master: String,
+    /// Sandboxes and checkpoints live here.
+    pub work_dir: PathBuf,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+    pub hostname: String,
+    pub default_kill_grace: Duration,
+    /// Re-send an unacknowledged update after this long.
+    pub status_retry: Duration,
+    /// Write checkpoints to disk. Off only for simulated agents in benchmarks.
+    pub checkpoint: bool,
+}
+
+impl AgentConfig {
+    pub fn new(master: impl Into<String>, work_dir: impl Into<PathBuf>, resources: Resources) -> Self {
+        AgentConfig {
+            master: normalize_url(&master.into()),
+            work_dir: work_dir.into(),
+            resources,
+            attributes: Vec::new(),
+            hostname: hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()),
+            default_kill_grace: DEFAULT_KILL_GRACE,
+            status_retry: Duration::from_secs(2),
+            checkpoint: true,
+        }
+    }
+}
+
+/// Accepts `host:port` as well as a full URL.
+pub fn normalize_url(url: &str) -> String {
+    if url.contains("://") {
+        url.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", url.trim_end_matches('/'))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot use work directory {path}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path} is corrupt")]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("containerizer could not recover: {0}")]
+    Recover(#[from] containerizer::ContainerError),
+}
+
+/// The resources of this machine: all cpus, memory less 1 GiB (at least half kept), the work dir's free
+/// disk less 5 GiB (at least half kept), and ports 31000-32000, as Mesos does.
+pub fn detect_resources(work_dir: &Path) -> Resources {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let mem_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(1024.0);
+    let disk_mb = nix::sys::statvfs::statvfs(work_dir)
+        .map(|s| s.blocks_available() as f64 * s.fragment_size() as f64 / 1_048_576.0)
+        .unwrap_or(10_240.0);
+    let keep = |total: f64, reserve: f64| (total - reserve).max(total / 2.0).floor();
+    Resources {
+        cpus: Scalar::from_f64(cpus).unwrap_or_default(),
+        mem: Scalar::from_f64(keep(mem_mb, 1024.0)).unwrap_or_default(),
+        disk: Scalar::from_f64(keep(disk_mb, 5120.0)).unwrap_or_default(),
+        ports: PortSet::from_ranges([(31000, 32000)]).unwrap_or_default(),
+    }
+}
+
+/// A task as the agent checkpoints it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct LocalTask {
+    framework_id: FrameworkId,
+    spec: TaskSpec,
+    state: TaskState,
+    container: Option<ContainerRecord>,
+    /// Updates not yet acknowledged, oldest first; only the first is in flight.
+    pending: VecDeque<TaskStatus>,
+    kill_requested: bool,
+    #[serde(skip)]
+    last_sent: Option<Instant>,
+}
+
+type Key = (FrameworkId, TaskId);
+
+enum Input {
+    /// A stream to the master opened: register on it.
+    Connected {
+        outbox: mpsc::Sender<proto::AgentMessage>,
+        generation: u64,
+    },
+    Disconnected {
+        generation: u64,
+    },
+    FromMaster(MasterMessage),
+    Launched {
+        key: Key,
+        result: Result<ContainerRecord, String>,
+    },
+    Exited {
+        key: Key,
+        termination: Termination,
+    },
+}
+
+struct Agent {
+    config: AgentConfig,
+    containerizer: Arc<dyn Containerizer>,
+    agent_id: Option<AgentId>,
+    tasks: HashMap<Key, LocalTask>,
+    outbox: Option<(mpsc::Sender<proto::AgentMessage>, u64)>,
+    registered: bool,
+    heartbeat: Duration,
+    inputs: mpsc::Sender<Input>,
+}
+
+/// Runs an agent until `shutdown` is cancelled. Its tasks keep running after it stops.
+pub async fn run(
+    config: AgentConfig,
+    containerizer: Arc<dyn Containerizer>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let (inputs, mut rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
+    let mut agent = Agent {
+        containerizer,
+        agent_id: None,
+        tasks: HashMap::new(),
+        outbox: None,
+        registered: false,
+        heartbeat: Duration::from_secs(2),
+        inputs: inputs.clone(),
+        config,
+    };
+    agent.recover().await?;
+    tokio::spawn(connection_loop(agent.config.master.clone(), inputs, shutdown.clone()));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_heartbeat = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            input = rx.recv() => match input {
+                Some(input) => agent.handle(input),
+                None => break,
+            },
+            _ = tick.tick() => {
+                if agent.registered && last_heartbeat.elapsed() >= agent.heartbeat {
+                    last_heartbeat = Instant::now();
+                    agent.send(proto::agent_message::Kind::Heartbeat(proto::agent_message::Heartbeat {}));
+                }
+                agent.retry_updates();
+            }
+        }
+    }
+    info!("agent stopped; its tasks keep running");
+    Ok(())
+}
+
+/// Keeps one stream to the master open, reconnecting with backoff.
+async fn connection_loop(master: String, inputs: mpsc::Sender<Input>, shutdown: CancellationToken) {
+    let mut generation = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    while !shutdown.is_cancelled() {
+        generation += 1;
+        let (outbox, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
+        let attempt = async {
+            let mut client = AgentServiceClient::connect(master.clone()).await.map_err(|e| e.to_string())?;
+            client = client.max_decoding_message_size(64 << 20);
+            if inputs.send(Input::Connected { outbox, generation }).await.is_err() {
+                return Ok(());
+            }
+            let mut stream =
+                client.attach(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_owned())?.into_inner();
+            info!(%master, "connected to master");
+            warned = false;
+            backoff = Duration::from_millis(100);
+            while let Some(msg) = stream.next().await {
+                let msg = msg.map_err(|s| s.message().to_owned())?;
+                match MasterMessage::try_from(msg) {
+                    Ok(m) => {
+                        if inputs.send(Input::FromMaster(m)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "malformed message from master ignored"),
+                }
+            }
+            Err::<(), String>("the master closed the stream".into())
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = inputs.send(Input::Disconnected { generation }).await;
+        if let Err(e) = result {
+            if warned {
+                debug!(%master, error = %e, "still cannot reach master");
+            } else {
+                warn!(%master, error = %e, "lost connection to master; reconnecting");
+                warned = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+impl Agent {
+    fn meta_dir(&self) -> PathBuf {
+        self.config.work_dir.join("meta")
+    }
+
+    fn task_file(&self, key: &Key) -> PathBuf {
+        self.meta_dir().join("tasks").join(key.0.as_str()).join(format!("{}.json", key.1))
+    }
+
+    fn sandbox(&self, key: &Key) -> PathBuf {
+        self.config.work_dir.join("sandboxes").join(key.0.as_str()).join(key.1.as_str())
+    }
+
+    /// Reads the checkpoints and re-attaches to every container still recorded.
+    async fn recover(&mut self) -> Result<(), AgentError> {
+        let work_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AgentError::WorkDir { path, source }
+        };
+        let meta = self.meta_dir();
+        std::fs::create_dir_all(meta.join("tasks")).map_err(work_err(&meta))?;
+        if let Ok(id) = std::fs::read_to_string(meta.join("agent_id"))
+            && let Ok(id) = AgentId::parse(id.trim())
+        {
+            self.agent_id = Some(id);
+        }
+        let tasks_dir = meta.join("tasks");
+        for fw_dir in std::fs::read_dir(&tasks_dir).map_err(work_err(&tasks_dir))?.flatten() {
+            for entry in std::fs::read_dir(fw_dir.path()).map_err(work_err(&fw_dir.path()))?.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let bytes = std::fs::read(&path).map_err(work_err(&path))?;
+                let task: LocalTask = serde_json::from_slice(&bytes)
+                    .map_err(|source| AgentError::Checkpoint { path: path.clone(), source })?;
+                self.tasks.insert((task.framework_id.clone(), task.spec.id.clone()), task);
+            }
+        }
+        let records: Vec<ContainerRecord> =
+            self.tasks.values().filter(|t| !t.state.is_terminal()).filter_map(|t| t.container.clone()).collect();
+        self.containerizer.recover(&records).await?;
+        let keys: Vec<Key> = self.tasks.keys().cloned().collect();
+        for key in keys {
+            let task = &self.tasks[&key];
+            if task.state.is_terminal() {
+                continue;
+            }
+            match task.container.clone() {
+                Some(record) => {
+                    info!(task_id = %key.1, "re-attaching to task");
+                    self.watch(key, record);
+                }
+                None => {
+                    let status = self.status(
+                        &key.1,
+                        TaskState::Failed,
+                        reason::AGENT_RESTARTED,
+                        "the agent restarted while launching the task".into(),
+                    );
+                    self.push_update(&key, status);
+                }
+            }
+        }
+        info!(agent_id = ?self.agent_id, tasks = self.tasks.len(), containerizer = self.containerizer.name(), "agent recovered");
+        Ok(())
+    }
+
+    fn checkpoint(&self, key: &Key) {
+        if !self.config.checkpoint {
+            return;
+        }
+        let path = self.task_file(key);
+        let result = (|| {
+            let Some(task) = self.tasks.get(key) else {
+                return match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                };
+            };
+            std::fs::create_dir_all(path.parent().expect("task file has a parent"))?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(task)?)?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = result {
+            error!(path = %path.display(), error = %e, "cannot checkpoint task");
+        }
+    }
+
+    fn send(&mut self, kind: proto::agent_message::Kind) -> bool {
+        let Some((outbox, _)) = &self.outbox else { return false };
+        // A full outbox means the master is not reading; the retry timer re-sends updates.
+        outbox.try_send(proto::AgentMessage { kind: Some(kind) }).is_ok()
+    }
+
+    fn send_head(&mut self, key: &Key) {
+        if !self.registered {
+            return;
+        }
+        let Some(task) = self.tasks.get_mut(key) else { return };
+        let Some(status) = task.pending.front() else { return };
+        task.last_sent = Some(Instant::now());
+        let msg = proto::agent_message::Kind::StatusUpdate(proto::agent_message::StatusUpdate {
+            framework_id: key.0.to_string(),
+            status: Some(status.into()),
+        });
+        self.send(msg);
+    }
+
+    fn retry_updates(&mut self) {
+        let retry = self.config.status_retry;
+        let due: Vec<Key> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.pending.is_empty() && t.last_sent.is_none_or(|s| s.elapsed() >= retry))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            debug!(task_id = %key.1, "re-sending unacknowledged update");
+            self.send_head(&key);
+        }
+    }
+
+    fn status(&self, task_id: &TaskId, state: TaskState, reason: &str, message: String) -> TaskStatus {
+        TaskStatus {
+            task_id: task_id.clone(),
+            state,
+            message,
+            source: Source::Agent,
+            reason: Some(reason.to_owned()),
+            agent_id: self.agent_id.clone(),
+            uuid: Some(uuid::Uuid::new_v4().to_string()),
+            timestamp: now_seconds(),
+            exit_code: None,
+            healthy: None,
+        }
+    }
+
+    /// Records a new state and queues its update for reliable delivery.
+    fn push_update(&mut self, key: &Key, status: TaskStatus) {
+        let Some(task) = self.tasks.get_mut(key) else { return };
+        task.state = status.state;
+        task.pending.push_back(status);
+        let first = task.pending.len() == 1;
+        self.checkpoint(key);
+        if first {
+            self.send_head(key);
+        }
+    }
+
+    fn watch(&self, key: Key, record: ContainerRecord) {
+        let containerizer = self.containerizer.clone();
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let termination = containerizer.wait(&record).await;
+            let _ = inputs.send(Input::Exited { key, termination }).await;
+        });
+    }
+
+    fn kill(&self, key: &Key) {
+        let Some(task) = self.tasks.get(key) else { return };
+        let Some(record) = task.container.clone() else { return };
+        let grace = task.spec.kill_grace.unwrap_or(self.config.default_kill_grace);
+        let containerizer = self.containerizer.clone();
+        let task_id = key.1.clone();
+        tokio::spawn(async move {
+            if let Err(e) = containerizer.kill(&record, grace).await {
+                error!(%task_id, error = %e, "kill failed");
+            }
+        });
+    }
+
+    fn register_message(&self) -> proto::agent_message::Kind {
+        let info = AgentInfo {
+            id: self.agent_id.clone(),
+            hostname: self.config.hostname.clone(),
+            resources: self.config.resources.clone(),
+            attributes: self.config.attributes.clone(),
+            docker: self.containerizer.supports_docker(),
+        };
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|((fid, _), t)| {
+                proto::AgentTask::from(&AgentTask { framework_id: fid.clone(), spec: t.spec.clone(), state: t.state })
+            })
+            .collect();
+        proto::agent_message::Kind::Register(proto::agent_message::Register { info: Some((&info).into()), tasks })
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Connected { outbox, generation } => {
+                self.outbox = Some((outbox, generation));
+                self.registered = false;
+                let register = self.register_message();
+                self.send(register);
+            }
+            Input::Disconnected { generation } => {
+                if self.outbox.as_ref().is_some_and(|(_, g)| *g == generation) {
+                    self.outbox = None;
+                    self.registered = false;
+                }
+            }
+            Input::FromMaster(msg) => self.master_message(msg),
+            Input::Launched { key, result } => self.launched(key, result),
+            Input::Exited { key, termination } => self.exited(key, termination),
+        }
+    }
+
+    fn master_message(&mut self, msg: MasterMessage) {
+        match msg {
+            MasterMessage::Registered { agent_id, heartbeat_interval } => {
+                if self.agent_id.as_ref() != Some(&agent_id) {
+                    let path = self.meta_dir().join("agent_id");
+                    if let Err(e) = std::fs::write(&path, agent_id.as_str()) {
+                        error!(path = %path.display(), error = %e, "cannot checkpoint agent id");
+                    }
+                    self.agent_id = Some(agent_id.clone());
+                }
+                info!(agent_id = %agent_id, "registered with master");
+                self.registered = true;
+                self.heartbeat = heartbeat_interval.max(Duration::from_millis(100));
+                let keys: Vec<Key> = self.tasks.keys().cloned().collect();
+                for key in keys {
+                    self.send_head(&key);
+                }
+            }
+            MasterMessage::RunTask { framework_id, spec } => self.run_task(framework_id, spec),
+            MasterMessage::KillTask { framework_id, task_id } => {
+                let key = (framework_id, task_id);
+                match self.tasks.get_mut(&key) {
+                    Some(task) if !task.state.is_terminal() => {
+                        info!(task_id = %key.1, "kill requested");
+                        task.kill_requested = true;
+                        self.checkpoint(&key);
+                        self.kill(&key);
+                    }
+                    Some(_) => {}
+                    None => {
+                        // The master thinks the task is here; tell it it is not, once.
+                        let mut status = self.status(
+                            &key.1,
+                            TaskState::Lost,
+                            reason::NOT_FOUND_ON_AGENT,
+                            "the agent has no such task".into(),
+                        );
+                        status.uuid = None;
+                        let msg = proto::agent_message::Kind::StatusUpdate(proto::agent_message::StatusUpdate {
+                            framework_id: key.0.to_string(),
+                            status: Some((&status).into()),
+                        });
+                        self.send(msg);
+                    }
+                }
+            }
+            MasterMessage::Acknowledge { framework_id, task_id, uuid } => {
+                let key = (framework_id, task_id);
+                let Some(task) = self.tasks.get_mut(&key) else { return };
+                if task.pending.front().and_then(|s| s.uuid.as_deref()) != Some(uuid.as_str()) {
+                    debug!(task_id = %key.1, "acknowledgement for an update that is not in flight ignored");
+                    return;
+                }
+                task.pending.pop_front();
+                task.last_sent = None;
+                if task.pending.is_empty() && task.state.is_terminal() {
+                    self.tasks.remove(&key);
+                    self.checkpoint(&key);
+                    debug!(task_id = %key.1, "task done");
+                } else {
+                    self.checkpoint(&key);
+                    self.send_head(&key);
+                }
+            }
+        }
+    }
+
+    fn run_task(&mut self, framework_id: FrameworkId, spec: TaskSpec) {
+        let key = (framework_id.clone(), spec.id.clone());
+        if self.tasks.contains_key(&key) {
+            warn!(task_id = %spec.id, "duplicate launch ignored");
+            return;
+        }
+        let Some(agent_id) = self.agent_id.clone() else { return };
+        let request = LaunchRequest {
+            framework_id: framework_id.clone(),
+            agent_id,
+            task: spec.clone(),
+            sandbox: self.sandbox(&key),
+        };
+        self.tasks.insert(
+            key.clone(),
+            LocalTask {
+                framework_id,
+                spec,
+                state: TaskState::Staging,
+                container: None,
+                pending: VecDeque::new(),
+                kill_requested: false,
+                last_sent: None,
+            },
+        );
+        self.checkpoint(&key);
+        let containerizer = self.containerizer.clone();
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let result = containerizer.launch(&request).await.map_err(|e| {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    message.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                message
+            });
+            let _ = inputs.send(Input::Launched { key, result }).await;
+        });
+    }
+
+    fn launched(&mut self, key: Key, result: Result<ContainerRecord, String>) {
+        let Some(task) = self.tasks.get_mut(&key) else { return };
+        match result {
+            Ok(record) => {
+                task.container = Some(record.clone());
+                let kill = task.kill_requested;
+                let status = self.status(&key.1, TaskState::Running, reason::COMMAND_EXITED, String::new());
+                let status = TaskStatus { reason: None, ..status };
+                self.push_update(&key, status);
+                self.watch(key.clone(), record);
+                if kill {
+                    self.kill(&key);
+                }
+            }
+            Err(message) => {
+                warn!(task_id = %key.1, %message, "launch failed");
+                let status = self.status(&key.1, TaskState::Failed, reason::LAUNCH_FAILED, message);
+                self.push_update(&key, status);
+            }
+        }
+    }
+
+    fn exited(&mut self, key: Key, termination: Termination) {
+        let Some(task) = self.tasks.get(&key) else { return };
+        if task.state.is_terminal() {
+            return;
+        }
+        let (state, why) = if task.kill_requested {
+            (TaskState::Killed, reason::KILLED)
+        } else if termination.exit_code == Some(0) {
+            (TaskState::Finished, reason::COMMAND_EXITED)
+        } else {
+            (TaskState::Failed, reason::COMMAND_EXITED)
+        };
+        info!(task_id = %key.1, state = %state, exit_code = ?termination.exit_code, signal = ?termination.signal, "task ended");
+        let mut status = self.status(&key.1, state, why, termination.describe());
+        status.exit_code = termination.exit_code;
+        self.push_update(&key, status);
+    }
+}

@@ -1,0 +1,173 @@
+//! The process containerizer: a task is `sh -c COMMAND` (or a program and its arguments) in its own process
+//! group, in its sandbox, with stdout and stderr in files there.
+//!
+//! The command runs under a small shell wrapper that writes its exit code to a file in the sandbox. While
+//! the agent that started it lives, the agent is its parent and gets the exit status directly; a restarted
+//! agent is not the parent any more, so it watches the pid and reads the exit code from that file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tracing::{debug, info};
+
+use super::containerizer::{ContainerError, ContainerRecord, Containerizer, LaunchRequest, Termination};
+
+/// Runs the task's argv, then records its exit code in the file named by the first argument. The wrapper
+/// traps (rather than ignores) TERM, INT and HUP so that it outlives a graceful kill of the task and still
+/// records how it ended; a trapped signal is reset to its default in the task, an ignored one would not be.
+const WRAPPER: &str = r#"trap 'true' TERM INT HUP; status="$1"; shift; "$@"; code=$?; printf '%s\n' "$code" > "$status.tmp" && mv -f "$status.tmp" "$status"; exit "$code""#;
+
+/// How often a recovered (non-child) process is checked.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Runs tasks as plain processes.
+#[derive(Default)]
+pub struct ProcessContainerizer {
+    /// Processes this agent process started, by pid, until someone waits on them.
+    children: Mutex<HashMap<i32, Child>>,
+}
+
+impl ProcessContainerizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The start time of a process in clock ticks since boot, or `None` if it is gone or a zombie.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+fn alive(pid: i32, started: u64) -> bool {
+    start_time(pid) == Some(started)
+}
+
+fn read_status_file(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[async_trait]
+impl Containerizer for ProcessContainerizer {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn launch(&self, req: &LaunchRequest) -> Result<ContainerRecord, ContainerError> {
+        let sandbox = &req.sandbox;
+        let sandbox_err = |source| ContainerError::Sandbox { path: sandbox.clone(), source };
+        std::fs::create_dir_all(sandbox).map_err(sandbox_err)?;
+        let stdout =
+            std::fs::File::options().create(true).append(true).open(sandbox.join("stdout")).map_err(sandbox_err)?;
+        let stderr =
+            std::fs::File::options().create(true).append(true).open(sandbox.join("stderr")).map_err(sandbox_err)?;
+        let status_file = sandbox.join(".exit_status");
+        let _ = std::fs::remove_file(&status_file);
+
+        let command = &req.task.command;
+        let mut argv: Vec<String> = if command.shell {
+            vec!["/bin/sh".into(), "-c".into(), command.value.clone()]
+        } else {
+            let mut v = vec![command.value.clone()];
+            v.extend(command.arguments.iter().cloned());
+            v
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(WRAPPER).arg("keel-task").arg(&status_file).args(argv.drain(..));
+        cmd.current_dir(sandbox)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("HOME", sandbox)
+            .env("MESOS_SANDBOX", sandbox)
+            .env("KEEL_SANDBOX", sandbox)
+            .env("KEEL_TASK_ID", req.task.id.as_str())
+            .env("KEEL_FRAMEWORK_ID", req.framework_id.as_str())
+            .env("KEEL_AGENT_ID", req.agent_id.as_str())
+            .envs(&command.env)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        let child = cmd.spawn().map_err(ContainerError::Spawn)?;
+        let pid =
+            child.id().ok_or_else(|| ContainerError::Other("the process exited before it could be watched".into()))?
+                as i32;
+        // The child exists until it is reaped, so its stat is readable even if it already exited.
+        let start_time = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 2..].split_whitespace().nth(19)?.parse().ok())
+            .unwrap_or(0);
+        self.children.lock().expect("lock poisoned").insert(pid, child);
+        info!(task_id = %req.task.id, pid, "process launched");
+        Ok(ContainerRecord::Process { pid, start_time, status_file })
+    }
+
+    async fn wait(&self, record: &ContainerRecord) -> Termination {
+        let ContainerRecord::Process { pid, start_time, status_file } = record else {
+            return Termination { message: Some("not a process container".into()), ..Default::default() };
+        };
+        let child = self.children.lock().expect("lock poisoned").remove(pid);
+        if let Some(mut child) = child {
+            return match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    Termination { exit_code: status.code(), signal: status.signal(), message: None }
+                }
+                Err(e) => {
+                    Termination { message: Some(format!("cannot wait for the process: {e}")), ..Default::default() }
+                }
+            };
+        }
+        // Started by an earlier agent process: watch it from outside.
+        while alive(*pid, *start_time) {
+            tokio::time::sleep(POLL).await;
+        }
+        match read_status_file(status_file) {
+            Some(code) => Termination::exited(code),
+            None => Termination {
+                message: Some("the process ended while the agent was not its parent, without recording an exit code (killed by a signal?)".into()),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn kill(&self, record: &ContainerRecord, grace: Duration) -> Result<(), ContainerError> {
+        let ContainerRecord::Process { pid, start_time, .. } = record else { return Ok(()) };
+        let (pid, start_time) = (*pid, *start_time);
+        if !alive(pid, start_time) {
+            return Ok(());
+        }
+        debug!(pid, ?grace, "sending SIGTERM to the process group");
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !alive(pid, start_time) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if alive(pid, start_time) {
+            info!(pid, "grace period over; sending SIGKILL");
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        Ok(())
+    }
+
+    async fn recover(&self, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
+        // Nothing to re-attach: `wait` watches recovered pids by itself.
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! The scheduler and agent protocols as plain Rust types. The master and the client library work with these;
+//! [`crate::convert`] maps them to and from the protobuf wire types at the gRPC edge.
+
+use std::time::Duration;
+
+use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
+use crate::resources::Resources;
+use crate::task::{TaskSpec, TaskState, TaskStatus};
+
+/// Decline filters refuse an agent's resources to a framework for this long unless told otherwise (Mesos's
+/// default).
+pub const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
+
+/// What a framework says about itself on SUBSCRIBE.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameworkInfo {
+    pub name: String,
+    /// `*` when the framework named none.
+    pub role: String,
+    /// How long the master keeps the framework's tasks while it is disconnected.
+    pub failover_timeout: Duration,
+    pub webui_url: String,
+    pub user: String,
+    pub hostname: String,
+}
+
+impl FrameworkInfo {
+    pub fn new(name: impl Into<String>) -> FrameworkInfo {
+        FrameworkInfo {
+            name: name.into(),
+            role: "*".into(),
+            failover_timeout: Duration::ZERO,
+            webui_url: String::new(),
+            user: String::new(),
+            hostname: String::new(),
+        }
+    }
+}
+
+/// Resources of one agent offered to one framework.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offer {
+    pub id: OfferId,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub hostname: String,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Filters {
+    /// How long declined resources are not re-offered; [`DEFAULT_REFUSE`] when absent.
+    pub refuse: Option<Duration>,
+}
+
+impl Filters {
+    pub fn refuse(&self) -> Duration {
+        self.refuse.unwrap_or(DEFAULT_REFUSE)
+    }
+}
+
+/// A call from a subscribed framework.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Call {
+    Accept {
+        offer_ids: Vec<OfferId>,
+        tasks: Vec<TaskSpec>,
+        filters: Filters,
+    },
+    Decline {
+        offer_ids: Vec<OfferId>,
+        filters: Filters,
+    },
+    Revive,
+    Suppress,
+    Kill {
+        task_id: TaskId,
+        agent_id: Option<AgentId>,
+    },
+    Acknowledge {
+        agent_id: AgentId,
+        task_id: TaskId,
+        uuid: String,
+    },
+    /// Explicit when it names tasks; implicit (every task of the framework) when empty.
+    Reconcile {
+        tasks: Vec<(TaskId, Option<AgentId>)>,
+    },
+    Teardown,
+}
+
+impl Call {
+    /// The call's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Call::Accept { .. } => "ACCEPT",
+            Call::Decline { .. } => "DECLINE",
+            Call::Revive => "REVIVE",
+            Call::Suppress => "SUPPRESS",
+            Call::Kill { .. } => "KILL",
+            Call::Acknowledge { .. } => "ACKNOWLEDGE",
+            Call::Reconcile { .. } => "RECONCILE",
+            Call::Teardown => "TEARDOWN",
+        }
+    }
+}
+
+/// An event for a framework.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Subscribed {
+        framework_id: FrameworkId,
+        heartbeat_interval: Duration,
+    },
+    Offers(Vec<Offer>),
+    Rescind(OfferId),
+    Update(TaskStatus),
+    /// An agent became unreachable; its tasks' updates follow.
+    Failure {
+        agent_id: AgentId,
+    },
+    Error(String),
+    Heartbeat,
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentInfo {
+    /// Absent on an agent's very first registration.
+    pub id: Option<AgentId>,
+    pub hostname: String,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+    pub docker: bool,
+}
+
+/// A task an agent reports on (re-)registration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentTask {
+    pub framework_id: FrameworkId,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+}
+
+/// A message from an agent after registration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentMessage {
+    Heartbeat,
+    StatusUpdate { framework_id: FrameworkId, status: TaskStatus },
+}
+
+/// A message from the master to an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MasterMessage {
+    Registered { agent_id: AgentId, heartbeat_interval: Duration },
+    RunTask { framework_id: FrameworkId, spec: TaskSpec },
+    KillTask { framework_id: FrameworkId, task_id: TaskId },
+    Acknowledge { framework_id: FrameworkId, task_id: TaskId, uuid: String },
+}

@@ -1,0 +1,246 @@
+//! The master: it pools agents' resources, offers them to frameworks, launches what they accept and keeps
+//! everyone told about their tasks.
+//!
+//! All mutable state lives in one actor ([`state::Master`]) that owns it and receives [`Command`]s on a
+//! bounded channel; [`MasterHandle`] is the only way in. The gRPC services ([`grpc`]) and the operator HTTP
+//! API ([`http`]) are thin edges that convert wire types and talk to the handle.
+
+pub mod grpc;
+pub mod http;
+mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, FrameworkInfo, MasterMessage};
+use crate::ids::{AgentId, FrameworkId};
+use crate::store::{Store, StoreError};
+
+pub use state::{AgentView, FrameworkView, StateSnapshot, TaskView};
+
+/// How many commands may wait for the actor before senders wait too.
+const COMMAND_BUFFER: usize = 16 * 1024;
+
+/// How many messages may wait for one framework or agent connection. A connection that falls this far
+/// behind is closed; it re-attaches and nothing is lost, because updates are retried until acknowledged.
+pub const CONNECTION_BUFFER: usize = 64 * 1024;
+
+/// Tunables of the master; `Default` gives the production defaults.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// An agent silent for this long is marked unreachable and its tasks reported so (Mesos: 75 s).
+    pub agent_timeout: Duration,
+    /// How often agents are asked to heartbeat; a fifth of the timeout by default.
+    pub agent_heartbeat: Duration,
+    /// How often connected frameworks get a HEARTBEAT event.
+    pub framework_heartbeat: Duration,
+    /// Offers not answered within this are rescinded; `None` keeps them until answered.
+    pub offer_timeout: Option<Duration>,
+    /// A full allocation pass runs at least this often (others run as soon as resources change).
+    pub allocation_interval: Duration,
+    /// After a master restart, frameworks get at least this long to re-subscribe before their failover
+    /// timeout can tear them down.
+    pub recovery_grace: Duration,
+    /// Role weights for DRF; unlisted roles weigh 1.
+    pub role_weights: Vec<(String, f64)>,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        let agent_timeout = Duration::from_secs(10);
+        MasterConfig {
+            agent_timeout,
+            agent_heartbeat: agent_timeout / 5,
+            framework_heartbeat: Duration::from_secs(15),
+            offer_timeout: Some(Duration::from_secs(30)),
+            allocation_interval: Duration::from_secs(1),
+            recovery_grace: Duration::from_secs(20),
+            role_weights: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("framework {0} has been torn down and cannot subscribe again")]
+    FrameworkRemoved(FrameworkId),
+    #[error("the master is shutting down")]
+    Stopped,
+}
+
+impl From<MasterError> for tonic::Status {
+    fn from(e: MasterError) -> tonic::Status {
+        match e {
+            MasterError::Store(e) => tonic::Status::unavailable(format!("store unavailable: {e}")),
+            MasterError::FrameworkRemoved(_) => tonic::Status::failed_precondition(e.to_string()),
+            MasterError::Stopped => tonic::Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The sending half of one framework or agent connection. The id tells a stale connection's messages
+/// from the current one's.
+pub(crate) struct Conn<T> {
+    pub id: u64,
+    pub tx: mpsc::Sender<T>,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+fn next_conn_id() -> u64 {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(crate) enum Command {
+    RegisterAgent {
+        info: AgentInfo,
+        tasks: Vec<AgentTask>,
+        conn: Conn<MasterMessage>,
+        reply: oneshot::Sender<Result<AgentId, MasterError>>,
+    },
+    FromAgent {
+        agent_id: AgentId,
+        conn_id: u64,
+        msg: AgentMessage,
+    },
+    AgentDisconnected {
+        agent_id: AgentId,
+        conn_id: u64,
+    },
+    Subscribe {
+        framework_id: Option<FrameworkId>,
+        info: FrameworkInfo,
+        conn: Conn<Event>,
+        reply: oneshot::Sender<Result<FrameworkId, MasterError>>,
+    },
+    Call {
+        framework_id: FrameworkId,
+        conn_id: u64,
+        call: Call,
+    },
+    FrameworkDisconnected {
+        framework_id: FrameworkId,
+        conn_id: u64,
+    },
+    /// A call the edge could not understand; the framework gets an ERROR event, in order with the rest.
+    CallError {
+        framework_id: FrameworkId,
+        conn_id: u64,
+        message: String,
+    },
+    State {
+        reply: oneshot::Sender<StateSnapshot>,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+}
+
+/// The way in to a running master; cheap to clone.
+#[derive(Clone)]
+pub struct MasterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// A subscribed framework connection: its id, and the events the master sends it.
+pub struct Subscription {
+    pub framework_id: FrameworkId,
+    pub conn_id: u64,
+    pub events: mpsc::Receiver<Event>,
+}
+
+/// A registered agent connection.
+pub struct AgentSession {
+    pub agent_id: AgentId,
+    pub conn_id: u64,
+    pub messages: mpsc::Receiver<MasterMessage>,
+}
+
+impl MasterHandle {
+    async fn send(&self, cmd: Command) -> Result<(), MasterError> {
+        self.tx.send(cmd).await.map_err(|_| MasterError::Stopped)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, MasterError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply)).await?;
+        rx.await.map_err(|_| MasterError::Stopped)
+    }
+
+    /// Subscribes a framework; SUBSCRIBED is the first event on the returned receiver.
+    pub async fn subscribe(
+        &self,
+        framework_id: Option<FrameworkId>,
+        info: FrameworkInfo,
+    ) -> Result<Subscription, MasterError> {
+        let (tx, events) = mpsc::channel(CONNECTION_BUFFER);
+        let conn_id = next_conn_id();
+        let conn = Conn { id: conn_id, tx };
+        let framework_id = self.ask(|reply| Command::Subscribe { framework_id, info, conn, reply }).await??;
+        Ok(Subscription { framework_id, conn_id, events })
+    }
+
+    pub async fn call(&self, framework_id: FrameworkId, conn_id: u64, call: Call) -> Result<(), MasterError> {
+        self.send(Command::Call { framework_id, conn_id, call }).await
+    }
+
+    pub async fn call_error(
+        &self,
+        framework_id: FrameworkId,
+        conn_id: u64,
+        message: String,
+    ) -> Result<(), MasterError> {
+        self.send(Command::CallError { framework_id, conn_id, message }).await
+    }
+
+    pub async fn framework_disconnected(&self, framework_id: FrameworkId, conn_id: u64) {
+        let _ = self.send(Command::FrameworkDisconnected { framework_id, conn_id }).await;
+    }
+
+    /// Registers (or re-registers) an agent; REGISTERED is the first message on the returned receiver.
+    pub async fn register_agent(&self, info: AgentInfo, tasks: Vec<AgentTask>) -> Result<AgentSession, MasterError> {
+        let (tx, messages) = mpsc::channel(CONNECTION_BUFFER);
+        let conn_id = next_conn_id();
+        let conn = Conn { id: conn_id, tx };
+        let agent_id = self.ask(|reply| Command::RegisterAgent { info, tasks, conn, reply }).await??;
+        Ok(AgentSession { agent_id, conn_id, messages })
+    }
+
+    pub async fn agent_message(&self, agent_id: AgentId, conn_id: u64, msg: AgentMessage) -> Result<(), MasterError> {
+        self.send(Command::FromAgent { agent_id, conn_id, msg }).await
+    }
+
+    pub async fn agent_disconnected(&self, agent_id: AgentId, conn_id: u64) {
+        let _ = self.send(Command::AgentDisconnected { agent_id, conn_id }).await;
+    }
+
+    /// Everything the master knows, for `/master/state`.
+    pub async fn state(&self) -> Result<StateSnapshot, MasterError> {
+        self.ask(|reply| Command::State { reply }).await
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub async fn metrics(&self) -> Result<String, MasterError> {
+        self.ask(|reply| Command::Metrics { reply }).await
+    }
+}
+
+/// Loads the registry from `store` and starts the master actor. It runs until `shutdown` is cancelled.
+pub async fn start(
+    config: MasterConfig,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(MasterHandle, JoinHandle<()>), MasterError> {
+    let agents = store.agents().await?;
+    let frameworks = store.frameworks().await?;
+    let (tx, rx) = mpsc::channel(COMMAND_BUFFER);
+    let master = state::Master::recover(config, store, agents, frameworks);
+    let task = tokio::spawn(master.run(rx, shutdown));
+    Ok((MasterHandle { tx }, task))
+}

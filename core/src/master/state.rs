@@ -1,0 +1,1326 @@
+//! The master actor: the one owner of agents, frameworks, tasks and offers.
+//!
+//! Every handler is a plain method on [`Master`] that mutates state and sends messages on connection
+//! channels with `try_send` (it never waits on a slow peer). Only registry changes (an agent registering, a
+//! framework subscribing or being torn down) wait on the store; they are rare.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::{Command, Conn, MasterConfig, MasterError};
+use crate::allocator::Allocator;
+use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, Filters, FrameworkInfo, MasterMessage, Offer};
+use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
+use crate::resources::Resources;
+use crate::store::{AgentRecord, FrameworkRecord, Store, now_millis};
+use crate::task::{TaskSpec, TaskState, TaskStatus, now_seconds, reason};
+
+/// How many finished tasks each framework keeps for reconciliation and the operator API.
+const COMPLETED_TASKS_KEPT: usize = 1000;
+/// How many commands the actor handles before it lets an allocation pass run.
+const BATCH: usize = 1024;
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum AgentStatus {
+    /// Known from the store after a master restart, not yet re-registered.
+    Recovering,
+    Active,
+    /// Its stream closed; its tasks are presumed alive until the agent timeout.
+    Disconnected,
+    Unreachable,
+}
+
+struct Agent {
+    info: AgentInfo,
+    id: AgentId,
+    registered_at: i64,
+    conn: Option<Conn<MasterMessage>>,
+    last_seen: Instant,
+    status: AgentStatus,
+    tasks: HashSet<(FrameworkId, TaskId)>,
+    offers: HashSet<OfferId>,
+}
+
+struct Task {
+    agent_id: AgentId,
+    name: String,
+    resources: Resources,
+    state: TaskState,
+    /// The latest status, once there is one.
+    status: Option<TaskStatus>,
+    kill_requested: bool,
+}
+
+struct Framework {
+    info: FrameworkInfo,
+    registered_at: i64,
+    conn: Option<Conn<Event>>,
+    /// When a disconnected framework's tasks are torn down.
+    failover_deadline: Option<Instant>,
+    /// Torn down: its tasks are being killed and it may not subscribe again.
+    removed: bool,
+    tasks: HashMap<TaskId, Task>,
+    offers: HashSet<OfferId>,
+    completed: VecDeque<(TaskId, TaskStatus)>,
+}
+
+struct OutstandingOffer {
+    offer: Offer,
+    created: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    tasks_launched: u64,
+    tasks_invalid: u64,
+    status_updates: u64,
+    offers_sent: u64,
+    offers_declined: u64,
+    offers_rescinded: u64,
+    agents_unreachable: u64,
+    frameworks_torn_down: u64,
+}
+
+pub(crate) struct Master {
+    config: MasterConfig,
+    store: Store,
+    /// Prefix of this master incarnation's offer ids, so ids never repeat across restarts.
+    epoch: String,
+    next_offer: u64,
+    started: Instant,
+    started_at: f64,
+    agents: HashMap<AgentId, Agent>,
+    frameworks: HashMap<FrameworkId, Framework>,
+    /// Frameworks torn down in an earlier life, which may not subscribe again.
+    removed: HashSet<FrameworkId>,
+    offers: HashMap<OfferId, OutstandingOffer>,
+    allocator: Allocator,
+    allocation_due: bool,
+    last_full_allocation: Instant,
+    last_heartbeat: Instant,
+    counters: Counters,
+}
+
+impl Master {
+    /// Rebuilds the master from the registry after a (re)start: agents are expected to re-register and
+    /// frameworks to re-subscribe, each within its grace period.
+    pub(crate) fn recover(
+        config: MasterConfig,
+        store: Store,
+        agents: Vec<AgentRecord>,
+        frameworks: Vec<FrameworkRecord>,
+    ) -> Master {
+        let now = Instant::now();
+        let mut allocator = Allocator::new();
+        for (role, weight) in &config.role_weights {
+            allocator.set_weight(role, *weight);
+        }
+        let mut m = Master {
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            next_offer: 0,
+            started: now,
+            started_at: now_seconds(),
+            agents: HashMap::new(),
+            frameworks: HashMap::new(),
+            removed: HashSet::new(),
+            offers: HashMap::new(),
+            allocator,
+            allocation_due: false,
+            last_full_allocation: now,
+            last_heartbeat: now,
+            counters: Counters::default(),
+            store,
+            config,
+        };
+        for a in agents {
+            let info = AgentInfo {
+                id: Some(a.id.clone()),
+                hostname: a.hostname,
+                resources: a.resources,
+                attributes: a.attributes,
+                docker: false,
+            };
+            m.agents.insert(
+                a.id.clone(),
+                Agent {
+                    info,
+                    id: a.id,
+                    registered_at: a.registered_at,
+                    conn: None,
+                    last_seen: now,
+                    status: AgentStatus::Recovering,
+                    tasks: HashSet::new(),
+                    offers: HashSet::new(),
+                },
+            );
+        }
+        for f in frameworks {
+            if f.removed_at.is_some() {
+                m.removed.insert(f.id);
+                continue;
+            }
+            let timeout = Duration::try_from_secs_f64(f.failover_timeout_seconds).unwrap_or_default();
+            let info = FrameworkInfo {
+                name: f.name,
+                role: f.role,
+                failover_timeout: timeout,
+                webui_url: f.webui_url,
+                user: String::new(),
+                hostname: String::new(),
+            };
+            m.allocator.add_framework(&f.id, &info.role, false);
+            m.frameworks.insert(
+                f.id,
+                Framework {
+                    info,
+                    registered_at: f.registered_at,
+                    conn: None,
+                    failover_deadline: Some(now + timeout.max(m.config.recovery_grace)),
+                    removed: false,
+                    tasks: HashMap::new(),
+                    offers: HashSet::new(),
+                    completed: VecDeque::new(),
+                },
+            );
+        }
+        info!(agents = m.agents.len(), frameworks = m.frameworks.len(), epoch = %m.epoch, "master recovered registry");
+        m
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd).await;
+                    let mut n = 1;
+                    while n < BATCH {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd).await,
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                    if self.allocation_due {
+                        self.allocate(Instant::now());
+                    }
+                }
+                _ = tick.tick() => self.periodic(Instant::now()).await,
+            }
+        }
+        info!("master stopped");
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::RegisterAgent { info, tasks, conn, reply } => {
+                let result = self.register_agent(info, tasks, conn).await;
+                let _ = reply.send(result);
+            }
+            Command::FromAgent { agent_id, conn_id, msg } => self.agent_message(agent_id, conn_id, msg),
+            Command::AgentDisconnected { agent_id, conn_id } => self.agent_disconnected(&agent_id, conn_id),
+            Command::Subscribe { framework_id, info, conn, reply } => {
+                let result = self.subscribe(framework_id, info, conn).await;
+                let _ = reply.send(result);
+            }
+            Command::Call { framework_id, conn_id, call } => self.call(framework_id, conn_id, call).await,
+            Command::FrameworkDisconnected { framework_id, conn_id } => {
+                self.framework_disconnected(&framework_id, conn_id)
+            }
+            Command::CallError { framework_id, conn_id, message } => {
+                if self.frameworks.get(&framework_id).and_then(|f| f.conn.as_ref()).is_some_and(|c| c.id == conn_id) {
+                    warn!(framework_id = %framework_id, %message, "malformed call");
+                    self.send_event(&framework_id, Event::Error(message));
+                }
+            }
+            Command::State { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.metrics());
+            }
+        }
+    }
+
+    // ---- sending ----
+
+    /// Sends an event to a framework. A framework whose buffer is full or whose stream is gone is
+    /// disconnected; it will re-subscribe and reconcile.
+    fn send_event(&mut self, framework_id: &FrameworkId, event: Event) {
+        let Some(fw) = self.frameworks.get_mut(framework_id) else { return };
+        let Some(conn) = &fw.conn else { return };
+        match conn.tx.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(framework_id = %framework_id, "framework is not reading its events; disconnecting it");
+                let id = conn.id;
+                self.framework_disconnected(framework_id, id);
+            }
+            Err(TrySendError::Closed(_)) => {
+                let id = conn.id;
+                self.framework_disconnected(framework_id, id);
+            }
+        }
+    }
+
+    fn send_update(&mut self, framework_id: &FrameworkId, status: TaskStatus) {
+        self.send_event(framework_id, Event::Update(status));
+    }
+
+    /// Sends a message to an agent; false when it could not be queued.
+    fn send_agent(&mut self, agent_id: &AgentId, msg: MasterMessage) -> bool {
+        let Some(agent) = self.agents.get_mut(agent_id) else { return false };
+        let Some(conn) = &agent.conn else { return false };
+        match conn.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(e) => {
+                if matches!(e, TrySendError::Full(_)) {
+                    warn!(agent_id = %agent_id, "agent is not reading its messages; disconnecting it");
+                }
+                let id = conn.id;
+                self.agent_disconnected(agent_id, id);
+                false
+            }
+        }
+    }
+
+    fn ack_for_framework(&mut self, agent_id: &AgentId, framework_id: &FrameworkId, status: &TaskStatus) {
+        if let Some(uuid) = &status.uuid {
+            let msg = MasterMessage::Acknowledge {
+                framework_id: framework_id.clone(),
+                task_id: status.task_id.clone(),
+                uuid: uuid.clone(),
+            };
+            self.send_agent(agent_id, msg);
+        }
+    }
+
+    // ---- agents ----
+
+    async fn register_agent(
+        &mut self,
+        info: AgentInfo,
+        reported: Vec<AgentTask>,
+        conn: Conn<MasterMessage>,
+    ) -> Result<AgentId, MasterError> {
+        let now = Instant::now();
+        let agent_id = info.id.clone().unwrap_or_else(AgentId::generate);
+        let registered_at = self.agents.get(&agent_id).map_or_else(now_millis, |a| a.registered_at);
+        let record = AgentRecord {
+            id: agent_id.clone(),
+            hostname: info.hostname.clone(),
+            resources: info.resources.clone(),
+            attributes: info.attributes.clone(),
+            registered_at,
+        };
+        self.store.put_agent(&record).await?;
+        let info = AgentInfo { id: Some(agent_id.clone()), ..info };
+        let previous = self.agents.get(&agent_id).map(|a| a.status);
+        // A new connection replaces an old one; its offers were made on the old one's behalf.
+        self.rescind_agent_offers(&agent_id);
+        let agent = self.agents.entry(agent_id.clone()).or_insert_with(|| Agent {
+            info: info.clone(),
+            id: agent_id.clone(),
+            registered_at,
+            conn: None,
+            last_seen: now,
+            status: AgentStatus::Active,
+            tasks: HashSet::new(),
+            offers: HashSet::new(),
+        });
+        agent.info = info;
+        agent.conn = Some(conn);
+        agent.last_seen = now;
+        agent.status = AgentStatus::Active;
+        let resources = agent.info.resources.clone();
+        self.allocator.add_agent(&agent_id, &resources);
+        self.send_agent(
+            &agent_id,
+            MasterMessage::Registered { agent_id: agent_id.clone(), heartbeat_interval: self.config.agent_heartbeat },
+        );
+        info!(agent_id = %agent_id, hostname = %record.hostname, resources = %resources, tasks = reported.len(), previous = ?previous, "agent registered");
+        self.reconcile_agent_tasks(&agent_id, reported, previous == Some(AgentStatus::Unreachable));
+        self.allocation_due = true;
+        Ok(agent_id)
+    }
+
+    /// Brings the master's view of an agent's tasks in line with what the agent reports.
+    fn reconcile_agent_tasks(&mut self, agent_id: &AgentId, reported: Vec<AgentTask>, was_unreachable: bool) {
+        let mut seen = HashSet::new();
+        let mut kills = Vec::new();
+        for t in reported {
+            let key = (t.framework_id.clone(), t.spec.id.clone());
+            seen.insert(key.clone());
+            if !self.frameworks.contains_key(&t.framework_id) {
+                if self.removed.contains(&t.framework_id) {
+                    kills.push(key);
+                    continue;
+                }
+                // A framework the registry does not know (it was wiped): keep the task and give the
+                // framework the recovery grace to come back.
+                warn!(framework_id = %t.framework_id, task_id = %t.spec.id, "agent reports a task of an unknown framework");
+                let mut info = FrameworkInfo::new("unknown");
+                info.failover_timeout = self.config.recovery_grace;
+                self.allocator.add_framework(&t.framework_id, &info.role, false);
+                self.frameworks.insert(
+                    t.framework_id.clone(),
+                    Framework {
+                        info,
+                        registered_at: now_millis(),
+                        conn: None,
+                        failover_deadline: Some(Instant::now() + self.config.recovery_grace),
+                        removed: false,
+                        tasks: HashMap::new(),
+                        offers: HashSet::new(),
+                        completed: VecDeque::new(),
+                    },
+                );
+            }
+            let fw = self.frameworks.get_mut(&t.framework_id).expect("inserted above");
+            if fw.removed {
+                kills.push(key.clone());
+            }
+            match fw.tasks.get_mut(&t.spec.id) {
+                Some(task) => {
+                    let before = task.state;
+                    if before != t.state && task.state.transition(t.state).is_ok() {
+                        task.state = t.state;
+                        if before == TaskState::Unreachable || was_unreachable {
+                            let status = TaskStatus::from_master(
+                                t.spec.id.clone(),
+                                t.state,
+                                Some(agent_id.clone()),
+                                reason::AGENT_REREGISTERED,
+                                "agent re-registered",
+                            );
+                            task.status = Some(status.clone());
+                            self.send_update(&t.framework_id, status);
+                        }
+                    }
+                    let fw = &self.frameworks[&t.framework_id];
+                    if fw.tasks.get(&t.spec.id).is_some_and(|task| task.kill_requested) {
+                        kills.push(key.clone());
+                    }
+                }
+                None => {
+                    if !t.state.is_terminal() {
+                        self.allocator.track_used(&t.framework_id, agent_id, &t.spec.resources);
+                    }
+                    fw.tasks.insert(
+                        t.spec.id.clone(),
+                        Task {
+                            agent_id: agent_id.clone(),
+                            name: t.spec.name.clone(),
+                            resources: t.spec.resources.clone(),
+                            state: t.state,
+                            status: None,
+                            kill_requested: fw.removed,
+                        },
+                    );
+                }
+            }
+            if let Some(agent) = self.agents.get_mut(agent_id) {
+                agent.tasks.insert(key);
+            }
+        }
+        // Tasks the master placed on this agent that the agent does not have are lost.
+        let missing: Vec<(FrameworkId, TaskId)> = self
+            .agents
+            .get(agent_id)
+            .map(|a| a.tasks.iter().filter(|k| !seen.contains(*k)).cloned().collect())
+            .unwrap_or_default();
+        for (fid, tid) in missing {
+            let status = TaskStatus::from_master(
+                tid.clone(),
+                TaskState::Lost,
+                Some(agent_id.clone()),
+                reason::NOT_FOUND_ON_AGENT,
+                "the agent re-registered without this task",
+            );
+            self.finish_task(&fid, &tid, status.clone());
+            self.complete_task(&fid, &tid);
+            self.send_update(&fid, status);
+        }
+        for (fid, tid) in kills {
+            self.send_agent(agent_id, MasterMessage::KillTask { framework_id: fid, task_id: tid });
+        }
+    }
+
+    fn agent_message(&mut self, agent_id: AgentId, conn_id: u64, msg: AgentMessage) {
+        let Some(agent) = self.agents.get_mut(&agent_id) else { return };
+        if agent.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            debug!(agent_id = %agent_id, "message from a replaced agent connection ignored");
+            return;
+        }
+        agent.last_seen = Instant::now();
+        match msg {
+            AgentMessage::Heartbeat => {}
+            AgentMessage::StatusUpdate { framework_id, status } => self.status_update(&agent_id, framework_id, status),
+        }
+    }
+
+    fn status_update(&mut self, agent_id: &AgentId, framework_id: FrameworkId, mut status: TaskStatus) {
+        self.counters.status_updates += 1;
+        status.agent_id = Some(agent_id.clone());
+        let tid = status.task_id.clone();
+        let Some(fw) = self.frameworks.get_mut(&framework_id) else {
+            // Nobody will ever acknowledge it: do so on the framework's behalf.
+            self.ack_for_framework(agent_id, &framework_id, &status);
+            return;
+        };
+        let removed = fw.removed;
+        let task = fw.tasks.entry(tid.clone()).or_insert_with(|| Task {
+            agent_id: agent_id.clone(),
+            name: tid.to_string(),
+            resources: Resources::default(),
+            state: status.state,
+            status: None,
+            kill_requested: false,
+        });
+        let before = task.state;
+        match before.transition(status.state) {
+            Ok(next) => task.state = next,
+            Err(e) => {
+                error!(agent_id = %agent_id, task_id = %tid, error = %e, "agent sent an illegal update; dropping it");
+                self.ack_for_framework(agent_id, &framework_id, &status);
+                return;
+            }
+        }
+        task.status = Some(status.clone());
+        debug!(task_id = %tid, state = %status.state, "status update");
+        if status.state.is_terminal() && !before.is_terminal() {
+            self.finish_task(&framework_id, &tid, status.clone());
+        }
+        let terminal = status.state.is_terminal();
+        // An update without a uuid will never be acknowledged, so a terminal one completes the task now.
+        let needs_ack = status.uuid.is_some();
+        if removed {
+            self.ack_for_framework(agent_id, &framework_id, &status);
+        } else {
+            self.send_update(&framework_id, status);
+        }
+        if terminal && (removed || !needs_ack) {
+            self.complete_task(&framework_id, &tid);
+        }
+    }
+
+    fn agent_disconnected(&mut self, agent_id: &AgentId, conn_id: u64) {
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        if agent.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        agent.conn = None;
+        if agent.status == AgentStatus::Active {
+            agent.status = AgentStatus::Disconnected;
+        }
+        info!(agent_id = %agent_id, "agent disconnected; its tasks are kept until the agent timeout");
+        self.allocator.set_agent_active(agent_id, false);
+        self.rescind_agent_offers(agent_id);
+    }
+
+    fn mark_unreachable(&mut self, agent_id: &AgentId) {
+        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        warn!(agent_id = %agent_id, hostname = %agent.info.hostname, timeout = ?self.config.agent_timeout, "agent unreachable");
+        agent.status = AgentStatus::Unreachable;
+        agent.conn = None;
+        let tasks: Vec<(FrameworkId, TaskId)> = agent.tasks.iter().cloned().collect();
+        self.counters.agents_unreachable += 1;
+        self.allocator.set_agent_active(agent_id, false);
+        self.rescind_agent_offers(agent_id);
+        let mut told = HashSet::new();
+        for (fid, tid) in tasks {
+            if told.insert(fid.clone()) {
+                self.send_event(&fid, Event::Failure { agent_id: agent_id.clone() });
+            }
+            let Some(task) = self.frameworks.get_mut(&fid).and_then(|f| f.tasks.get_mut(&tid)) else { continue };
+            if task.state.is_terminal() {
+                continue;
+            }
+            task.state = TaskState::Unreachable;
+            let status = TaskStatus::from_master(
+                tid,
+                TaskState::Unreachable,
+                Some(agent_id.clone()),
+                reason::AGENT_UNREACHABLE,
+                format!("agent {agent_id} missed heartbeats for {:?}", self.config.agent_timeout),
+            );
+            task.status = Some(status.clone());
+            self.send_update(&fid, status);
+        }
+    }
+
+    // ---- tasks ----
+
+    /// A task reached a terminal state: its resources go back to the pool.
+    fn finish_task(&mut self, fid: &FrameworkId, tid: &TaskId, status: TaskStatus) {
+        let Some(task) = self.frameworks.get_mut(fid).and_then(|f| f.tasks.get_mut(tid)) else { return };
+        task.state = status.state;
+        task.status = Some(status);
+        let (agent_id, resources) = (task.agent_id.clone(), task.resources.clone());
+        if let Some(agent) = self.agents.get_mut(&agent_id) {
+            agent.tasks.remove(&(fid.clone(), tid.clone()));
+        }
+        self.allocator.recover(fid, &agent_id, &resources);
+        self.allocation_due = true;
+    }
+
+    /// Forgets a terminal task once its final update needs no more delivery, keeping it in the ring of
+    /// completed tasks.
+    fn complete_task(&mut self, fid: &FrameworkId, tid: &TaskId) {
+        let Some(fw) = self.frameworks.get_mut(fid) else { return };
+        if let Some(task) = fw.tasks.remove(tid)
+            && let Some(status) = task.status
+        {
+            if fw.completed.len() == COMPLETED_TASKS_KEPT {
+                fw.completed.pop_front();
+            }
+            fw.completed.push_back((tid.clone(), status));
+        }
+        if fw.removed && fw.tasks.is_empty() {
+            self.frameworks.remove(fid);
+            self.removed.insert(fid.clone());
+        }
+    }
+
+    // ---- frameworks ----
+
+    async fn subscribe(
+        &mut self,
+        framework_id: Option<FrameworkId>,
+        info: FrameworkInfo,
+        conn: Conn<Event>,
+    ) -> Result<FrameworkId, MasterError> {
+        let id = match framework_id {
+            Some(id) if self.removed.contains(&id) || self.frameworks.get(&id).is_some_and(|f| f.removed) => {
+                return Err(MasterError::FrameworkRemoved(id));
+            }
+            Some(id) => id,
+            None => FrameworkId::generate(),
+        };
+        let registered_at = self.frameworks.get(&id).map_or_else(now_millis, |f| f.registered_at);
+        self.store
+            .put_framework(&FrameworkRecord {
+                id: id.clone(),
+                name: info.name.clone(),
+                role: info.role.clone(),
+                failover_timeout_seconds: info.failover_timeout.as_secs_f64(),
+                webui_url: info.webui_url.clone(),
+                registered_at,
+                removed_at: None,
+            })
+            .await?;
+        self.rescind_framework_offers(&id);
+        let fw = self.frameworks.entry(id.clone()).or_insert_with(|| Framework {
+            info: info.clone(),
+            registered_at,
+            conn: None,
+            failover_deadline: None,
+            removed: false,
+            tasks: HashMap::new(),
+            offers: HashSet::new(),
+            completed: VecDeque::new(),
+        });
+        if let Some(old) = fw.conn.take() {
+            let _ = old.tx.try_send(Event::Error("framework failed over to a new connection".into()));
+            info!(framework_id = %id, "framework failed over to a new connection");
+        }
+        fw.info = info;
+        fw.failover_deadline = None;
+        let _ = conn.tx.try_send(Event::Subscribed {
+            framework_id: id.clone(),
+            heartbeat_interval: self.config.framework_heartbeat,
+        });
+        fw.conn = Some(conn);
+        self.allocator.add_framework(&id, &fw.info.role, true);
+        info!(framework_id = %id, name = %fw.info.name, role = %fw.info.role, tasks = fw.tasks.len(), "framework subscribed");
+        self.allocation_due = true;
+        Ok(id)
+    }
+
+    fn framework_disconnected(&mut self, id: &FrameworkId, conn_id: u64) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        if fw.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return;
+        }
+        fw.conn = None;
+        fw.failover_deadline = Some(Instant::now() + fw.info.failover_timeout);
+        info!(framework_id = %id, failover_timeout = ?fw.info.failover_timeout, "framework disconnected");
+        self.allocator.set_framework_active(id, false);
+        self.rescind_framework_offers(id);
+    }
+
+    async fn teardown(&mut self, id: &FrameworkId, why: &str) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        info!(framework_id = %id, name = %fw.info.name, tasks = fw.tasks.len(), why, "tearing down framework");
+        fw.removed = true;
+        fw.conn = None;
+        fw.failover_deadline = None;
+        self.counters.frameworks_torn_down += 1;
+        if let Err(e) = self.store.remove_framework(id, now_millis()).await {
+            error!(framework_id = %id, error = %e, "could not record the teardown; it will be retried on the next failover check");
+        }
+        self.rescind_framework_offers(id);
+        self.allocator.remove_framework(id);
+        let fw = &mut self.frameworks.get_mut(id).expect("checked above");
+        let mut kills = Vec::new();
+        let mut done = Vec::new();
+        for (tid, task) in fw.tasks.iter_mut() {
+            if task.state.can_kill() {
+                task.kill_requested = true;
+                kills.push((task.agent_id.clone(), tid.clone()));
+            } else {
+                done.push(tid.clone());
+            }
+        }
+        for (agent_id, tid) in kills {
+            self.send_agent(&agent_id, MasterMessage::KillTask { framework_id: id.clone(), task_id: tid });
+        }
+        for tid in done {
+            self.complete_task(id, &tid);
+        }
+        if self.frameworks.get(id).is_some_and(|f| f.tasks.is_empty()) {
+            self.frameworks.remove(id);
+            self.removed.insert(id.clone());
+        }
+        self.allocation_due = true;
+    }
+
+    async fn call(&mut self, id: FrameworkId, conn_id: u64, call: Call) {
+        match self.frameworks.get(&id) {
+            Some(fw) if fw.conn.as_ref().map(|c| c.id) == Some(conn_id) => {}
+            _ => {
+                debug!(framework_id = %id, call = call.kind(), "call from a stale connection ignored");
+                return;
+            }
+        }
+        match call {
+            Call::Accept { offer_ids, tasks, filters } => self.accept(&id, offer_ids, tasks, filters),
+            Call::Decline { offer_ids, filters } => self.decline(&id, offer_ids, filters),
+            Call::Revive => {
+                self.allocator.revive(&id);
+                self.allocation_due = true;
+            }
+            Call::Suppress => self.allocator.suppress(&id),
+            Call::Kill { task_id, .. } => self.kill(&id, task_id),
+            Call::Acknowledge { agent_id, task_id, uuid } => self.acknowledge(&id, agent_id, task_id, uuid),
+            Call::Reconcile { tasks } => self.reconcile(&id, tasks),
+            Call::Teardown => self.teardown(&id, "the framework asked").await,
+        }
+    }
+
+    fn accept(&mut self, fid: &FrameworkId, offer_ids: Vec<OfferId>, tasks: Vec<TaskSpec>, filters: Filters) {
+        let mut valid = Vec::new();
+        let mut problem = None;
+        for oid in &offer_ids {
+            match self.offers.get(oid) {
+                Some(o) if &o.offer.framework_id == fid => valid.push(oid.clone()),
+                Some(_) => problem = Some(format!("offer {oid} was made to another framework")),
+                None => problem = Some(format!("offer {oid} is unknown, expired, rescinded or already used")),
+            }
+        }
+        let offers: Vec<Offer> = valid.iter().filter_map(|oid| self.take_offer(oid)).collect();
+        let agent_id = offers.first().map(|o| o.agent_id.clone());
+        if problem.is_none() && offers.iter().any(|o| Some(&o.agent_id) != agent_id.as_ref()) {
+            problem = Some("the offers of one ACCEPT must all come from the same agent".into());
+        }
+        if let Some(problem) = problem {
+            warn!(framework_id = %fid, %problem, "ACCEPT refused");
+            for o in &offers {
+                self.allocator.recover(fid, &o.agent_id, &o.resources);
+            }
+            for t in tasks {
+                let status = TaskStatus::from_master(
+                    t.id,
+                    TaskState::Dropped,
+                    agent_id.clone(),
+                    reason::INVALID_OFFERS,
+                    problem.clone(),
+                );
+                self.send_update(fid, status);
+            }
+            self.allocation_due = true;
+            return;
+        }
+        let Some(agent_id) = agent_id else { return };
+        let mut remaining = Resources::default();
+        for o in &offers {
+            remaining.add(&o.resources);
+        }
+        for spec in tasks {
+            let error = if let Err(e) = spec.validate() {
+                Some(e.to_string())
+            } else if self.frameworks[fid].tasks.contains_key(&spec.id) {
+                Some(format!("task id {} is already in use by this framework", spec.id))
+            } else if !remaining.contains(&spec.resources) {
+                Some(format!(
+                    "task {} needs {} but the accepted offers have only {} left",
+                    spec.id, spec.resources, remaining
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = error {
+                self.counters.tasks_invalid += 1;
+                let status = TaskStatus::from_master(
+                    spec.id,
+                    TaskState::Error,
+                    Some(agent_id.clone()),
+                    reason::TASK_INVALID,
+                    message,
+                );
+                self.send_update(fid, status);
+                continue;
+            }
+            remaining.subtract(&spec.resources);
+            self.launch(fid, &agent_id, spec);
+        }
+        if !remaining.is_empty() {
+            self.allocator.recover(fid, &agent_id, &remaining);
+            let refuse = filters.refuse();
+            if !refuse.is_zero() {
+                self.allocator.filter(fid, &agent_id, Instant::now() + refuse);
+            }
+        }
+        self.allocation_due = true;
+    }
+
+    fn launch(&mut self, fid: &FrameworkId, agent_id: &AgentId, spec: TaskSpec) {
+        self.counters.tasks_launched += 1;
+        let key = (fid.clone(), spec.id.clone());
+        let task = Task {
+            agent_id: agent_id.clone(),
+            name: spec.name.clone(),
+            resources: spec.resources.clone(),
+            state: TaskState::Staging,
+            status: None,
+            kill_requested: false,
+        };
+        if let Some(fw) = self.frameworks.get_mut(fid) {
+            fw.tasks.insert(spec.id.clone(), task);
+        }
+        if let Some(agent) = self.agents.get_mut(agent_id) {
+            agent.tasks.insert(key);
+        }
+        debug!(framework_id = %fid, agent_id = %agent_id, task_id = %spec.id, "launching task");
+        // If the agent is gone the task stays STAGING; the agent re-registering without it reports it lost.
+        self.send_agent(agent_id, MasterMessage::RunTask { framework_id: fid.clone(), spec });
+    }
+
+    fn decline(&mut self, fid: &FrameworkId, offer_ids: Vec<OfferId>, filters: Filters) {
+        let refuse = filters.refuse();
+        for oid in offer_ids {
+            // Declining an offer that was just rescinded is a harmless race, so unknown ids are ignored.
+            if self.offers.get(&oid).is_none_or(|o| &o.offer.framework_id != fid) {
+                continue;
+            }
+            if let Some(offer) = self.take_offer(&oid) {
+                self.counters.offers_declined += 1;
+                self.allocator.recover(fid, &offer.agent_id, &offer.resources);
+                if !refuse.is_zero() {
+                    self.allocator.filter(fid, &offer.agent_id, Instant::now() + refuse);
+                }
+            }
+        }
+        self.allocation_due = true;
+    }
+
+    fn kill(&mut self, fid: &FrameworkId, tid: TaskId) {
+        let fw = self.frameworks.get_mut(fid).expect("caller checked");
+        if let Some(task) = fw.tasks.get_mut(&tid) {
+            if let (false, Some(status)) = (task.state.can_kill(), task.status.clone()) {
+                self.send_update(fid, status);
+                return;
+            }
+            task.kill_requested = true;
+            let agent_id = task.agent_id.clone();
+            info!(framework_id = %fid, task_id = %tid, agent_id = %agent_id, "killing task");
+            // An unreachable agent gets the kill when it comes back.
+            self.send_agent(&agent_id, MasterMessage::KillTask { framework_id: fid.clone(), task_id: tid });
+            return;
+        }
+        if let Some((_, status)) = fw.completed.iter().find(|(id, _)| *id == tid) {
+            let status = status.clone();
+            self.send_update(fid, status);
+            return;
+        }
+        self.send_event(fid, Event::Error(format!("cannot kill task {tid}: no such task")));
+    }
+
+    fn acknowledge(&mut self, fid: &FrameworkId, agent_id: AgentId, tid: TaskId, uuid: String) {
+        if !self.agents.contains_key(&agent_id) {
+            self.send_event(fid, Event::Error(format!("cannot acknowledge task {tid}: no such agent {agent_id}")));
+            return;
+        }
+        let fw = self.frameworks.get(fid).expect("caller checked");
+        let known = fw.tasks.contains_key(&tid) || fw.completed.iter().any(|(id, _)| *id == tid);
+        if !known {
+            self.send_event(fid, Event::Error(format!("cannot acknowledge task {tid}: no such task")));
+            return;
+        }
+        let acked_terminal = fw
+            .tasks
+            .get(&tid)
+            .and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.state.is_terminal() && s.uuid.as_deref() == Some(uuid.as_str()));
+        self.send_agent(
+            &agent_id,
+            MasterMessage::Acknowledge { framework_id: fid.clone(), task_id: tid.clone(), uuid },
+        );
+        if acked_terminal {
+            self.complete_task(fid, &tid);
+        }
+    }
+
+    fn reconcile(&mut self, fid: &FrameworkId, asked: Vec<(TaskId, Option<AgentId>)>) {
+        let fw = &self.frameworks[fid];
+        let mut replies = Vec::new();
+        let answer = |tid: &TaskId, task: &Task| {
+            let mut s = TaskStatus::from_master(
+                tid.clone(),
+                task.state,
+                Some(task.agent_id.clone()),
+                reason::RECONCILIATION,
+                "reconciliation",
+            );
+            if let Some(last) = &task.status {
+                s.message = last.message.clone();
+                s.exit_code = last.exit_code;
+                s.healthy = last.healthy;
+            }
+            s
+        };
+        if asked.is_empty() {
+            replies.extend(fw.tasks.iter().filter(|(_, t)| !t.state.is_terminal()).map(|(tid, t)| answer(tid, t)));
+        } else {
+            for (tid, agent_id) in asked {
+                if let Some(task) = fw.tasks.get(&tid) {
+                    replies.push(answer(&tid, task));
+                } else if let Some((_, status)) = fw.completed.iter().find(|(id, _)| *id == tid) {
+                    let mut s = status.clone();
+                    s.uuid = None;
+                    s.reason = Some(reason::RECONCILIATION.into());
+                    replies.push(s);
+                } else {
+                    let agent = agent_id.as_ref().and_then(|a| self.agents.get(a));
+                    match agent.map(|a| a.status) {
+                        // The agent has not re-registered since a master restart: it will report the task.
+                        Some(AgentStatus::Recovering) => {}
+                        Some(AgentStatus::Unreachable) => replies.push(TaskStatus::from_master(
+                            tid,
+                            TaskState::Unreachable,
+                            agent_id,
+                            reason::RECONCILIATION,
+                            "the task's agent is unreachable",
+                        )),
+                        _ => replies.push(TaskStatus::from_master(
+                            tid,
+                            TaskState::Unknown,
+                            agent_id,
+                            reason::RECONCILIATION,
+                            "the master does not know this task",
+                        )),
+                    }
+                }
+            }
+        }
+        for status in replies {
+            self.send_update(fid, status);
+        }
+    }
+
+    // ---- offers ----
+
+    fn take_offer(&mut self, oid: &OfferId) -> Option<Offer> {
+        let o = self.offers.remove(oid)?.offer;
+        if let Some(fw) = self.frameworks.get_mut(&o.framework_id) {
+            fw.offers.remove(oid);
+        }
+        if let Some(agent) = self.agents.get_mut(&o.agent_id) {
+            agent.offers.remove(oid);
+        }
+        Some(o)
+    }
+
+    fn rescind(&mut self, oid: &OfferId) {
+        if let Some(offer) = self.take_offer(oid) {
+            self.counters.offers_rescinded += 1;
+            self.allocator.recover(&offer.framework_id, &offer.agent_id, &offer.resources);
+            self.send_event(&offer.framework_id, Event::Rescind(oid.clone()));
+            self.allocation_due = true;
+        }
+    }
+
+    fn rescind_agent_offers(&mut self, agent_id: &AgentId) {
+        let ids: Vec<OfferId> =
+            self.agents.get(agent_id).map(|a| a.offers.iter().cloned().collect()).unwrap_or_default();
+        for oid in ids {
+            self.rescind(&oid);
+        }
+    }
+
+    fn rescind_framework_offers(&mut self, fid: &FrameworkId) {
+        let ids: Vec<OfferId> =
+            self.frameworks.get(fid).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
+        for oid in ids {
+            self.rescind(&oid);
+        }
+    }
+
+    fn allocate(&mut self, now: Instant) {
+        self.allocation_due = false;
+        let allocations = self.allocator.allocate(now);
+        let mut by_framework: HashMap<FrameworkId, Vec<Offer>> = HashMap::new();
+        for a in allocations {
+            let Some(agent) = self.agents.get_mut(&a.agent_id) else { continue };
+            self.next_offer += 1;
+            let offer = Offer {
+                id: OfferId::sequential(&self.epoch, self.next_offer),
+                framework_id: a.framework_id.clone(),
+                agent_id: a.agent_id.clone(),
+                hostname: agent.info.hostname.clone(),
+                resources: a.resources,
+                attributes: agent.info.attributes.clone(),
+            };
+            agent.offers.insert(offer.id.clone());
+            if let Some(fw) = self.frameworks.get_mut(&a.framework_id) {
+                fw.offers.insert(offer.id.clone());
+            }
+            self.offers.insert(offer.id.clone(), OutstandingOffer { offer: offer.clone(), created: now });
+            by_framework.entry(a.framework_id).or_default().push(offer);
+        }
+        for (fid, offers) in by_framework {
+            self.counters.offers_sent += offers.len() as u64;
+            self.send_event(&fid, Event::Offers(offers));
+        }
+    }
+
+    // ---- timers ----
+
+    async fn periodic(&mut self, now: Instant) {
+        let timeout = self.config.agent_timeout;
+        let silent: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|a| a.status != AgentStatus::Unreachable && now.duration_since(a.last_seen) > timeout)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in silent {
+            self.mark_unreachable(&id);
+        }
+
+        let expired: Vec<FrameworkId> = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| !f.removed && f.conn.is_none() && f.failover_deadline.is_some_and(|d| now >= d))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.teardown(&id, "its failover timeout passed").await;
+        }
+
+        if let Some(offer_timeout) = self.config.offer_timeout {
+            let stale: Vec<OfferId> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| now.duration_since(o.created) > offer_timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for oid in stale {
+                debug!(offer_id = %oid, "offer timed out");
+                self.rescind(&oid);
+            }
+        }
+
+        if now.duration_since(self.last_heartbeat) >= self.config.framework_heartbeat {
+            self.last_heartbeat = now;
+            let connected: Vec<FrameworkId> =
+                self.frameworks.iter().filter(|(_, f)| f.conn.is_some()).map(|(id, _)| id.clone()).collect();
+            for fid in connected {
+                self.send_event(&fid, Event::Heartbeat);
+            }
+        }
+
+        if self.allocation_due || now.duration_since(self.last_full_allocation) >= self.config.allocation_interval {
+            self.last_full_allocation = now;
+            self.allocator.expire_filters(now);
+            self.allocate(now);
+        }
+    }
+
+    // ---- operator views ----
+
+    fn snapshot(&self) -> StateSnapshot {
+        let now = Instant::now();
+        let mut used: HashMap<&AgentId, Resources> = HashMap::new();
+        let mut tasks = Vec::new();
+        let mut completed_tasks = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            for (tid, t) in &fw.tasks {
+                if !t.state.is_terminal() {
+                    used.entry(&t.agent_id).or_default().add(&t.resources);
+                }
+                tasks.push(TaskView {
+                    id: tid.clone(),
+                    name: t.name.clone(),
+                    framework_id: fid.clone(),
+                    agent_id: t.agent_id.clone(),
+                    state: t.state,
+                    resources: t.resources.clone(),
+                    message: t.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+                    exit_code: t.status.as_ref().and_then(|s| s.exit_code),
+                    healthy: t.status.as_ref().and_then(|s| s.healthy),
+                });
+            }
+            for (tid, s) in &fw.completed {
+                completed_tasks.push(TaskView {
+                    id: tid.clone(),
+                    name: tid.to_string(),
+                    framework_id: fid.clone(),
+                    agent_id: s.agent_id.clone().unwrap_or_else(|| AgentId::parse("unknown").expect("valid")),
+                    state: s.state,
+                    resources: Resources::default(),
+                    message: s.message.clone(),
+                    exit_code: s.exit_code,
+                    healthy: s.healthy,
+                });
+            }
+        }
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut agents: Vec<AgentView> = self
+            .agents
+            .values()
+            .map(|a| {
+                let mut offered = Resources::default();
+                for oid in &a.offers {
+                    if let Some(o) = self.offers.get(oid) {
+                        offered.add(&o.offer.resources);
+                    }
+                }
+                AgentView {
+                    id: a.id.clone(),
+                    hostname: a.info.hostname.clone(),
+                    status: a.status,
+                    resources: a.info.resources.clone(),
+                    used_resources: used.remove(&a.id).unwrap_or_default(),
+                    offered_resources: offered,
+                    attributes: a.info.attributes.iter().cloned().collect(),
+                    docker: a.info.docker,
+                    registered_at: a.registered_at as f64 / 1000.0,
+                    last_seen_seconds_ago: now.duration_since(a.last_seen).as_secs_f64(),
+                    tasks: a.tasks.len(),
+                }
+            })
+            .collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut frameworks: Vec<FrameworkView> = self
+            .frameworks
+            .iter()
+            .map(|(id, f)| {
+                let share = self.allocator.framework_share(id);
+                FrameworkView {
+                    id: id.clone(),
+                    name: f.info.name.clone(),
+                    role: f.info.role.clone(),
+                    connected: f.conn.is_some(),
+                    active: !f.removed,
+                    failover_timeout_seconds: f.info.failover_timeout.as_secs_f64(),
+                    webui_url: f.info.webui_url.clone(),
+                    registered_at: f.registered_at as f64 / 1000.0,
+                    dominant_share: share.as_ref().map_or(0.0, |s| s.dominant_share),
+                    suppressed: share.is_some_and(|s| s.suppressed),
+                    tasks: f.tasks.len(),
+                    offers: f.offers.len(),
+                }
+            })
+            .collect();
+        frameworks.sort_by(|a, b| a.id.cmp(&b.id));
+        StateSnapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            agents,
+            frameworks,
+            tasks,
+            completed_tasks,
+            outstanding_offers: self.offers.len(),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let mut by_status: HashMap<AgentStatus, usize> = HashMap::new();
+        let mut total = Resources::default();
+        for a in self.agents.values() {
+            *by_status.entry(a.status).or_default() += 1;
+            if a.status == AgentStatus::Active {
+                total.add(&a.info.resources);
+            }
+        }
+        let statuses =
+            [AgentStatus::Recovering, AgentStatus::Active, AgentStatus::Disconnected, AgentStatus::Unreachable];
+        gauge(
+            "keel_master_agents",
+            "Agents by status.",
+            "gauge",
+            statuses
+                .iter()
+                .map(|s| {
+                    (
+                        format!(
+                            "{{status=\"{}\"}}",
+                            serde_json::to_value(s).unwrap_or_default().as_str().unwrap_or("")
+                        ),
+                        by_status.get(s).copied().unwrap_or(0) as f64,
+                    )
+                })
+                .collect(),
+        );
+        let mut states: HashMap<TaskState, usize> = HashMap::new();
+        let mut used = Resources::default();
+        for fw in self.frameworks.values() {
+            for t in fw.tasks.values() {
+                *states.entry(t.state).or_default() += 1;
+                if !t.state.is_terminal() {
+                    used.add(&t.resources);
+                }
+            }
+        }
+        gauge(
+            "keel_master_tasks",
+            "Tasks the master tracks, by state.",
+            "gauge",
+            TaskState::ALL
+                .iter()
+                .map(|s| (format!("{{state=\"{}\"}}", s.name()), states.get(s).copied().unwrap_or(0) as f64))
+                .collect(),
+        );
+        let connected = self.frameworks.values().filter(|f| f.conn.is_some()).count();
+        gauge(
+            "keel_master_frameworks",
+            "Frameworks by connection.",
+            "gauge",
+            vec![
+                ("{state=\"connected\"}".into(), connected as f64),
+                ("{state=\"disconnected\"}".into(), (self.frameworks.len() - connected) as f64),
+            ],
+        );
+        let res = |r: &Resources| {
+            vec![
+                ("{resource=\"cpus\"}".to_string(), r.cpus.as_f64()),
+                ("{resource=\"mem\"}".to_string(), r.mem.as_f64()),
+                ("{resource=\"disk\"}".to_string(), r.disk.as_f64()),
+            ]
+        };
+        gauge("keel_master_resources_total", "Resources of active agents.", "gauge", res(&total));
+        gauge("keel_master_resources_used", "Resources used by running tasks.", "gauge", res(&used));
+        gauge(
+            "keel_master_offers_outstanding",
+            "Offers not yet answered.",
+            "gauge",
+            vec![(String::new(), self.offers.len() as f64)],
+        );
+        let c = &self.counters;
+        for (name, help, v) in [
+            ("keel_master_tasks_launched_total", "Tasks sent to agents.", c.tasks_launched),
+            ("keel_master_tasks_invalid_total", "Tasks refused at ACCEPT.", c.tasks_invalid),
+            ("keel_master_status_updates_total", "Status updates received from agents.", c.status_updates),
+            ("keel_master_offers_sent_total", "Offers made.", c.offers_sent),
+            ("keel_master_offers_declined_total", "Offers declined.", c.offers_declined),
+            ("keel_master_offers_rescinded_total", "Offers rescinded.", c.offers_rescinded),
+            ("keel_master_agents_unreachable_total", "Times an agent was marked unreachable.", c.agents_unreachable),
+            ("keel_master_frameworks_torn_down_total", "Frameworks torn down.", c.frameworks_torn_down),
+        ] {
+            gauge(name, help, "counter", vec![(String::new(), v as f64)]);
+        }
+        gauge(
+            "keel_master_uptime_seconds",
+            "Seconds since the master started.",
+            "gauge",
+            vec![(String::new(), self.started.elapsed().as_secs_f64())],
+        );
+        out
+    }
+}
+
+/// `GET /master/state`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StateSnapshot {
+    pub version: &'static str,
+    pub started_at: f64,
+    pub uptime_seconds: f64,
+    pub agents: Vec<AgentView>,
+    pub frameworks: Vec<FrameworkView>,
+    pub tasks: Vec<TaskView>,
+    pub completed_tasks: Vec<TaskView>,
+    pub outstanding_offers: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentView {
+    pub id: AgentId,
+    pub hostname: String,
+    status: AgentStatus,
+    pub resources: Resources,
+    pub used_resources: Resources,
+    pub offered_resources: Resources,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub docker: bool,
+    pub registered_at: f64,
+    pub last_seen_seconds_ago: f64,
+    pub tasks: usize,
+}
+
+impl AgentView {
+    /// `recovering`, `active`, `disconnected` or `unreachable`.
+    pub fn status(&self) -> String {
+        serde_json::to_value(self.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FrameworkView {
+    pub id: FrameworkId,
+    pub name: String,
+    pub role: String,
+    pub connected: bool,
+    pub active: bool,
+    pub failover_timeout_seconds: f64,
+    pub webui_url: String,
+    pub registered_at: f64,
+    pub dominant_share: f64,
+    pub suppressed: bool,
+    pub tasks: usize,
+    pub offers: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskView {
+    pub id: TaskId,
+    pub name: String,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub state: TaskState,
+    pub resources: Resources,
+    pub message: String,
+    pub exit_code: Option<i32>,
+    pub healthy: Option<bool>,
+}

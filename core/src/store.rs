@@ -1,0 +1,287 @@
+//! The store: what the master must remember across restarts, in PostgreSQL (production) or SQLite (the
+//! embedded default).
+//!
+//! Both backends go through sqlx's `Any` driver with the same SQL, so there is one implementation and one
+//! conformance suite (`core/tests/store.rs`) run against both. Migrations live per backend in
+//! `migrations/postgres/` and `migrations/sqlite/` at the top of the repository.
+//!
+//! Only rarely-changing facts are stored: the agent registry and framework ids. Tasks are not: agents hold
+//! them and report them when they re-register, so a restarted master rebuilds its task table from the
+//! agents themselves.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::Row;
+use sqlx::{AnyPool, any::AnyPoolOptions};
+
+use crate::ids::{AgentId, FrameworkId, IdError};
+use crate::resources::{ResourceError, Resources, parse_attributes};
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url '{0}': use postgres://… or sqlite:PATH")]
+    BadUrl(String),
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate the {backend} store")]
+    Migrate {
+        backend: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("store query failed: {what}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<IdError> for StoreError {
+    fn from(e: IdError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+impl From<ResourceError> for StoreError {
+    fn from(e: ResourceError) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+fn query_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// Milliseconds since the Unix epoch, the store's time unit.
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Which database a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A registered agent, as the master remembers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    pub hostname: String,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+    pub registered_at: i64,
+}
+
+/// A framework, as the master remembers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameworkRecord {
+    pub id: FrameworkId,
+    pub name: String,
+    pub role: String,
+    pub failover_timeout_seconds: f64,
+    pub webui_url: String,
+    pub registered_at: i64,
+    /// When it was torn down; a removed framework cannot subscribe again.
+    pub removed_at: Option<i64>,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite:PATH`, created if missing) and applies migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            let with_mode = if rest.contains("mode=") || rest == ":memory:" {
+                url.to_owned()
+            } else if rest.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, with_mode)
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        // SQLite has one writer; more connections only contend for its lock.
+        let max = if backend == Backend::Sqlite { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Connect { url: redact(&url), source })?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let (migrator, name) = match self.backend {
+            Backend::Postgres => (&POSTGRES_MIGRATIONS, "postgres"),
+            Backend::Sqlite => {
+                sqlx::query("PRAGMA journal_mode=WAL").execute(&self.pool).await.map_err(query_err("enable WAL"))?;
+                (&SQLITE_MIGRATIONS, "sqlite")
+            }
+        };
+        migrator.run(&self.pool).await.map_err(|source| StoreError::Migrate { backend: name, source })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for frameworks that keep their own tables in the same database.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
+        let attributes = a.attributes.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";");
+        sqlx::query(
+            "INSERT INTO agents (id, hostname, resources, attributes, registered_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, resources = excluded.resources, \
+             attributes = excluded.attributes",
+        )
+        .bind(a.id.as_str())
+        .bind(&a.hostname)
+        .bind(a.resources.to_string())
+        .bind(attributes)
+        .bind(a.registered_at)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("put agent"))?;
+        Ok(())
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let rows = sqlx::query("SELECT id, hostname, resources, attributes, registered_at FROM agents ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("list agents"))?;
+        rows.iter()
+            .map(|r| {
+                let get = |i| r.try_get::<String, _>(i).map_err(|e| StoreError::Corrupt(e.to_string()));
+                Ok(AgentRecord {
+                    id: AgentId::parse(get(0)?)?,
+                    hostname: get(1)?,
+                    resources: get(2)?.parse()?,
+                    attributes: parse_attributes(&get(3)?)?,
+                    registered_at: r.try_get(4).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn remove_agent(&self, id: &AgentId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("remove agent"))?;
+        Ok(())
+    }
+
+    pub async fn put_framework(&self, f: &FrameworkRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO frameworks (id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, \
+             failover_timeout_seconds = excluded.failover_timeout_seconds, webui_url = excluded.webui_url, \
+             removed_at = excluded.removed_at",
+        )
+        .bind(f.id.as_str())
+        .bind(&f.name)
+        .bind(&f.role)
+        .bind(f.failover_timeout_seconds)
+        .bind(&f.webui_url)
+        .bind(f.registered_at)
+        .bind(f.removed_at)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("put framework"))?;
+        Ok(())
+    }
+
+    /// Every framework ever registered, removed ones included.
+    pub async fn frameworks(&self) -> Result<Vec<FrameworkRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at \
+             FROM frameworks ORDER BY registered_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("list frameworks"))?;
+        rows.iter()
+            .map(|r| {
+                let c = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+                Ok(FrameworkRecord {
+                    id: FrameworkId::parse(r.try_get::<String, _>(0).map_err(c)?)?,
+                    name: r.try_get(1).map_err(c)?,
+                    role: r.try_get(2).map_err(c)?,
+                    failover_timeout_seconds: r.try_get(3).map_err(c)?,
+                    webui_url: r.try_get(4).map_err(c)?,
+                    registered_at: r.try_get(5).map_err(c)?,
+                    removed_at: r.try_get(6).map_err(c)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a framework torn down.
+    pub async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE frameworks SET removed_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("remove framework"))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Hides a password in a database URL before it reaches a log or an error.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(super::redact("sqlite:/x"), "sqlite:/x");
+    }
+}

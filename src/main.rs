@@ -1,0 +1,291 @@
+//! The `keel` command: runs a master, an agent, a one-shot task, or everything at once for development.
+
+mod execute;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use keel_core::agent::{self, AgentConfig, process::ProcessContainerizer};
+use keel_core::master::{self, MasterConfig};
+use keel_core::resources::{Resources, parse_attributes};
+use keel_core::store::{Store, redact};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Keel: a small, fast cluster manager in the spirit of Apache Mesos.
+///
+/// A master pools the resources of agents and offers them to frameworks; agents run the tasks frameworks
+/// launch. Everything a master serves (gRPC for agents and frameworks, the operator HTTP API) shares one
+/// port.
+#[derive(Parser)]
+#[command(name = "keel", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master.
+    Master(MasterArgs),
+    /// Run an agent that registers with a master and runs its tasks.
+    Agent(AgentArgs),
+    /// Run one command as a task on the cluster, print its status changes, and exit with its exit code.
+    ///
+    /// Exit codes: the task's own exit code when it ran; 143 when it was killed; 1 when it could not run
+    /// (no offer fitted in time, invalid task, lost agent), with the reason on stderr.
+    Execute(execute::ExecuteArgs),
+    /// Run a master and one agent in one process on SQLite, for trying Keel out.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct MasterOptions {
+    /// Address to listen on for gRPC and HTTP.
+    #[arg(long, default_value = "127.0.0.1:5050", env = "KEEL_LISTEN")]
+    listen: String,
+    /// Where the default SQLite store lives.
+    #[arg(long, default_value = ".keel", env = "KEEL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The store: postgres://USER:PASS@HOST/DB or sqlite:PATH. Default: sqlite:DATA_DIR/keel.db.
+    #[arg(long, env = "KEEL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// How long an agent may be silent before it is marked unreachable (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    agent_timeout: Duration,
+    /// Rescind offers not answered within this (0 keeps them until answered).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    offer_timeout: Duration,
+    /// A role's DRF weight, as ROLE=WEIGHT; repeat for more roles.
+    #[arg(long = "role-weight", value_parser = parse_weight)]
+    role_weights: Vec<(String, f64)>,
+}
+
+#[derive(Args)]
+struct MasterArgs {
+    #[command(flatten)]
+    master: MasterOptions,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The master's address, such as http://127.0.0.1:5050.
+    #[arg(long, env = "KEEL_MASTER")]
+    master: String,
+    /// Where sandboxes and checkpoints live. Restarting with the same directory re-attaches to running tasks.
+    #[arg(long, default_value = ".keel/agent", env = "KEEL_WORK_DIR")]
+    work_dir: PathBuf,
+    #[command(flatten)]
+    resources: ResourceOptions,
+}
+
+#[derive(Args)]
+struct ResourceOptions {
+    /// Resources to offer, e.g. "cpus:4;mem:8192;disk:20000;ports:[31000-32000]". Default: detected.
+    #[arg(long)]
+    resources: Option<String>,
+    /// Attributes for placement constraints, e.g. "rack:r1;zone:a".
+    #[arg(long, default_value = "")]
+    attributes: String,
+    /// The hostname to advertise. Default: this machine's.
+    #[arg(long)]
+    hostname: Option<String>,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    #[command(flatten)]
+    master: MasterOptions,
+    #[command(flatten)]
+    resources: ResourceOptions,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a duration like 10s, 500ms or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit '{unit}' in '{s}': use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' must be a non-negative duration"))
+}
+
+fn parse_weight(s: &str) -> Result<(String, f64), String> {
+    let (role, w) = s.split_once('=').ok_or_else(|| format!("'{s}' is not ROLE=WEIGHT"))?;
+    let w: f64 = w.parse().map_err(|_| format!("weight '{w}' is not a number"))?;
+    if !(w.is_finite() && w > 0.0) {
+        return Err(format!("weight of role '{role}' must be positive"));
+    }
+    Ok((role.to_owned(), w))
+}
+
+impl MasterOptions {
+    fn config(&self) -> MasterConfig {
+        let agent_timeout = self.agent_timeout.max(Duration::from_millis(500));
+        MasterConfig {
+            agent_timeout,
+            agent_heartbeat: agent_timeout / 5,
+            offer_timeout: Some(self.offer_timeout).filter(|d| !d.is_zero()),
+            recovery_grace: (agent_timeout * 2).max(Duration::from_secs(5)),
+            role_weights: self.role_weights.clone(),
+            ..MasterConfig::default()
+        }
+    }
+
+    fn database_url(&self) -> Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        Ok(format!("sqlite:{}", self.data_dir.join("keel.db").display()))
+    }
+
+    /// Opens the store, starts the master and serves it; returns the address it listens on.
+    async fn start(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let url = self.database_url()?;
+        let store = Store::connect(&url).await.with_context(|| format!("cannot open the store at {}", redact(&url)))?;
+        info!(store = %redact(&url), "store ready");
+        let (handle, _actor) =
+            master::start(self.config(), store, shutdown.clone()).await.context("cannot start the master")?;
+        let listener =
+            TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
+        let addr = listener.local_addr()?.to_string();
+        let router = keel_core::server::router(handle, axum::Router::new());
+        let server = tokio::spawn(keel_core::server::serve(listener, router, shutdown.clone()));
+        Ok((addr, server))
+    }
+}
+
+impl ResourceOptions {
+    fn agent_config(&self, master: &str, work_dir: PathBuf) -> Result<AgentConfig> {
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("cannot create work directory {}", work_dir.display()))?;
+        let resources: Resources = match &self.resources {
+            Some(r) => r.parse().with_context(|| format!("invalid --resources '{r}'"))?,
+            None => agent::detect_resources(&work_dir),
+        };
+        if resources.cpus.milli() == 0 && resources.mem.milli() == 0 {
+            bail!("--resources must offer some cpus or mem");
+        }
+        let mut config = AgentConfig::new(master, work_dir, resources);
+        config.attributes = parse_attributes(&self.attributes)
+            .with_context(|| format!("invalid --attributes '{}'", self.attributes))?;
+        if let Some(h) = &self.hostname {
+            config.hostname = h.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutting down");
+        token.cancel();
+    });
+}
+
+async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    info!(master = %config.master, work_dir = %config.work_dir.display(), resources = %config.resources, "starting agent");
+    agent::run(config, Arc::new(ProcessContainerizer::new()), shutdown).await.context("agent failed")
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Execute(args) => execute::run(args).await,
+        other => run(other).await.map(|()| 0),
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    match command {
+        Command::Master(args) => {
+            let (addr, server) = args.master.start(&shutdown).await?;
+            println!("keel master listening on http://{addr}");
+            server.await??;
+        }
+        Command::Agent(args) => {
+            let config = args.resources.agent_config(&args.master, args.work_dir)?;
+            run_agent(config, shutdown).await?;
+        }
+        Command::Dev(args) => {
+            let (addr, server) = args.master.start(&shutdown).await?;
+            let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
+            let agent = tokio::spawn(run_agent(config, shutdown.clone()));
+            println!("Keel is running at http://{addr}");
+            println!("  cluster state: http://{addr}/master/state");
+            println!(
+                "  try:           cargo run -- execute --master http://{addr} --name hello --command 'echo hello'"
+            );
+            server.await??;
+            agent.await??;
+        }
+        Command::Execute(_) => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(parse_weight("prod=2").unwrap(), ("prod".into(), 2.0));
+        assert!(parse_weight("prod").is_err());
+        assert!(parse_weight("prod=0").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,362 @@
+//! A harness for end-to-end tests: real `keel master` and `keel agent` processes on loopback ports, real
+//! stores (SQLite and PostgreSQL), and an in-process framework speaking the scheduler API.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_core::api::{Call, Event, Filters, FrameworkInfo, Offer};
+use keel_core::ids::TaskId;
+use keel_core::scheduler::{self, DriverEvent, SchedulerHandle};
+use keel_core::task::{CommandSpec, TaskSpec, TaskState, TaskStatus};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+/// A store to run a scenario against.
+pub struct Backend {
+    pub name: &'static str,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// SQLite always; PostgreSQL when configured (and always under CI).
+pub async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("keel.db").display());
+    let mut out = vec![Backend { name: "sqlite", url, _dir: dir }];
+    if let Some(url) = keel_core::testing::postgres_database().await {
+        out.push(Backend { name: "postgres", url, _dir: tempfile::tempdir().unwrap() });
+    }
+    out
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process that is killed when dropped, with its log kept in a file and shown if the test fails.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(KEEL)
+            .args(args)
+            .env("KEEL_LOG", "info,keel_core=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn keel");
+        Proc { child, log }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- last lines of {} ----", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A master process and where it keeps things.
+pub struct Master {
+    pub proc: Proc,
+    pub port: u16,
+    pub db_url: String,
+    pub agent_timeout: String,
+    dir: PathBuf,
+}
+
+impl Master {
+    pub async fn start(dir: &Path, db_url: &str, agent_timeout: &str) -> Master {
+        Self::start_on(dir, free_port(), db_url, agent_timeout).await
+    }
+
+    pub async fn start_on(dir: &Path, port: u16, db_url: &str, agent_timeout: &str) -> Master {
+        let listen = format!("127.0.0.1:{port}");
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let proc = Proc::spawn(
+            &["master", "--listen", &listen, "--database-url", db_url, "--agent-timeout", agent_timeout],
+            dir.join(format!("master-{n}.log")),
+        );
+        let m = Master { proc, port, db_url: db_url.into(), agent_timeout: agent_timeout.into(), dir: dir.to_owned() };
+        wait_for("master to serve /health", Duration::from_secs(20), || async { m.get("/health").await.ok() }).await;
+        m
+    }
+
+    /// Kills the master and starts a new one on the same port and store.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        *self = Master::start_on(&self.dir, self.port, &self.db_url.clone(), &self.agent_timeout.clone()).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
+        let resp = reqwest::get(format!("{}{path}", self.url())).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    pub async fn state(&self) -> serde_json::Value {
+        self.get("/master/state").await.expect("GET /master/state")
+    }
+}
+
+/// An agent process.
+pub struct Agent {
+    pub proc: Proc,
+    pub work_dir: PathBuf,
+    master: String,
+    resources: String,
+}
+
+impl Agent {
+    pub async fn start(master: &Master, work_dir: &Path, resources: &str) -> Agent {
+        let a = Self::spawn(&master.url(), work_dir, resources);
+        a.wait_registered(master).await;
+        a
+    }
+
+    fn spawn(master: &str, work_dir: &Path, resources: &str) -> Agent {
+        std::fs::create_dir_all(work_dir).unwrap();
+        let n = std::fs::read_dir(work_dir.parent().unwrap()).map(|d| d.count()).unwrap_or(0);
+        let log = work_dir.parent().unwrap().join(format!("agent-{n}.log"));
+        let proc = Proc::spawn(
+            &[
+                "agent",
+                "--master",
+                master,
+                "--work-dir",
+                work_dir.to_str().unwrap(),
+                "--resources",
+                resources,
+                "--attributes",
+                "rack:r1",
+            ],
+            log,
+        );
+        Agent { proc, work_dir: work_dir.to_owned(), master: master.into(), resources: resources.into() }
+    }
+
+    pub fn agent_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.work_dir.join("meta/agent_id")).ok()
+    }
+
+    pub async fn wait_registered(&self, master: &Master) {
+        wait_for("agent to be active", Duration::from_secs(20), || async {
+            let id = self.agent_id()?;
+            let state = master.get("/master/state").await.ok()?;
+            state["agents"].as_array()?.iter().find(|a| a["id"] == id.as_str() && a["status"] == "active").map(|_| ())
+        })
+        .await;
+    }
+
+    /// Kills the agent (SIGKILL) and starts it again on the same work directory.
+    pub async fn restart(&mut self, master: &Master) {
+        self.proc.kill();
+        *self = Self::spawn(&self.master, &self.work_dir, &self.resources);
+        self.wait_registered(master).await;
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A task running `command` under sh.
+pub fn task(id: &str, command: &str) -> TaskSpec {
+    TaskSpec {
+        id: TaskId::parse(id).unwrap(),
+        name: id.into(),
+        resources: "cpus:0.1;mem:16".parse().unwrap(),
+        command: CommandSpec { value: command.into(), shell: true, ..Default::default() },
+        labels: Default::default(),
+        kill_grace: None,
+    }
+}
+
+/// An in-process framework, driven by the test.
+pub struct Framework {
+    pub handle: SchedulerHandle,
+    pub events: mpsc::Receiver<DriverEvent>,
+    pub shutdown: CancellationToken,
+    /// Offers seen and not used yet.
+    pub offers: Vec<Offer>,
+    /// Every update received, in order.
+    pub updates: Vec<TaskStatus>,
+    pub errors: Vec<String>,
+    pub failures: Vec<String>,
+    pub subscriptions: usize,
+}
+
+impl Framework {
+    pub async fn subscribe(master: &Master, name: &str, failover: Duration) -> Framework {
+        let mut info = FrameworkInfo::new(name);
+        info.failover_timeout = failover;
+        let shutdown = CancellationToken::new();
+        let (handle, events) = scheduler::start(&master.url(), info, None, shutdown.clone());
+        let mut f = Framework {
+            handle,
+            events,
+            shutdown,
+            offers: vec![],
+            updates: vec![],
+            errors: vec![],
+            failures: vec![],
+            subscriptions: 0,
+        };
+        f.pump_until("SUBSCRIBED", Duration::from_secs(10), |f| f.subscriptions > 0).await;
+        f
+    }
+
+    pub fn id(&self) -> String {
+        self.handle.framework_id().unwrap().to_string()
+    }
+
+    /// Handles events until `done` holds: records them and acknowledges every update.
+    pub async fn pump_until(&mut self, what: &str, timeout: Duration, mut done: impl FnMut(&Framework) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(self) {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("timed out after {timeout:?} waiting for {what}; updates so far: {:#?}", self.updates)
+                })
+                .expect("driver stopped");
+            self.record(event).await;
+        }
+    }
+
+    async fn record(&mut self, event: DriverEvent) {
+        match event {
+            DriverEvent::Event(Event::Subscribed { .. }) => {
+                // Offers from before are void on a new subscription.
+                self.offers.clear();
+                self.subscriptions += 1;
+            }
+            DriverEvent::Event(Event::Offers(o)) => self.offers.extend(o),
+            DriverEvent::Event(Event::Rescind(id)) => self.offers.retain(|o| o.id != id),
+            DriverEvent::Event(Event::Update(s)) => {
+                if let (Some(uuid), Some(agent_id)) = (&s.uuid, &s.agent_id) {
+                    let ack = Call::Acknowledge {
+                        agent_id: agent_id.clone(),
+                        task_id: s.task_id.clone(),
+                        uuid: uuid.clone(),
+                    };
+                    let _ = self.handle.call(ack).await;
+                }
+                self.updates.push(s);
+            }
+            DriverEvent::Event(Event::Failure { agent_id }) => self.failures.push(agent_id.to_string()),
+            DriverEvent::Event(Event::Error(m)) => self.errors.push(m),
+            DriverEvent::Event(Event::Heartbeat) => {}
+            DriverEvent::Disconnected(_) => self.offers.clear(),
+            DriverEvent::Stopped(reason) => self.errors.push(format!("stopped: {reason}")),
+        }
+    }
+
+    /// Waits for an offer that fits `spec` and launches it there.
+    pub async fn launch(&mut self, spec: TaskSpec) -> Offer {
+        let fits = |f: &Framework| f.offers.iter().any(|o| o.resources.contains(&spec.resources));
+        self.pump_until("an offer that fits", Duration::from_secs(15), fits).await;
+        let i = self.offers.iter().position(|o| o.resources.contains(&spec.resources)).unwrap();
+        let offer = self.offers.remove(i);
+        let call = Call::Accept {
+            offer_ids: vec![offer.id.clone()],
+            tasks: vec![spec],
+            filters: Filters { refuse: Some(Duration::ZERO) },
+        };
+        self.handle.call(call).await.unwrap();
+        offer
+    }
+
+    /// The latest update of a task, if any.
+    pub fn last(&self, task: &str) -> Option<&TaskStatus> {
+        self.updates.iter().rev().find(|s| s.task_id.as_str() == task)
+    }
+
+    /// Waits until the task's latest update is in `state`.
+    pub async fn wait_state(&mut self, task: &str, state: TaskState, timeout: Duration) -> TaskStatus {
+        let what = format!("{task} to be {state}");
+        self.pump_until(&what, timeout, |f| f.last(task).is_some_and(|s| s.state == state)).await;
+        self.last(task).unwrap().clone()
+    }
+
+    pub async fn call(&self, call: Call) {
+        self.handle.call(call).await.unwrap();
+    }
+}
+
+impl Drop for Framework {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Reads a pid that a task wrote into its sandbox.
+pub async fn task_pid(agent: &Agent, task: &str) -> i32 {
+    wait_for("the task's pid file", Duration::from_secs(10), || async {
+        let sandboxes = agent.work_dir.join("sandboxes");
+        for fw in std::fs::read_dir(&sandboxes).ok()?.flatten() {
+            if let Ok(pid) = std::fs::read_to_string(fw.path().join(task).join("pid")) {
+                return pid.trim().parse().ok();
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// The contents of a sandbox file of a task.
+pub fn sandbox_file(agent: &Agent, framework: &str, task: &str, file: &str) -> String {
+    std::fs::read_to_string(agent.work_dir.join("sandboxes").join(framework).join(task).join(file)).unwrap_or_default()
+}
