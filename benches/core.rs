@@ -189,7 +189,8 @@ async fn throughput() -> (usize, Duration) {
     let total = if quick() { 5_000 } else { 100_000 };
     let master = MasterProcess::start();
     let shutdown = CancellationToken::new();
-    let _dirs = start_agents(&master.url, 100, "cpus:64;mem:262144;disk:0", Some(Duration::ZERO), &shutdown);
+    // Sized so that 640 tasks fill an agent exactly: no leftover offer has to be declined.
+    let _dirs = start_agents(&master.url, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let elapsed = launch_all(&master.url, total, "cpus:0.1;mem:32", TaskState::Finished).await;
     shutdown.cancel();
@@ -200,7 +201,8 @@ async fn memory() -> (usize, f64, f64, Duration) {
     let total = if quick() { 10_000 } else { 100_000 };
     let master = MasterProcess::start();
     let shutdown = CancellationToken::new();
-    let _dirs = start_agents(&master.url, 100, "cpus:1000;mem:1000000;disk:0", None, &shutdown);
+    // 1,000 tasks fit on each agent, so no agent's connection has to queue more than that at once.
+    let _dirs = start_agents(&master.url, total / 1000, "cpus:10;mem:1000;disk:0", None, &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = master.rss_mb();
     let elapsed = launch_all(&master.url, total, "cpus:0.01;mem:1", TaskState::Running).await;

@@ -331,3 +331,103 @@ async fn keel_execute_exits_with_the_task_exit_code() {
     let state = master.state().await;
     assert!(state["frameworks"].as_array().unwrap().is_empty(), "{state:#}");
 }
+
+#[tokio::test]
+async fn updates_are_retried_until_acknowledged_and_stay_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:1;mem:256").await;
+    let mut fw = Framework::subscribe(&master, "slow-acker", Duration::from_secs(60)).await;
+    fw.auto_ack = false;
+    fw.launch(task("quick", "sleep 0.2")).await;
+    // RUNNING is re-sent (the agent retries every 2 s) and FINISHED waits behind it, unacknowledged.
+    fw.pump_until("RUNNING twice", LONG, |f| f.updates.iter().filter(|u| u.task_id.as_str() == "quick").count() >= 2)
+        .await;
+    let quick: Vec<_> = fw.updates.iter().filter(|u| u.task_id.as_str() == "quick").cloned().collect();
+    assert!(quick.iter().all(|u| u.state == TaskState::Running), "{quick:#?}");
+    assert_eq!(quick[0].uuid, quick[1].uuid, "a retry is the same update");
+    let running = quick[0].clone();
+    fw.call(Call::Acknowledge {
+        agent_id: running.agent_id.unwrap(),
+        task_id: running.task_id,
+        uuid: running.uuid.unwrap(),
+    })
+    .await;
+    fw.auto_ack = true;
+    fw.wait_state("quick", TaskState::Finished, LONG).await;
+}
+
+#[tokio::test]
+async fn unanswered_offers_are_rescinded_and_declines_are_filtered_until_revive() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start_with(dir.path(), free_port(), &db, "10s", &["--offer-timeout", "1s"]).await;
+    let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:1;mem:256").await;
+    let mut fw = Framework::subscribe(&master, "hoarder", Duration::from_secs(60)).await;
+    fw.pump_until("an offer", LONG, |f| !f.offers.is_empty()).await;
+    let first = fw.offers[0].id.to_string();
+    fw.pump_until("the offer to be rescinded", LONG, |f| f.rescinded.contains(&first)).await;
+    fw.pump_until("a new offer", LONG, |f| !f.offers.is_empty()).await;
+
+    // Declined for a minute: nothing more comes from that agent...
+    let offer = fw.offers.remove(0);
+    fw.call(Call::Decline { offer_ids: vec![offer.id], filters: Filters { refuse: Some(Duration::from_secs(60)) } })
+        .await;
+    let quiet =
+        tokio::time::timeout(Duration::from_secs(3), fw.pump_until("no offer", LONG, |f| !f.offers.is_empty())).await;
+    assert!(quiet.is_err(), "the declined agent was offered again within its filter");
+    // ...until the framework revives.
+    fw.call(Call::Revive).await;
+    fw.pump_until("an offer after REVIVE", LONG, |f| !f.offers.is_empty()).await;
+    // SUPPRESS stops offers until the next REVIVE.
+    fw.call(Call::Suppress).await;
+    let offer = fw.offers.remove(0);
+    fw.call(Call::Decline { offer_ids: vec![offer.id], filters: Filters { refuse: Some(Duration::ZERO) } }).await;
+    let quiet =
+        tokio::time::timeout(Duration::from_secs(2), fw.pump_until("no offer", LONG, |f| !f.offers.is_empty())).await;
+    assert!(quiet.is_err(), "a suppressed framework got an offer");
+    let state = master.state().await;
+    assert_eq!(state["frameworks"][0]["suppressed"], true);
+}
+
+#[tokio::test]
+async fn a_framework_that_comes_back_within_its_failover_timeout_keeps_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let agent = Agent::start(&master, &dir.path().join("agent"), "cpus:1;mem:256").await;
+    let mut fw = Framework::subscribe(&master, "flaky", Duration::from_secs(30)).await;
+    fw.launch(task("svc", "echo $$ > pid; exec sleep 60")).await;
+    fw.wait_state("svc", TaskState::Running, LONG).await;
+    let pid = task_pid(&agent, "svc").await;
+    let id = fw.id();
+    drop(fw);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut info = keel_core::api::FrameworkInfo::new("flaky");
+    info.failover_timeout = Duration::from_secs(30);
+    let token = tokio_util::sync::CancellationToken::new();
+    let (handle, mut events) = keel_core::scheduler::start(
+        &master.url(),
+        info,
+        Some(keel_core::ids::FrameworkId::parse(&id).unwrap()),
+        token.clone(),
+    );
+    match tokio::time::timeout(LONG, events.recv()).await.unwrap().unwrap() {
+        keel_core::scheduler::DriverEvent::Event(keel_core::api::Event::Subscribed { framework_id, .. }) => {
+            assert_eq!(framework_id.as_str(), id)
+        }
+        other => panic!("expected SUBSCRIBED, got {other:?}"),
+    }
+    handle.call(Call::Reconcile { tasks: vec![] }).await.unwrap();
+    loop {
+        let e = tokio::time::timeout(LONG, events.recv()).await.unwrap().unwrap();
+        if let keel_core::scheduler::DriverEvent::Event(keel_core::api::Event::Update(s)) = e {
+            assert_eq!((s.task_id.as_str(), s.state), ("svc", TaskState::Running));
+            break;
+        }
+    }
+    assert!(alive(pid));
+    token.cancel();
+}

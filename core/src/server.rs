@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -32,6 +33,10 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     let addr = listener.local_addr()?;
     info!(%addr, "listening (gRPC and HTTP)");
     let graceful = shutdown.clone();
+    // Scheduler and agent streams carry many small messages; Nagle's algorithm would hold each one back.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await });
     tokio::select! {
         r = server => r,

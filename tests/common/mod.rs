@@ -97,12 +97,16 @@ impl Master {
     }
 
     pub async fn start_on(dir: &Path, port: u16, db_url: &str, agent_timeout: &str) -> Master {
+        Self::start_with(dir, port, db_url, agent_timeout, &[]).await
+    }
+
+    /// Starts a master with extra command-line arguments.
+    pub async fn start_with(dir: &Path, port: u16, db_url: &str, agent_timeout: &str, extra: &[&str]) -> Master {
         let listen = format!("127.0.0.1:{port}");
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
-        let proc = Proc::spawn(
-            &["master", "--listen", &listen, "--database-url", db_url, "--agent-timeout", agent_timeout],
-            dir.join(format!("master-{n}.log")),
-        );
+        let mut args = vec!["master", "--listen", &listen, "--database-url", db_url, "--agent-timeout", agent_timeout];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(&args, dir.join(format!("master-{n}.log")));
         let m = Master { proc, port, db_url: db_url.into(), agent_timeout: agent_timeout.into(), dir: dir.to_owned() };
         wait_for("master to serve /health", Duration::from_secs(20), || async { m.get("/health").await.ok() }).await;
         m
@@ -228,6 +232,10 @@ pub struct Framework {
     pub errors: Vec<String>,
     pub failures: Vec<String>,
     pub subscriptions: usize,
+    /// Offers rescinded by the master.
+    pub rescinded: Vec<String>,
+    /// Acknowledge every update as it arrives (the default).
+    pub auto_ack: bool,
 }
 
 impl Framework {
@@ -245,6 +253,8 @@ impl Framework {
             errors: vec![],
             failures: vec![],
             subscriptions: 0,
+            rescinded: vec![],
+            auto_ack: true,
         };
         f.pump_until("SUBSCRIBED", Duration::from_secs(10), |f| f.subscriptions > 0).await;
         f
@@ -276,9 +286,12 @@ impl Framework {
                 self.subscriptions += 1;
             }
             DriverEvent::Event(Event::Offers(o)) => self.offers.extend(o),
-            DriverEvent::Event(Event::Rescind(id)) => self.offers.retain(|o| o.id != id),
+            DriverEvent::Event(Event::Rescind(id)) => {
+                self.offers.retain(|o| o.id != id);
+                self.rescinded.push(id.to_string());
+            }
             DriverEvent::Event(Event::Update(s)) => {
-                if let (Some(uuid), Some(agent_id)) = (&s.uuid, &s.agent_id) {
+                if let (true, Some(uuid), Some(agent_id)) = (self.auto_ack, &s.uuid, &s.agent_id) {
                     let ack = Call::Acknowledge {
                         agent_id: agent_id.clone(),
                         task_id: s.task_id.clone(),

@@ -33,6 +33,9 @@ use crate::task::{Source, TaskSpec, TaskState, TaskStatus, now_seconds, reason};
 
 pub use containerizer::{ContainerRecord, Containerizer, LaunchRequest, Termination};
 
+/// The longest wait between two sends of the same unacknowledged update.
+pub const MAX_STATUS_RETRY: Duration = Duration::from_secs(60);
+
 /// How long a kill waits between SIGTERM and SIGKILL when the task does not say.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
 
@@ -46,7 +49,7 @@ pub struct AgentConfig {
     pub attributes: Vec<(String, String)>,
     pub hostname: String,
     pub default_kill_grace: Duration,
-    /// Re-send an unacknowledged update after this long.
+    /// Re-send an unacknowledged update after this long, doubling up to [`MAX_STATUS_RETRY`].
     pub status_retry: Duration,
     /// Write checkpoints to disk. Off only for simulated agents in benchmarks.
     pub checkpoint: bool,
@@ -61,7 +64,7 @@ impl AgentConfig {
             attributes: Vec::new(),
             hostname: hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into()),
             default_kill_grace: DEFAULT_KILL_GRACE,
-            status_retry: Duration::from_secs(2),
+            status_retry: Duration::from_secs(5),
             checkpoint: true,
         }
     }
@@ -127,6 +130,10 @@ struct LocalTask {
     kill_requested: bool,
     #[serde(skip)]
     last_sent: Option<Instant>,
+    /// How long after `last_sent` the head is re-sent; doubles on each retry so an overloaded framework
+    /// is not buried in duplicates.
+    #[serde(skip)]
+    backoff: Duration,
 }
 
 type Key = (FrameworkId, TaskId);
@@ -352,13 +359,16 @@ impl Agent {
         outbox.try_send(proto::AgentMessage { kind: Some(kind) }).is_ok()
     }
 
-    fn send_head(&mut self, key: &Key) {
+    /// Sends the head of a task's queue; `retry` when it is the same update sent again.
+    fn send_head(&mut self, key: &Key, retry: bool) {
         if !self.registered {
             return;
         }
+        let first = self.config.status_retry;
         let Some(task) = self.tasks.get_mut(key) else { return };
         let Some(status) = task.pending.front() else { return };
         task.last_sent = Some(Instant::now());
+        task.backoff = if retry { (task.backoff * 2).clamp(first, MAX_STATUS_RETRY) } else { first };
         let msg = proto::agent_message::Kind::StatusUpdate(proto::agent_message::StatusUpdate {
             framework_id: key.0.to_string(),
             status: Some(status.into()),
@@ -367,16 +377,15 @@ impl Agent {
     }
 
     fn retry_updates(&mut self) {
-        let retry = self.config.status_retry;
         let due: Vec<Key> = self
             .tasks
             .iter()
-            .filter(|(_, t)| !t.pending.is_empty() && t.last_sent.is_none_or(|s| s.elapsed() >= retry))
+            .filter(|(_, t)| !t.pending.is_empty() && t.last_sent.is_none_or(|s| s.elapsed() >= t.backoff))
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
             debug!(task_id = %key.1, "re-sending unacknowledged update");
-            self.send_head(&key);
+            self.send_head(&key, true);
         }
     }
 
@@ -403,7 +412,7 @@ impl Agent {
         let first = task.pending.len() == 1;
         self.checkpoint(key);
         if first {
-            self.send_head(key);
+            self.send_head(key, false);
         }
     }
 
@@ -482,7 +491,7 @@ impl Agent {
                 self.heartbeat = heartbeat_interval.max(Duration::from_millis(100));
                 let keys: Vec<Key> = self.tasks.keys().cloned().collect();
                 for key in keys {
-                    self.send_head(&key);
+                    self.send_head(&key, false);
                 }
             }
             MasterMessage::RunTask { framework_id, spec } => self.run_task(framework_id, spec),
@@ -528,7 +537,7 @@ impl Agent {
                     debug!(task_id = %key.1, "task done");
                 } else {
                     self.checkpoint(&key);
-                    self.send_head(&key);
+                    self.send_head(&key, false);
                 }
             }
         }
@@ -557,6 +566,7 @@ impl Agent {
                 pending: VecDeque::new(),
                 kill_requested: false,
                 last_sent: None,
+                backoff: Duration::ZERO,
             },
         );
         self.checkpoint(&key);

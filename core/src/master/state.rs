@@ -84,6 +84,7 @@ struct Counters {
     tasks_launched: u64,
     tasks_invalid: u64,
     status_updates: u64,
+    updates_deferred: u64,
     offers_sent: u64,
     offers_declined: u64,
     offers_rescinded: u64,
@@ -264,6 +265,12 @@ impl Master {
         let Some(conn) = &fw.conn else { return };
         match conn.tx.try_send(event) {
             Ok(()) => {}
+            // The agent re-sends an update until it is acknowledged, so under overload one can be dropped
+            // rather than cutting the framework off.
+            Err(TrySendError::Full(Event::Update(s))) if s.uuid.is_some() => {
+                self.counters.updates_deferred += 1;
+                debug!(framework_id = %framework_id, task_id = %s.task_id, "framework is behind; update left to the agent's retry");
+            }
             Err(TrySendError::Full(_)) => {
                 warn!(framework_id = %framework_id, "framework is not reading its events; disconnecting it");
                 let id = conn.id;
@@ -1243,6 +1250,11 @@ impl Master {
             ("keel_master_tasks_launched_total", "Tasks sent to agents.", c.tasks_launched),
             ("keel_master_tasks_invalid_total", "Tasks refused at ACCEPT.", c.tasks_invalid),
             ("keel_master_status_updates_total", "Status updates received from agents.", c.status_updates),
+            (
+                "keel_master_status_updates_deferred_total",
+                "Updates not forwarded because the framework was behind (the agent retries them).",
+                c.updates_deferred,
+            ),
             ("keel_master_offers_sent_total", "Offers made.", c.offers_sent),
             ("keel_master_offers_declined_total", "Offers declined.", c.offers_declined),
             ("keel_master_offers_rescinded_total", "Offers rescinded.", c.offers_rescinded),
