@@ -131,6 +131,8 @@ fn tiny_task(n: usize, resources: &Resources) -> TaskSpec {
         command: CommandSpec { value: "simulated".into(), shell: true, ..Default::default() },
         labels: Default::default(),
         kill_grace: None,
+        container: None,
+        health_check: None,
     }
 }
 

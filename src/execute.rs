@@ -10,7 +10,7 @@ use keel_core::api::{Call, Event, Filters, FrameworkInfo};
 use keel_core::ids::TaskId;
 use keel_core::resources::Resources;
 use keel_core::scheduler::{self, DriverEvent};
-use keel_core::task::{CommandSpec, TaskSpec, TaskState};
+use keel_core::task::{CommandSpec, DockerSpec, TaskSpec, TaskState};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -21,9 +21,16 @@ pub struct ExecuteArgs {
     /// The task's name; its id is the name plus a random suffix.
     #[arg(long)]
     name: String,
-    /// The shell command to run (under sh -c).
+    /// The shell command to run (under sh -c). With --docker-image it replaces the image's command and is
+    /// optional.
+    #[arg(long, required_unless_present = "docker_image")]
+    command: Option<String>,
+    /// Run the task in a container of this Docker image.
     #[arg(long)]
-    command: String,
+    docker_image: Option<String>,
+    /// Pull the image even if the agent has it.
+    #[arg(long, requires = "docker_image")]
+    force_pull: bool,
     /// What the task needs.
     #[arg(long, default_value = "cpus:0.1;mem:32")]
     resources: String,
@@ -76,13 +83,19 @@ pub async fn run(args: ExecuteArgs) -> Result<u8> {
         name: args.name.clone(),
         resources,
         command: CommandSpec {
-            value: args.command.clone(),
+            value: args.command.clone().unwrap_or_default(),
             shell: true,
             arguments: vec![],
             env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         },
         labels: BTreeMap::new(),
         kill_grace: args.kill_grace,
+        container: args.docker_image.as_ref().map(|image| DockerSpec {
+            image: image.clone(),
+            force_pull: args.force_pull,
+            ..Default::default()
+        }),
+        health_check: None,
     };
     spec.validate()?;
     let mut info = FrameworkInfo::new(format!("keel-execute {}", args.name));

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use keel_core::agent::containerizer::Composite;
+use keel_core::agent::docker::DockerContainerizer;
 use keel_core::agent::{self, AgentConfig, process::ProcessContainerizer};
 use keel_core::master::{self, MasterConfig};
 use keel_core::resources::{Resources, parse_attributes};
@@ -94,6 +96,12 @@ struct ResourceOptions {
     /// The hostname to advertise. Default: this machine's.
     #[arg(long)]
     hostname: Option<String>,
+    /// Do not run Docker tasks, even if a Docker engine is reachable.
+    #[arg(long)]
+    no_docker: bool,
+    /// Keep Docker containers after their tasks end, for inspection (they are removed by default).
+    #[arg(long)]
+    keep_containers: bool,
 }
 
 #[derive(Args)]
@@ -191,6 +199,26 @@ impl ResourceOptions {
         }
         Ok(config)
     }
+
+    /// Processes always; Docker when an engine answers (DOCKER_HOST or the default socket).
+    async fn containerizer(&self) -> Composite {
+        let docker = if self.no_docker {
+            info!("Docker disabled by --no-docker");
+            None
+        } else {
+            match DockerContainerizer::connect(self.keep_containers).await {
+                Ok(d) => {
+                    info!("Docker engine reachable: Docker tasks enabled");
+                    Some(d)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Docker engine reachable: this agent runs processes only");
+                    None
+                }
+            }
+        };
+        Composite { process: ProcessContainerizer::new(), docker }
+    }
 }
 
 /// Cancels `token` on Ctrl-C or SIGTERM.
@@ -207,9 +235,9 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+async fn run_agent(config: AgentConfig, containerizer: Composite, shutdown: CancellationToken) -> Result<()> {
     info!(master = %config.master, work_dir = %config.work_dir.display(), resources = %config.resources, "starting agent");
-    agent::run(config, Arc::new(ProcessContainerizer::new()), shutdown).await.context("agent failed")
+    agent::run(config, Arc::new(containerizer), shutdown).await.context("agent failed")
 }
 
 #[tokio::main]
@@ -243,12 +271,14 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Agent(args) => {
             let config = args.resources.agent_config(&args.master, args.work_dir)?;
-            run_agent(config, shutdown).await?;
+            let containerizer = args.resources.containerizer().await;
+            run_agent(config, containerizer, shutdown).await?;
         }
         Command::Dev(args) => {
             let (addr, server) = args.master.start(&shutdown).await?;
             let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
-            let agent = tokio::spawn(run_agent(config, shutdown.clone()));
+            let containerizer = args.resources.containerizer().await;
+            let agent = tokio::spawn(run_agent(config, containerizer, shutdown.clone()));
             println!("Keel is running at http://{addr}");
             println!("  cluster state: http://{addr}/master/state");
             println!(

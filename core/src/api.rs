@@ -148,13 +148,50 @@ pub struct AgentTask {
 pub enum AgentMessage {
     Heartbeat,
     StatusUpdate { framework_id: FrameworkId, status: TaskStatus },
+    FileData { request_id: u64, chunk: Result<FileChunk, String> },
+}
+
+/// The sandbox files that can be read through the API.
+pub const SANDBOX_FILES: [&str; 2] = ["stdout", "stderr"];
+
+/// Part of a sandbox file.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct FileChunk {
+    /// The bytes, as UTF-8 with invalid sequences replaced.
+    pub data: String,
+    /// Where `data` starts in the file.
+    pub offset: u64,
+    /// The file's size.
+    pub size: u64,
 }
 
 /// A message from the master to an agent.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MasterMessage {
-    Registered { agent_id: AgentId, heartbeat_interval: Duration },
-    RunTask { framework_id: FrameworkId, spec: TaskSpec },
-    KillTask { framework_id: FrameworkId, task_id: TaskId },
-    Acknowledge { framework_id: FrameworkId, task_id: TaskId, uuid: String },
+    Registered {
+        agent_id: AgentId,
+        heartbeat_interval: Duration,
+    },
+    RunTask {
+        framework_id: FrameworkId,
+        spec: Box<TaskSpec>,
+    },
+    KillTask {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+    },
+    Acknowledge {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        uuid: String,
+    },
+    /// Read `length` bytes of a sandbox file from `offset`, or its last `length` bytes.
+    ReadFile {
+        request_id: u64,
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        file: String,
+        offset: Option<u64>,
+        length: u64,
+    },
 }

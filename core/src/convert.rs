@@ -8,7 +8,10 @@ use crate::api::{AgentInfo, AgentTask, Call, Event, Filters, FrameworkInfo, Mast
 use crate::ids::{AgentId, FrameworkId, IdError, OfferId, TaskId};
 use crate::proto;
 use crate::resources::{PortSet, ResourceError, Resources, Scalar};
-use crate::task::{CommandSpec, Source, TaskSpec, TaskState, TaskStatus};
+use crate::task::{
+    CommandSpec, DockerSpec, HealthCheck, HealthCheckKind, Network, PortMapping, Source, TaskSpec, TaskState,
+    TaskStatus, Volume,
+};
 
 /// Why a wire message could not be understood.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -180,7 +183,127 @@ pub fn task_to_proto(t: &TaskSpec, agent_id: Option<&AgentId>) -> proto::TaskInf
         }),
         labels: t.labels.clone().into_iter().collect(),
         kill_grace_period_seconds: t.kill_grace.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        container: t.container.as_ref().map(|d| proto::ContainerInfo { docker: Some(docker_to_proto(d)) }),
+        health_check: t.health_check.as_ref().map(health_check_to_proto),
     }
+}
+
+fn docker_to_proto(d: &DockerSpec) -> proto::DockerInfo {
+    proto::DockerInfo {
+        image: d.image.clone(),
+        force_pull_image: d.force_pull,
+        network: match d.network {
+            Network::Host => proto::docker_info::Network::Host,
+            Network::Bridge => proto::docker_info::Network::Bridge,
+        }
+        .into(),
+        port_mappings: d
+            .port_mappings
+            .iter()
+            .map(|m| proto::PortMapping {
+                host_port: m.host_port.into(),
+                container_port: m.container_port.into(),
+                protocol: m.protocol.clone(),
+            })
+            .collect(),
+        volumes: d
+            .volumes
+            .iter()
+            .map(|v| proto::Volume {
+                host_path: v.host_path.clone(),
+                container_path: v.container_path.clone(),
+                mode: if v.read_only { "RO".into() } else { "RW".into() },
+            })
+            .collect(),
+    }
+}
+
+fn docker_from_proto(p: proto::DockerInfo) -> Result<DockerSpec, ConvertError> {
+    let port = |v: u32| u16::try_from(v).map_err(|_| ConvertError::BadPort(v));
+    let network = match proto::docker_info::Network::try_from(p.network) {
+        Ok(proto::docker_info::Network::Host) => Network::Host,
+        Ok(proto::docker_info::Network::Bridge) => Network::Bridge,
+        Err(_) => return Err(ConvertError::UnknownEnum("docker network")),
+    };
+    let port_mappings = p
+        .port_mappings
+        .into_iter()
+        .map(|m| {
+            let protocol = if m.protocol.is_empty() { "tcp".to_owned() } else { m.protocol.to_lowercase() };
+            if protocol != "tcp" && protocol != "udp" {
+                return Err(ConvertError::UnknownEnum("port mapping protocol"));
+            }
+            Ok(PortMapping { host_port: port(m.host_port)?, container_port: port(m.container_port)?, protocol })
+        })
+        .collect::<Result<_, _>>()?;
+    let volumes = p
+        .volumes
+        .into_iter()
+        .map(|v| {
+            let read_only = match v.mode.to_uppercase().as_str() {
+                "RO" => true,
+                "RW" | "" => false,
+                _ => return Err(ConvertError::UnknownEnum("volume mode")),
+            };
+            if v.host_path.is_empty() || v.container_path.is_empty() {
+                return Err(ConvertError::Missing("volume host_path and container_path"));
+            }
+            Ok(Volume { host_path: v.host_path, container_path: v.container_path, read_only })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(DockerSpec { image: p.image, force_pull: p.force_pull_image, network, port_mappings, volumes })
+}
+
+fn health_check_to_proto(h: &HealthCheck) -> proto::HealthCheck {
+    use proto::health_check::Type;
+    let mut p = proto::HealthCheck {
+        grace_period_seconds: h.grace_period.as_secs_f64(),
+        interval_seconds: h.interval.as_secs_f64(),
+        timeout_seconds: h.timeout.as_secs_f64(),
+        max_consecutive_failures: h.max_consecutive_failures,
+        ..Default::default()
+    };
+    match &h.kind {
+        HealthCheckKind::Http { path, port_index } => {
+            p.set_type(Type::Http);
+            p.path = path.clone();
+            p.port_index = *port_index as u32;
+        }
+        HealthCheckKind::Tcp { port_index } => {
+            p.set_type(Type::Tcp);
+            p.port_index = *port_index as u32;
+        }
+        HealthCheckKind::Command { command } => {
+            p.set_type(Type::Command);
+            p.command = command.clone();
+        }
+    }
+    p
+}
+
+fn health_check_from_proto(p: proto::HealthCheck) -> Result<HealthCheck, ConvertError> {
+    use proto::health_check::Type;
+    let kind = match p.r#type() {
+        Type::Unknown => return Err(ConvertError::UnknownEnum("health check type")),
+        Type::Http => HealthCheckKind::Http {
+            path: if p.path.is_empty() { "/".into() } else { p.path.clone() },
+            port_index: p.port_index as usize,
+        },
+        Type::Tcp => HealthCheckKind::Tcp { port_index: p.port_index as usize },
+        Type::Command => {
+            if p.command.trim().is_empty() {
+                return Err(ConvertError::Missing("health check command"));
+            }
+            HealthCheckKind::Command { command: p.command.clone() }
+        }
+    };
+    Ok(HealthCheck {
+        kind,
+        grace_period: seconds("grace_period_seconds", p.grace_period_seconds)?,
+        interval: seconds("interval_seconds", p.interval_seconds)?,
+        timeout: seconds("timeout_seconds", p.timeout_seconds)?,
+        max_consecutive_failures: p.max_consecutive_failures,
+    })
 }
 
 impl TryFrom<proto::TaskInfo> for TaskSpec {
@@ -200,6 +323,11 @@ impl TryFrom<proto::TaskInfo> for TaskSpec {
             },
             labels: p.labels.into_iter().collect(),
             kill_grace: Some(grace).filter(|g| !g.is_zero()),
+            container: p
+                .container
+                .map(|c| c.docker.ok_or(ConvertError::Missing("container.docker")).and_then(docker_from_proto))
+                .transpose()?,
+            health_check: p.health_check.map(health_check_from_proto).transpose()?,
         })
     }
 }
@@ -541,6 +669,16 @@ impl From<&MasterMessage> for proto::MasterMessage {
             MasterMessage::KillTask { framework_id, task_id } => {
                 Kind::KillTask(pm::KillTask { framework_id: framework_id.to_string(), task_id: task_id.to_string() })
             }
+            MasterMessage::ReadFile { request_id, framework_id, task_id, file, offset, length } => {
+                Kind::ReadFile(pm::ReadFile {
+                    request_id: *request_id,
+                    framework_id: framework_id.to_string(),
+                    task_id: task_id.to_string(),
+                    file: file.clone(),
+                    offset: *offset,
+                    length: *length,
+                })
+            }
             MasterMessage::Acknowledge { framework_id, task_id, uuid } => Kind::Acknowledge(pm::Acknowledge {
                 framework_id: framework_id.to_string(),
                 task_id: task_id.to_string(),
@@ -562,11 +700,19 @@ impl TryFrom<proto::MasterMessage> for MasterMessage {
             },
             Kind::RunTask(r) => MasterMessage::RunTask {
                 framework_id: FrameworkId::parse(r.framework_id)?,
-                spec: r.task.ok_or(ConvertError::Missing("run_task.task"))?.try_into()?,
+                spec: Box::new(r.task.ok_or(ConvertError::Missing("run_task.task"))?.try_into()?),
             },
             Kind::KillTask(k) => MasterMessage::KillTask {
                 framework_id: FrameworkId::parse(k.framework_id)?,
                 task_id: TaskId::parse(k.task_id)?,
+            },
+            Kind::ReadFile(r) => MasterMessage::ReadFile {
+                request_id: r.request_id,
+                framework_id: FrameworkId::parse(r.framework_id)?,
+                task_id: TaskId::parse(r.task_id)?,
+                file: r.file,
+                offset: r.offset,
+                length: r.length,
             },
             Kind::Acknowledge(a) => MasterMessage::Acknowledge {
                 framework_id: FrameworkId::parse(a.framework_id)?,
@@ -594,6 +740,20 @@ mod tests {
             },
             labels: BTreeMap::new(),
             kill_grace: Some(Duration::from_secs(2)),
+            container: Some(DockerSpec {
+                image: "busybox".into(),
+                force_pull: true,
+                network: Network::Bridge,
+                port_mappings: vec![PortMapping { host_port: 31000, container_port: 80, protocol: "tcp".into() }],
+                volumes: vec![Volume { host_path: "/tmp".into(), container_path: "/data".into(), read_only: true }],
+            }),
+            health_check: Some(HealthCheck {
+                kind: HealthCheckKind::Http { path: "/health".into(), port_index: 1 },
+                grace_period: Duration::from_secs(5),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                max_consecutive_failures: 3,
+            }),
         }
     }
 

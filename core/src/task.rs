@@ -163,6 +163,8 @@ pub mod reason {
     pub const RECONCILIATION: &str = "REASON_RECONCILIATION";
     pub const FRAMEWORK_REMOVED: &str = "REASON_FRAMEWORK_REMOVED";
     pub const AGENT_DISCONNECTED: &str = "REASON_AGENT_DISCONNECTED";
+    pub const HEALTH_CHECK: &str = "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED";
+    pub const NO_DOCKER: &str = "REASON_AGENT_HAS_NO_DOCKER";
 }
 
 /// One report of a task's state.
@@ -221,6 +223,67 @@ pub struct CommandSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// How a Docker container is networked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network namespace: the task binds its offered ports directly.
+    #[default]
+    Host,
+    /// Docker's bridge: offered host ports are mapped to container ports.
+    Bridge,
+}
+
+/// An offered host port forwarded to a port inside a bridged container.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+/// A host path mounted into a container.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Volume {
+    pub host_path: String,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// Run the task in a Docker container. The task's env and labels apply to the container; its command, when
+/// not empty, replaces the image's.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct DockerSpec {
+    pub image: String,
+    pub force_pull: bool,
+    pub network: Network,
+    pub port_mappings: Vec<PortMapping>,
+    pub volumes: Vec<Volume>,
+}
+
+/// What a health check probes. Ports are named by index into the task's offered ports.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum HealthCheckKind {
+    /// Healthy on a 2xx or 3xx answer to `GET path`.
+    Http { path: String, port_index: usize },
+    /// Healthy when a TCP connection opens.
+    Tcp { port_index: usize },
+    /// Healthy when the command exits 0; it runs inside the task's container.
+    Command { command: String },
+}
+
+/// A check the agent runs against a running task; results travel as `healthy` in status updates.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Failures in this time after the task starts do not count (a success ends it early).
+    pub grace_period: Duration,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// After this many failures in a row the agent kills the task; 0 never kills.
+    pub max_consecutive_failures: u32,
+}
+
 /// A task as a framework asks for it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -231,6 +294,11 @@ pub struct TaskSpec {
     pub labels: BTreeMap<String, String>,
     /// Time between SIGTERM and SIGKILL on a kill; the agent's default when absent.
     pub kill_grace: Option<Duration>,
+    /// Run in this Docker container instead of as a plain process.
+    #[serde(default)]
+    pub container: Option<DockerSpec>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Why a [`TaskSpec`] cannot run.
@@ -240,18 +308,56 @@ pub enum TaskSpecError {
     NoCommand(TaskId),
     #[error("task {0} asks for neither cpus nor mem")]
     NoResources(TaskId),
+    #[error("task {0} has a container with no image")]
+    NoImage(TaskId),
+    #[error("task {task}: host port {port} of a port mapping is not among the task's port resources")]
+    UnmappedPort { task: TaskId, port: u16 },
+    #[error("task {task}: port mappings need BRIDGE networking")]
+    MappingsNeedBridge { task: TaskId },
+    #[error("task {task}: health check port index {index} is out of range (the task has {ports} ports)")]
+    HealthCheckPort { task: TaskId, index: usize, ports: usize },
+    #[error("task {0}: health check interval and timeout must be positive")]
+    HealthCheckTiming(TaskId),
 }
 
 impl TaskSpec {
     /// The checks that do not depend on any offer.
     pub fn validate(&self) -> Result<(), TaskSpecError> {
-        if self.command.value.trim().is_empty() {
-            return Err(TaskSpecError::NoCommand(self.id.clone()));
+        let id = || self.id.clone();
+        if self.container.is_none() && self.command.value.trim().is_empty() {
+            return Err(TaskSpecError::NoCommand(id()));
         }
         if self.resources.cpus.milli() == 0 && self.resources.mem.milli() == 0 {
-            return Err(TaskSpecError::NoResources(self.id.clone()));
+            return Err(TaskSpecError::NoResources(id()));
+        }
+        if let Some(docker) = &self.container {
+            if docker.image.trim().is_empty() {
+                return Err(TaskSpecError::NoImage(id()));
+            }
+            if !docker.port_mappings.is_empty() && docker.network != Network::Bridge {
+                return Err(TaskSpecError::MappingsNeedBridge { task: id() });
+            }
+            if let Some(m) = docker.port_mappings.iter().find(|m| !self.resources.ports.contains_port(m.host_port)) {
+                return Err(TaskSpecError::UnmappedPort { task: id(), port: m.host_port });
+            }
+        }
+        if let Some(check) = &self.health_check {
+            if check.interval.is_zero() || check.timeout.is_zero() {
+                return Err(TaskSpecError::HealthCheckTiming(id()));
+            }
+            if let HealthCheckKind::Http { port_index, .. } | HealthCheckKind::Tcp { port_index } = check.kind {
+                let ports = self.resources.ports.len();
+                if port_index >= ports {
+                    return Err(TaskSpecError::HealthCheckPort { task: id(), index: port_index, ports });
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The host port a health check with `port_index` probes.
+    pub fn port(&self, port_index: usize) -> Option<u16> {
+        self.resources.ports.iter().nth(port_index)
     }
 }
 
@@ -307,6 +413,8 @@ mod tests {
             command: CommandSpec { value: "true".into(), shell: true, ..Default::default() },
             labels: BTreeMap::new(),
             kill_grace: None,
+            container: None,
+            health_check: None,
         };
         assert_eq!(spec.validate(), Err(TaskSpecError::NoResources(spec.id.clone())));
         let mut spec = spec;
@@ -314,5 +422,29 @@ mod tests {
         assert!(spec.validate().is_ok());
         spec.command.value = " ".into();
         assert!(spec.validate().is_err());
+        // A container may use its image's command.
+        spec.container = Some(DockerSpec { image: "busybox".into(), ..Default::default() });
+        assert!(spec.validate().is_ok());
+        spec.container.as_mut().unwrap().port_mappings.push(PortMapping {
+            host_port: 31000,
+            container_port: 80,
+            protocol: "tcp".into(),
+        });
+        assert!(matches!(spec.validate(), Err(TaskSpecError::MappingsNeedBridge { .. })));
+        spec.container.as_mut().unwrap().network = Network::Bridge;
+        assert!(matches!(spec.validate(), Err(TaskSpecError::UnmappedPort { port: 31000, .. })));
+        spec.resources = "cpus:0.1;ports:[31000-31000]".parse().unwrap();
+        assert!(spec.validate().is_ok());
+        spec.health_check = Some(HealthCheck {
+            kind: HealthCheckKind::Tcp { port_index: 1 },
+            grace_period: Duration::ZERO,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max_consecutive_failures: 3,
+        });
+        assert!(matches!(spec.validate(), Err(TaskSpecError::HealthCheckPort { index: 1, ports: 1, .. })));
+        spec.health_check.as_mut().unwrap().kind = HealthCheckKind::Tcp { port_index: 0 };
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.port(0), Some(31000));
     }
 }

@@ -141,34 +141,31 @@ pub struct Agent {
     pub work_dir: PathBuf,
     master: String,
     resources: String,
+    extra: Vec<String>,
 }
 
 impl Agent {
     pub async fn start(master: &Master, work_dir: &Path, resources: &str) -> Agent {
-        let a = Self::spawn(&master.url(), work_dir, resources);
+        Self::start_with(master, work_dir, resources, &[]).await
+    }
+
+    /// Starts an agent with extra command-line arguments.
+    pub async fn start_with(master: &Master, work_dir: &Path, resources: &str, extra: &[&str]) -> Agent {
+        let mut a = Self::spawn(&master.url(), work_dir, resources, extra);
+        a.extra = extra.iter().map(|s| s.to_string()).collect();
         a.wait_registered(master).await;
         a
     }
 
-    fn spawn(master: &str, work_dir: &Path, resources: &str) -> Agent {
+    fn spawn(master: &str, work_dir: &Path, resources: &str, extra: &[&str]) -> Agent {
         std::fs::create_dir_all(work_dir).unwrap();
         let n = std::fs::read_dir(work_dir.parent().unwrap()).map(|d| d.count()).unwrap_or(0);
         let log = work_dir.parent().unwrap().join(format!("agent-{n}.log"));
-        let proc = Proc::spawn(
-            &[
-                "agent",
-                "--master",
-                master,
-                "--work-dir",
-                work_dir.to_str().unwrap(),
-                "--resources",
-                resources,
-                "--attributes",
-                "rack:r1",
-            ],
-            log,
-        );
-        Agent { proc, work_dir: work_dir.to_owned(), master: master.into(), resources: resources.into() }
+        let mut args = vec!["agent", "--master", master, "--work-dir", work_dir.to_str().unwrap()];
+        args.extend(["--resources", resources, "--attributes", "rack:r1"]);
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(&args, log);
+        Agent { proc, work_dir: work_dir.to_owned(), master: master.into(), resources: resources.into(), extra: vec![] }
     }
 
     pub fn agent_id(&self) -> Option<String> {
@@ -187,7 +184,10 @@ impl Agent {
     /// Kills the agent (SIGKILL) and starts it again on the same work directory.
     pub async fn restart(&mut self, master: &Master) {
         self.proc.kill();
-        *self = Self::spawn(&self.master, &self.work_dir, &self.resources);
+        let extra = self.extra.clone();
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        *self = Self::spawn(&self.master, &self.work_dir, &self.resources, &args);
+        self.extra = extra;
         self.wait_registered(master).await;
     }
 }
@@ -217,6 +217,8 @@ pub fn task(id: &str, command: &str) -> TaskSpec {
         command: CommandSpec { value: command.into(), shell: true, ..Default::default() },
         labels: Default::default(),
         kill_grace: None,
+        container: None,
+        health_check: None,
     }
 }
 
@@ -336,6 +338,18 @@ impl Framework {
         self.last(task).unwrap().clone()
     }
 
+    /// Waits until the task's latest update satisfies `pred`.
+    pub async fn wait_state_where(
+        &mut self,
+        task: &str,
+        timeout: Duration,
+        pred: impl Fn(&TaskStatus) -> bool,
+    ) -> TaskStatus {
+        let what = format!("an update of {task} that matches");
+        self.pump_until(&what, timeout, |f| f.last(task).is_some_and(&pred)).await;
+        self.last(task).unwrap().clone()
+    }
+
     pub async fn call(&self, call: Call) {
         self.handle.call(call).await.unwrap();
     }
@@ -372,4 +386,43 @@ pub async fn task_pid(agent: &Agent, task: &str) -> i32 {
 /// The contents of a sandbox file of a task.
 pub fn sandbox_file(agent: &Agent, framework: &str, task: &str, file: &str) -> String {
     std::fs::read_to_string(agent.work_dir.join("sandboxes").join(framework).join(task).join(file)).unwrap_or_default()
+}
+
+/// Whether this machine's Docker engine answers. Under `CI=true` a missing engine fails the test; elsewhere
+/// the test says it is skipped. Also builds the local test image when it is missing.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !keel_core::testing::required(),
+            "the Docker engine is not reachable but CI=true: Docker tests must run"
+        );
+        eprintln!("skipping: the Docker engine is not reachable");
+        return false;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/busybox-image");
+    let built = Command::new("bash").arg(script).arg(TEST_IMAGE).status().is_ok_and(|s| s.success());
+    assert!(built, "cannot build {TEST_IMAGE} (is Debian's busybox-static installed?)");
+    true
+}
+
+/// The image Docker tests run, built locally by `.ci/busybox-image`.
+pub const TEST_IMAGE: &str = "keel-test/busybox:latest";
+
+/// Runs `docker` with `args` and returns its trimmed stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("run docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A task that runs `command` in the test image.
+pub fn docker_task(id: &str, command: &str) -> TaskSpec {
+    let mut t = task(id, command);
+    t.container = Some(keel_core::task::DockerSpec { image: TEST_IMAGE.into(), ..Default::default() });
+    t
 }

@@ -30,6 +30,8 @@ pub enum ContainerRecord {
     /// A process group led by `pid`; `start_time` (from `/proc/PID/stat`) guards against pid reuse, and
     /// the wrapper writes the exit code to `status_file`.
     Process { pid: i32, start_time: u64, status_file: PathBuf },
+    /// A Docker container, by id, and the sandbox its output is copied to.
+    Docker { id: String, sandbox: PathBuf },
     /// A simulated task of the in-memory containerizer.
     Memory { id: String },
 }
@@ -71,6 +73,12 @@ pub enum ContainerError {
     },
     #[error("cannot start the command")]
     Spawn(#[source] std::io::Error),
+    #[error("cannot pull image {image}: {message}")]
+    Pull { image: String, message: String },
+    #[error("docker: {0}")]
+    Docker(String),
+    #[error("this agent has no Docker engine")]
+    NoDocker,
     #[error("{0}")]
     Other(String),
 }
@@ -95,6 +103,94 @@ pub trait Containerizer: Send + Sync + 'static {
     async fn kill(&self, record: &ContainerRecord, grace: Duration) -> Result<(), ContainerError>;
 
     /// Called once at agent start with every checkpointed container, before any `wait` on them, so the
-    /// containerizer can re-attach and clean up what belongs to no known task.
-    async fn recover(&self, records: &[ContainerRecord]) -> Result<(), ContainerError>;
+    /// containerizer can re-attach, and clean up what this agent (`agent_id`) started that belongs to no
+    /// known task.
+    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError>;
+
+    /// Runs a health-check command for a running task, inside its container where it has one, and
+    /// returns its exit code.
+    async fn run_check(
+        &self,
+        record: &ContainerRecord,
+        request: &LaunchRequest,
+        command: &str,
+    ) -> Result<i32, ContainerError> {
+        let _ = record;
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(command).current_dir(&request.sandbox).envs(&request.task.command.env);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.kill_on_drop(true);
+        let status = cmd.status().await.map_err(ContainerError::Spawn)?;
+        Ok(status.code().unwrap_or(128))
+    }
+}
+
+/// Runs each task with the containerizer that fits it: Docker for tasks with a container, processes for
+/// the rest.
+pub struct Composite {
+    pub process: super::process::ProcessContainerizer,
+    pub docker: Option<super::docker::DockerContainerizer>,
+}
+
+impl Composite {
+    fn docker(&self) -> Result<&super::docker::DockerContainerizer, ContainerError> {
+        self.docker.as_ref().ok_or(ContainerError::NoDocker)
+    }
+}
+
+#[async_trait]
+impl Containerizer for Composite {
+    fn name(&self) -> &'static str {
+        if self.docker.is_some() { "process+docker" } else { "process" }
+    }
+
+    fn supports_docker(&self) -> bool {
+        self.docker.is_some()
+    }
+
+    async fn launch(&self, request: &LaunchRequest) -> Result<ContainerRecord, ContainerError> {
+        if request.task.container.is_some() {
+            self.docker()?.launch(request).await
+        } else {
+            self.process.launch(request).await
+        }
+    }
+
+    async fn wait(&self, record: &ContainerRecord) -> Termination {
+        match (record, &self.docker) {
+            (ContainerRecord::Docker { .. }, Some(d)) => d.wait(record).await,
+            (ContainerRecord::Docker { .. }, None) => Termination {
+                message: Some("the agent lost its Docker engine; the container cannot be watched".into()),
+                ..Default::default()
+            },
+            _ => self.process.wait(record).await,
+        }
+    }
+
+    async fn kill(&self, record: &ContainerRecord, grace: Duration) -> Result<(), ContainerError> {
+        match record {
+            ContainerRecord::Docker { .. } => self.docker()?.kill(record, grace).await,
+            _ => self.process.kill(record, grace).await,
+        }
+    }
+
+    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError> {
+        self.process.recover(agent_id, records).await?;
+        if let Some(d) = &self.docker {
+            d.recover(agent_id, records).await?;
+        }
+        Ok(())
+    }
+
+    async fn run_check(
+        &self,
+        record: &ContainerRecord,
+        request: &LaunchRequest,
+        command: &str,
+    ) -> Result<i32, ContainerError> {
+        match record {
+            ContainerRecord::Docker { .. } => self.docker()?.run_check(record, request, command).await,
+            _ => self.process.run_check(record, request, command).await,
+        }
+    }
 }

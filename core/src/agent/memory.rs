@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::containerizer::{ContainerError, ContainerRecord, Containerizer, LaunchRequest, Termination};
+use crate::ids::AgentId;
 
 /// Simulated tasks: each "runs" for `run_for` and exits 0, or runs until killed when `run_for` is `None`.
 pub struct MemoryContainerizer {
@@ -63,7 +64,7 @@ impl Containerizer for MemoryContainerizer {
         Ok(())
     }
 
-    async fn recover(&self, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
+    async fn recover(&self, _agent_id: Option<&AgentId>, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
         Ok(())
     }
 }

@@ -9,6 +9,8 @@
 //! stops its tasks.
 
 pub mod containerizer;
+pub mod docker;
+mod health;
 pub mod memory;
 pub mod process;
 
@@ -128,6 +130,9 @@ struct LocalTask {
     /// Updates not yet acknowledged, oldest first; only the first is in flight.
     pending: VecDeque<TaskStatus>,
     kill_requested: bool,
+    /// Why the agent itself killed the task (failed health checks), for its final update.
+    #[serde(default)]
+    kill_reason: Option<String>,
     #[serde(skip)]
     last_sent: Option<Instant>,
     /// How long after `last_sent` the head is re-sent; doubles on each retry so an overloaded framework
@@ -156,6 +161,10 @@ enum Input {
         key: Key,
         termination: Termination,
     },
+    Health {
+        key: Key,
+        verdict: health::Verdict,
+    },
 }
 
 struct Agent {
@@ -167,6 +176,8 @@ struct Agent {
     registered: bool,
     heartbeat: Duration,
     inputs: mpsc::Sender<Input>,
+    /// Running health checkers, stopped when their task ends.
+    health: HashMap<Key, CancellationToken>,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Its tasks keep running after it stops.
@@ -184,6 +195,7 @@ pub async fn run(
         registered: false,
         heartbeat: Duration::from_secs(2),
         inputs: inputs.clone(),
+        health: HashMap::new(),
         config,
     };
     agent.recover().await?;
@@ -284,6 +296,8 @@ impl Agent {
         };
         let meta = self.meta_dir();
         std::fs::create_dir_all(meta.join("tasks")).map_err(work_err(&meta))?;
+        // Containers mount sandboxes by absolute path.
+        self.config.work_dir = std::fs::canonicalize(&self.config.work_dir).map_err(work_err(&self.config.work_dir))?;
         if let Ok(id) = std::fs::read_to_string(meta.join("agent_id"))
             && let Ok(id) = AgentId::parse(id.trim())
         {
@@ -304,7 +318,7 @@ impl Agent {
         }
         let records: Vec<ContainerRecord> =
             self.tasks.values().filter(|t| !t.state.is_terminal()).filter_map(|t| t.container.clone()).collect();
-        self.containerizer.recover(&records).await?;
+        self.containerizer.recover(self.agent_id.as_ref(), &records).await?;
         let keys: Vec<Key> = self.tasks.keys().cloned().collect();
         for key in keys {
             let task = &self.tasks[&key];
@@ -314,6 +328,7 @@ impl Agent {
             match task.container.clone() {
                 Some(record) => {
                     info!(task_id = %key.1, "re-attaching to task");
+                    self.start_health(&key, &record);
                     self.watch(key, record);
                 }
                 None => {
@@ -425,6 +440,54 @@ impl Agent {
         });
     }
 
+    fn launch_request(&self, key: &Key, spec: &TaskSpec) -> LaunchRequest {
+        LaunchRequest {
+            framework_id: key.0.clone(),
+            agent_id: self.agent_id.clone().unwrap_or_else(|| AgentId::parse("unregistered").expect("valid id")),
+            task: spec.clone(),
+            sandbox: self.sandbox(key),
+        }
+    }
+
+    fn start_health(&mut self, key: &Key, record: &ContainerRecord) {
+        let Some(task) = self.tasks.get(key) else { return };
+        let Some(check) = task.spec.health_check.clone() else { return };
+        let port = match check.kind {
+            crate::task::HealthCheckKind::Http { port_index, .. }
+            | crate::task::HealthCheckKind::Tcp { port_index } => task.spec.port(port_index),
+            crate::task::HealthCheckKind::Command { .. } => None,
+        };
+        let request = self.launch_request(key, &task.spec);
+        let cancel = CancellationToken::new();
+        if let Some(old) = self.health.insert(key.clone(), cancel.clone()) {
+            old.cancel();
+        }
+        let probe = health::Probe { key: key.clone(), check, port, record: record.clone(), request };
+        health::spawn(probe, self.containerizer.clone(), self.inputs.clone(), cancel);
+    }
+
+    fn health_verdict(&mut self, key: Key, verdict: health::Verdict) {
+        let Some(task) = self.tasks.get_mut(&key) else { return };
+        if task.state.is_terminal() || task.kill_requested {
+            return;
+        }
+        match verdict {
+            health::Verdict::Healthy(healthy, message) => {
+                info!(task_id = %key.1, healthy, %message, "task health changed");
+                let mut status = self.status(&key.1, TaskState::Running, reason::HEALTH_CHECK, message);
+                status.healthy = Some(healthy);
+                self.push_update(&key, status);
+            }
+            health::Verdict::Kill(message) => {
+                warn!(task_id = %key.1, %message, "killing unhealthy task");
+                task.kill_requested = true;
+                task.kill_reason = Some(message);
+                self.checkpoint(&key);
+                self.kill(&key);
+            }
+        }
+    }
+
     fn kill(&self, key: &Key) {
         let Some(task) = self.tasks.get(key) else { return };
         let Some(record) = task.container.clone() else { return };
@@ -473,6 +536,7 @@ impl Agent {
             Input::FromMaster(msg) => self.master_message(msg),
             Input::Launched { key, result } => self.launched(key, result),
             Input::Exited { key, termination } => self.exited(key, termination),
+            Input::Health { key, verdict } => self.health_verdict(key, verdict),
         }
     }
 
@@ -494,7 +558,7 @@ impl Agent {
                     self.send_head(&key, false);
                 }
             }
-            MasterMessage::RunTask { framework_id, spec } => self.run_task(framework_id, spec),
+            MasterMessage::RunTask { framework_id, spec } => self.run_task(framework_id, *spec),
             MasterMessage::KillTask { framework_id, task_id } => {
                 let key = (framework_id, task_id);
                 match self.tasks.get_mut(&key) {
@@ -521,6 +585,16 @@ impl Agent {
                         self.send(msg);
                     }
                 }
+            }
+            MasterMessage::ReadFile { request_id, framework_id, task_id, file, offset, length } => {
+                let path = self.sandbox(&(framework_id, task_id)).join(&file);
+                let result = read_chunk(&path, offset, length);
+                let (data, offset, size, error) = match result {
+                    Ok((data, offset, size)) => (data, offset, size, String::new()),
+                    Err(e) => (Vec::new(), 0, 0, format!("cannot read {file} of the task: {e}")),
+                };
+                let msg = proto::agent_message::FileData { request_id, data, offset, size, error };
+                self.send(proto::agent_message::Kind::FileData(msg));
             }
             MasterMessage::Acknowledge { framework_id, task_id, uuid } => {
                 let key = (framework_id, task_id);
@@ -565,6 +639,7 @@ impl Agent {
                 container: None,
                 pending: VecDeque::new(),
                 kill_requested: false,
+                kill_reason: None,
                 last_sent: None,
                 backoff: Duration::ZERO,
             },
@@ -595,6 +670,7 @@ impl Agent {
                 let status = self.status(&key.1, TaskState::Running, reason::COMMAND_EXITED, String::new());
                 let status = TaskStatus { reason: None, ..status };
                 self.push_update(&key, status);
+                self.start_health(&key, &record);
                 self.watch(key.clone(), record);
                 if kill {
                     self.kill(&key);
@@ -609,10 +685,14 @@ impl Agent {
     }
 
     fn exited(&mut self, key: Key, termination: Termination) {
+        if let Some(cancel) = self.health.remove(&key) {
+            cancel.cancel();
+        }
         let Some(task) = self.tasks.get(&key) else { return };
         if task.state.is_terminal() {
             return;
         }
+        let kill_reason = task.kill_reason.clone();
         let (state, why) = if task.kill_requested {
             (TaskState::Killed, reason::KILLED)
         } else if termination.exit_code == Some(0) {
@@ -623,6 +703,24 @@ impl Agent {
         info!(task_id = %key.1, state = %state, exit_code = ?termination.exit_code, signal = ?termination.signal, "task ended");
         let mut status = self.status(&key.1, state, why, termination.describe());
         status.exit_code = termination.exit_code;
+        if let Some(reason) = kill_reason {
+            status.message = reason;
+            status.reason = Some(reason::HEALTH_CHECK.into());
+            status.healthy = Some(false);
+        }
         self.push_update(&key, status);
     }
+}
+
+/// Reads up to `length` bytes of `path` from `offset`, or its last `length` bytes; returns the bytes,
+/// where they start, and the file's size.
+fn read_chunk(path: &Path, offset: Option<u64>, length: u64) -> std::io::Result<(Vec<u8>, u64, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let start = offset.unwrap_or_else(|| size.saturating_sub(length)).min(size);
+    file.seek(SeekFrom::Start(start))?;
+    let mut data = Vec::new();
+    file.take(length.min(crate::master::MAX_FILE_READ)).read_to_end(&mut data)?;
+    Ok((data, start, size))
 }

@@ -18,6 +18,7 @@ use tokio::process::{Child, Command};
 use tracing::{debug, info};
 
 use super::containerizer::{ContainerError, ContainerRecord, Containerizer, LaunchRequest, Termination};
+use crate::ids::AgentId;
 
 /// Runs the task's argv, then records its exit code in the file named by the first argument. The wrapper
 /// traps (rather than ignores) TERM, INT and HUP so that it outlives a graceful kill of the task and still
@@ -166,7 +167,7 @@ impl Containerizer for ProcessContainerizer {
         Ok(())
     }
 
-    async fn recover(&self, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
+    async fn recover(&self, _agent_id: Option<&AgentId>, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
         // Nothing to re-attach: `wait` watches recovered pids by itself.
         Ok(())
     }

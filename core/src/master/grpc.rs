@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::MasterHandle;
-use crate::api::{AgentInfo, AgentMessage, AgentTask, Call};
+use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, FileChunk};
 use crate::convert::{self, ConvertError};
 use crate::ids::FrameworkId;
 use crate::proto;
@@ -128,6 +128,18 @@ impl proto::agent_service_server::AgentService for AgentService {
                             status: u.status.ok_or(ConvertError::Missing("status"))?.try_into()?,
                         })
                     })(),
+                    Some(Kind::FileData(f)) => Ok(AgentMessage::FileData {
+                        request_id: f.request_id,
+                        chunk: if f.error.is_empty() {
+                            Ok(FileChunk {
+                                data: String::from_utf8_lossy(&f.data).into_owned(),
+                                offset: f.offset,
+                                size: f.size,
+                            })
+                        } else {
+                            Err(f.error)
+                        },
+                    }),
                     Some(Kind::Register(_)) => Err(ConvertError::Missing("a new stream to register again")),
                     None => Err(ConvertError::Missing("message kind")),
                 };

@@ -7,7 +7,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{MasterError, MasterHandle};
+use axum::extract::{Path, Query};
+
+use super::{FileRequest, MasterError, MasterHandle};
+use crate::ids::{FrameworkId, TaskId};
 
 /// The operator routes, to be merged into the server's router.
 pub fn router(master: MasterHandle) -> Router {
@@ -15,6 +18,7 @@ pub fn router(master: MasterHandle) -> Router {
         .route("/master/state", get(state))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/master/tasks/{task_id}/files/{file}", get(read_file))
         .with_state(master)
 }
 
@@ -29,8 +33,40 @@ impl IntoResponse for ApiError {
 
 impl From<MasterError> for ApiError {
     fn from(e: MasterError) -> ApiError {
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        let code = match e {
+            MasterError::NotFound(_) => StatusCode::NOT_FOUND,
+            MasterError::Invalid(_) | MasterError::FrameworkRemoved(_) => StatusCode::BAD_REQUEST,
+            MasterError::Store(_) | MasterError::Stopped | MasterError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError(code, e.to_string())
     }
+}
+
+#[derive(serde::Deserialize)]
+struct FileQuery {
+    framework_id: Option<String>,
+    offset: Option<u64>,
+    length: Option<u64>,
+}
+
+/// `GET /master/tasks/{task_id}/files/{stdout|stderr}?offset=&length=&framework_id=`: part of a task's
+/// output, read from its agent. Without `offset`, the last `length` bytes (64 KiB by default).
+async fn read_file(
+    State(master): State<MasterHandle>,
+    Path((task_id, file)): Path<(String, String)>,
+    Query(q): Query<FileQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let bad = |e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let request = FileRequest {
+        framework_id: q.framework_id.map(FrameworkId::parse).transpose().map_err(bad)?,
+        task_id: TaskId::parse(task_id).map_err(bad)?,
+        file,
+        offset: q.offset,
+        length: q.length.unwrap_or(64 * 1024),
+    };
+    Ok(Json(master.read_file(request).await?))
 }
 
 async fn state(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {

@@ -16,11 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, FrameworkInfo, MasterMessage};
-use crate::ids::{AgentId, FrameworkId};
+use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, FileChunk, FrameworkInfo, MasterMessage};
+use crate::ids::{AgentId, FrameworkId, TaskId};
 use crate::store::{Store, StoreError};
 
-pub use state::{AgentView, FrameworkView, StateSnapshot, TaskView};
+pub use state::{AgentView, FrameworkView, MAX_FILE_READ, StateSnapshot, TaskView};
 
 /// How many commands may wait for the actor before senders wait too.
 const COMMAND_BUFFER: usize = 16 * 1024;
@@ -73,6 +73,12 @@ pub enum MasterError {
     FrameworkRemoved(FrameworkId),
     #[error("the master is shutting down")]
     Stopped,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<MasterError> for tonic::Status {
@@ -80,7 +86,9 @@ impl From<MasterError> for tonic::Status {
         match e {
             MasterError::Store(e) => tonic::Status::unavailable(format!("store unavailable: {e}")),
             MasterError::FrameworkRemoved(_) => tonic::Status::failed_precondition(e.to_string()),
-            MasterError::Stopped => tonic::Status::unavailable(e.to_string()),
+            MasterError::Stopped | MasterError::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
+            MasterError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            MasterError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
         }
     }
 }
@@ -141,6 +149,23 @@ pub(crate) enum Command {
     Metrics {
         reply: oneshot::Sender<String>,
     },
+    ReadFile {
+        request: FileRequest,
+        reply: oneshot::Sender<Result<FileChunk, MasterError>>,
+    },
+}
+
+/// Which part of which task's sandbox file to read.
+#[derive(Clone, Debug)]
+pub struct FileRequest {
+    /// Needed only when several frameworks use the task id.
+    pub framework_id: Option<FrameworkId>,
+    pub task_id: TaskId,
+    /// `stdout` or `stderr`.
+    pub file: String,
+    /// Absent: the last `length` bytes.
+    pub offset: Option<u64>,
+    pub length: u64,
 }
 
 /// The way in to a running master; cheap to clone.
@@ -224,6 +249,11 @@ impl MasterHandle {
     /// Everything the master knows, for `/master/state`.
     pub async fn state(&self) -> Result<StateSnapshot, MasterError> {
         self.ask(|reply| Command::State { reply }).await
+    }
+
+    /// Reads part of a task's stdout or stderr from its agent.
+    pub async fn read_file(&self, request: FileRequest) -> Result<FileChunk, MasterError> {
+        self.ask(|reply| Command::ReadFile { request, reply }).await?
     }
 
     /// Prometheus text for `/metrics`.

@@ -14,9 +14,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Command, Conn, MasterConfig, MasterError};
+use super::{Command, Conn, FileRequest, MasterConfig, MasterError};
 use crate::allocator::Allocator;
-use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, Filters, FrameworkInfo, MasterMessage, Offer};
+use crate::api::{
+    AgentInfo, AgentMessage, AgentTask, Call, Event, FileChunk, Filters, FrameworkInfo, MasterMessage, Offer,
+    SANDBOX_FILES,
+};
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use crate::resources::Resources;
 use crate::store::{AgentRecord, FrameworkRecord, Store, now_millis};
@@ -28,6 +31,12 @@ const COMPLETED_TASKS_KEPT: usize = 1000;
 const BATCH: usize = 1024;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(200);
+/// How long an agent has to answer a file read.
+const FILE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a file read returns.
+pub const MAX_FILE_READ: u64 = 1 << 20;
+
+type FileReply = tokio::sync::oneshot::Sender<Result<FileChunk, MasterError>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -110,6 +119,9 @@ pub(crate) struct Master {
     last_full_allocation: Instant,
     last_heartbeat: Instant,
     counters: Counters,
+    /// File reads waiting for their agent's answer.
+    file_reads: HashMap<u64, (Instant, FileReply)>,
+    next_file_read: u64,
 }
 
 impl Master {
@@ -140,6 +152,8 @@ impl Master {
             last_full_allocation: now,
             last_heartbeat: now,
             counters: Counters::default(),
+            file_reads: HashMap::new(),
+            next_file_read: 0,
             store,
             config,
         };
@@ -252,6 +266,13 @@ impl Master {
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
+            }
+            Command::ReadFile { request, reply } => {
+                if let Err(e) = self.read_file(request, reply) {
+                    // The reply was handed back because the read could not start.
+                    let (e, reply) = *e;
+                    let _ = reply.send(Err(e));
+                }
             }
         }
     }
@@ -476,7 +497,68 @@ impl Master {
         match msg {
             AgentMessage::Heartbeat => {}
             AgentMessage::StatusUpdate { framework_id, status } => self.status_update(&agent_id, framework_id, status),
+            AgentMessage::FileData { request_id, chunk } => {
+                if let Some((_, reply)) = self.file_reads.remove(&request_id) {
+                    let _ = reply.send(chunk.map_err(MasterError::NotFound));
+                }
+            }
         }
+    }
+
+    /// Asks the task's agent for part of a sandbox file; the agent's answer completes `reply`.
+    fn read_file(&mut self, req: FileRequest, reply: FileReply) -> Result<(), Box<(MasterError, FileReply)>> {
+        let fail = |e: MasterError, reply: FileReply| Err(Box::new((e, reply)));
+        if !SANDBOX_FILES.contains(&req.file.as_str()) {
+            return fail(
+                MasterError::Invalid(format!("unknown file '{}': use one of {SANDBOX_FILES:?}", req.file)),
+                reply,
+            );
+        }
+        let mut found: Vec<(FrameworkId, AgentId)> = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            if req.framework_id.as_ref().is_some_and(|f| f != fid) {
+                continue;
+            }
+            if let Some(t) = fw.tasks.get(&req.task_id) {
+                found.push((fid.clone(), t.agent_id.clone()));
+            } else if let Some((_, s)) = fw.completed.iter().find(|(id, _)| *id == req.task_id)
+                && let Some(agent) = &s.agent_id
+            {
+                found.push((fid.clone(), agent.clone()));
+            }
+        }
+        let (fid, agent_id) = match found.len() {
+            0 => return fail(MasterError::NotFound(format!("no task {} is known to the master", req.task_id)), reply),
+            1 => found.remove(0),
+            _ => {
+                let e = MasterError::Invalid(format!(
+                    "task id {} is used by several frameworks: pass framework_id",
+                    req.task_id
+                ));
+                return fail(e, reply);
+            }
+        };
+        if self.agents.get(&agent_id).is_none_or(|a| a.conn.is_none()) {
+            return fail(
+                MasterError::Unavailable(format!("agent {agent_id} of task {} is not connected", req.task_id)),
+                reply,
+            );
+        }
+        self.next_file_read += 1;
+        let request_id = self.next_file_read;
+        let msg = MasterMessage::ReadFile {
+            request_id,
+            framework_id: fid,
+            task_id: req.task_id,
+            file: req.file,
+            offset: req.offset,
+            length: req.length.min(MAX_FILE_READ),
+        };
+        if !self.send_agent(&agent_id, msg) {
+            return fail(MasterError::Unavailable(format!("agent {agent_id} is not reachable")), reply);
+        }
+        self.file_reads.insert(request_id, (Instant::now(), reply));
+        Ok(())
     }
 
     fn status_update(&mut self, agent_id: &AgentId, framework_id: FrameworkId, mut status: TaskStatus) {
@@ -766,7 +848,25 @@ impl Master {
         for o in &offers {
             remaining.add(&o.resources);
         }
+        let docker = self.agents.get(&agent_id).is_some_and(|a| a.info.docker);
         for spec in tasks {
+            if spec.container.is_some() && !docker {
+                self.counters.tasks_invalid += 1;
+                let host = self.agents.get(&agent_id).map(|a| a.info.hostname.clone()).unwrap_or_default();
+                let message = format!(
+                    "task {} needs Docker, but agent {agent_id} ({host}) has no reachable Docker engine",
+                    spec.id
+                );
+                let status = TaskStatus::from_master(
+                    spec.id,
+                    TaskState::Error,
+                    Some(agent_id.clone()),
+                    reason::NO_DOCKER,
+                    message,
+                );
+                self.send_update(fid, status);
+                continue;
+            }
             let error = if let Err(e) = spec.validate() {
                 Some(e.to_string())
             } else if self.frameworks[fid].tasks.contains_key(&spec.id) {
@@ -823,7 +923,7 @@ impl Master {
         }
         debug!(framework_id = %fid, agent_id = %agent_id, task_id = %spec.id, "launching task");
         // If the agent is gone the task stays STAGING; the agent re-registering without it reports it lost.
-        self.send_agent(agent_id, MasterMessage::RunTask { framework_id: fid.clone(), spec });
+        self.send_agent(agent_id, MasterMessage::RunTask { framework_id: fid.clone(), spec: Box::new(spec) });
     }
 
     fn decline(&mut self, fid: &FrameworkId, offer_ids: Vec<OfferId>, filters: Filters) {
@@ -1036,6 +1136,19 @@ impl Master {
             .collect();
         for id in expired {
             self.teardown(&id, "its failover timeout passed").await;
+        }
+
+        let stale: Vec<u64> = self
+            .file_reads
+            .iter()
+            .filter(|(_, (t, _))| now.duration_since(*t) > FILE_READ_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some((_, reply)) = self.file_reads.remove(&id) {
+                let _ =
+                    reply.send(Err(MasterError::Unavailable("the agent did not answer the file read in time".into())));
+            }
         }
 
         if let Some(offer_timeout) = self.config.offer_timeout {
