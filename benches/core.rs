@@ -263,6 +263,7 @@ fn main() {
     );
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
-    std::fs::write(path, report).expect("write docs/benchmarks.md");
+    keel_core::testing::write_report_section(std::path::Path::new(path), "core", &report)
+        .expect("write docs/benchmarks.md");
     println!("wrote {path}");
 }

@@ -21,3 +21,35 @@ pub async fn postgres_database() -> Option<String> {
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
     Some(format!("{base}/{name}"))
 }
+
+/// Replaces the section `name` of a Markdown report (between `<!-- bench:NAME -->` and
+/// `<!-- /bench:NAME -->`), appending it when it is not there yet, so that each benchmark keeps its own
+/// part of `docs/benchmarks.md` up to date.
+pub fn write_report_section(path: &std::path::Path, name: &str, body: &str) -> std::io::Result<()> {
+    let start = format!("<!-- bench:{name} -->");
+    let end = format!("<!-- /bench:{name} -->");
+    let current = std::fs::read_to_string(path)
+        .unwrap_or_else(|_| "# Benchmarks\n\nWritten by `cargo bench`; each section by its own benchmark.\n".into());
+    let section = format!("{start}\n{}\n{end}", body.trim_end());
+    let updated = match (current.find(&start), current.find(&end)) {
+        (Some(s), Some(e)) if e > s => format!("{}{section}{}", &current[..s], &current[e + end.len()..]),
+        _ => format!("{}\n{section}\n", current.trim_end()),
+    };
+    std::fs::write(path, updated)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn report_sections_are_replaced_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.md");
+        super::write_report_section(&path, "a", "one").unwrap();
+        super::write_report_section(&path, "b", "two").unwrap();
+        super::write_report_section(&path, "a", "three").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("<!-- bench:a -->\nthree\n<!-- /bench:a -->"), "{text}");
+        assert!(text.contains("two") && !text.contains("one"), "{text}");
+        assert!(text.find("bench:a").unwrap() < text.find("bench:b").unwrap());
+    }
+}

@@ -70,11 +70,8 @@ impl DockerContainerizer {
         &self.docker
     }
 
-    async fn ensure_image(&self, image: &str, force: bool) -> Result<(), ContainerError> {
-        if !force && self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
-        }
-        info!(image, force, "pulling image");
+    async fn pull(&self, image: &str) -> Result<(), ContainerError> {
+        info!(image, "pulling image");
         let (name, tag) = split_image(image);
         let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
         let mut pull = self.docker.create_image(Some(options), None, None);
@@ -171,7 +168,9 @@ impl Containerizer for DockerContainerizer {
         let spec = task.container.as_ref().ok_or_else(|| ContainerError::Other("the task has no container".into()))?;
         std::fs::create_dir_all(&request.sandbox)
             .map_err(|source| ContainerError::Sandbox { path: request.sandbox.clone(), source })?;
-        self.ensure_image(&spec.image, spec.force_pull).await?;
+        if spec.force_pull {
+            self.pull(&spec.image).await?;
+        }
 
         let mut env: Vec<String> = task.command.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("KEEL_TASK_ID={}", task.id));
@@ -233,14 +232,23 @@ impl Containerizer for DockerContainerizer {
             host_config: Some(host_config),
             ..Default::default()
         };
+        let began = std::time::Instant::now();
         let name = container_name(request);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker.create_container(Some(options), body).await.map_err(docker_err)?;
+        // Creating straight away saves a round trip; a missing image is pulled and the create retried.
+        let created = match self.docker.create_container(Some(options.clone()), body.clone()).await {
+            Err(e) if status_code(&e) == Some(404) && !spec.force_pull => {
+                self.pull(&spec.image).await?;
+                self.docker.create_container(Some(options), body).await.map_err(docker_err)?
+            }
+            other => other.map_err(docker_err)?,
+        };
+        debug!(container = %created.id, elapsed = ?began.elapsed(), "container created");
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             self.remove(&created.id).await;
             return Err(docker_err(e));
         }
-        info!(task_id = %task.id, container = %created.id, image = %spec.image, "container started");
+        info!(task_id = %task.id, container = %created.id, image = %spec.image, elapsed = ?began.elapsed(), "container started");
         self.follow_logs(&created.id, &request.sandbox, 0);
         Ok(ContainerRecord::Docker { id: created.id, sandbox: request.sandbox.clone() })
     }
