@@ -431,3 +431,44 @@ async fn a_framework_that_comes_back_within_its_failover_timeout_keeps_its_tasks
     assert!(alive(pid));
     token.cancel();
 }
+
+#[tokio::test]
+async fn a_task_that_ends_while_its_agent_is_down_is_reported_once_and_frees_its_resources() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let mut agent = Agent::start(&master, &dir.path().join("agent"), "cpus:1;mem:256").await;
+    let mut fw = Framework::subscribe(&master, "test", Duration::from_secs(60)).await;
+    fw.launch(task("brief", "sleep 1; exit 7")).await;
+    fw.wait_state("brief", TaskState::Running, LONG).await;
+
+    // A process group that claims this agent but is in no checkpoint (as if the agent died mid-launch).
+    let mut stray = std::process::Command::new("sleep")
+        .arg("60")
+        .env("KEEL_AGENT_ID", agent.agent_id().unwrap())
+        .env("KEEL_SANDBOX", dir.path())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+
+    agent.proc.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agent.restart(&master).await;
+    let failed = fw.wait_state("brief", TaskState::Failed, LONG).await;
+    assert_eq!(failed.exit_code, Some(7));
+    wait_for("the stray process group to be killed", LONG, || async { (!alive(stray.id() as i32)).then_some(()) })
+        .await;
+    let _ = stray.wait();
+    wait_for("the task's resources to be free", LONG, || async {
+        let state = master.state().await;
+        (state["agents"][0]["used_resources"]["cpus"] == 0.0 && state["tasks"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    // Re-registering again reports nothing new: no phantom TASK_LOST for the finished task.
+    let before = fw.updates.len();
+    agent.restart(&master).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fw.pump_until("nothing", Duration::from_millis(300), |_| true).await;
+    assert!(!fw.updates[before..].iter().any(|u| u.state == TaskState::Lost), "{:#?}", &fw.updates[before..]);
+}

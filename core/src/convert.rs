@@ -22,7 +22,7 @@ pub enum ConvertError {
     Resource(#[from] ResourceError),
     #[error("{0} is missing")]
     Missing(&'static str),
-    #[error("{field} must be a non-negative number of seconds, got {value}")]
+    #[error("{field} must be a number of seconds from 0 to 315360000 (ten years), got {value}")]
     BadDuration { field: &'static str, value: f64 },
     #[error("unknown or unspecified {0}")]
     UnknownEnum(&'static str),
@@ -36,8 +36,15 @@ impl From<ConvertError> for tonic::Status {
     }
 }
 
+/// The longest duration accepted from the wire (ten years): far beyond any sensible timeout, and far from
+/// overflowing an `Instant`.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 fn seconds(field: &'static str, value: f64) -> Result<Duration, ConvertError> {
-    Duration::try_from_secs_f64(value).map_err(|_| ConvertError::BadDuration { field, value })
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(ConvertError::BadDuration { field, value }),
+    }
 }
 
 fn opt_id<T>(s: String, parse: impl FnOnce(String) -> Result<T, IdError>) -> Result<Option<T>, ConvertError> {

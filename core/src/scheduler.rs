@@ -63,8 +63,10 @@ impl SchedulerHandle {
 
     /// Tears the framework down (its tasks are killed) and stops the driver from re-subscribing.
     pub async fn teardown(&self) -> Result<(), DriverError> {
+        self.call(Call::Teardown).await?;
+        // Only once the call is on its way is the stream's end expected rather than a fault.
         self.stopping.store(true, Ordering::SeqCst);
-        self.call(Call::Teardown).await
+        Ok(())
     }
 
     /// The framework id, once the master has assigned one.

@@ -53,6 +53,26 @@ fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Process-group leaders whose environment contains `marker` (`KEEL_AGENT_ID=…`) and `KEEL_SANDBOX`, which
+/// only this containerizer sets (a Docker task's processes carry the agent id too, and are not ours).
+fn stray_groups(marker: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let leader = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+            }) == Some(*pid);
+            leader
+                && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|b| *b == 0).any(|var| var == marker.as_bytes())
+                        && env.split(|b| *b == 0).any(|var| var.starts_with(b"KEEL_SANDBOX="))
+                })
+        })
+        .collect()
+}
+
 fn alive(pid: i32, started: u64) -> bool {
     start_time(pid) == Some(started)
 }
@@ -136,6 +156,7 @@ impl Containerizer for ProcessContainerizer {
         while alive(*pid, *start_time) {
             tokio::time::sleep(POLL).await;
         }
+        let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
         match read_status_file(status_file) {
             Some(code) => Termination::exited(code),
             None => Termination {
@@ -167,8 +188,21 @@ impl Containerizer for ProcessContainerizer {
         Ok(())
     }
 
-    async fn recover(&self, _agent_id: Option<&AgentId>, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
-        // Nothing to re-attach: `wait` watches recovered pids by itself.
+    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError> {
+        // Known processes need nothing: `wait` watches recovered pids by itself. Process groups this agent
+        // started that no checkpoint names (the agent died between spawning and checkpointing) are killed.
+        let Some(agent_id) = agent_id else { return Ok(()) };
+        let known: Vec<i32> = records
+            .iter()
+            .filter_map(|r| if let ContainerRecord::Process { pid, .. } = r { Some(*pid) } else { None })
+            .collect();
+        let marker = format!("KEEL_AGENT_ID={agent_id}");
+        for pid in stray_groups(&marker) {
+            if !known.contains(&pid) {
+                tracing::warn!(pid, "process group of this agent belongs to no known task; killing it");
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
         Ok(())
     }
 }

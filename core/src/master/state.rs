@@ -25,6 +25,11 @@ use crate::resources::Resources;
 use crate::store::{AgentRecord, FrameworkRecord, Store, now_millis};
 use crate::task::{TaskSpec, TaskState, TaskStatus, now_seconds, reason};
 
+/// `now + d`, saturating instead of overflowing on absurd durations.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(crate::convert::MAX_DURATION)).unwrap_or(now + crate::convert::MAX_DURATION)
+}
+
 /// How many finished tasks each framework keeps for reconciliation and the operator API.
 const COMPLETED_TASKS_KEPT: usize = 1000;
 /// How many commands the actor handles before it lets an allocation pass run.
@@ -121,6 +126,8 @@ pub(crate) struct Master {
     counters: Counters,
     /// File reads waiting for their agent's answer.
     file_reads: HashMap<u64, (Instant, FileReply)>,
+    /// Teardowns the store has not recorded yet; retried until it does.
+    unsaved_removals: HashSet<FrameworkId>,
     next_file_read: u64,
 }
 
@@ -153,6 +160,7 @@ impl Master {
             last_heartbeat: now,
             counters: Counters::default(),
             file_reads: HashMap::new(),
+            unsaved_removals: HashSet::new(),
             next_file_read: 0,
             store,
             config,
@@ -200,7 +208,7 @@ impl Master {
                     info,
                     registered_at: f.registered_at,
                     conn: None,
-                    failover_deadline: Some(now + timeout.max(m.config.recovery_grace)),
+                    failover_deadline: Some(after(now, timeout.max(m.config.recovery_grace))),
                     removed: false,
                     tasks: HashMap::new(),
                     offers: HashSet::new(),
@@ -423,30 +431,34 @@ impl Master {
             }
             match fw.tasks.get_mut(&t.spec.id) {
                 Some(task) => {
-                    let before = task.state;
-                    if before != t.state && task.state.transition(t.state).is_ok() {
+                    // The agent's queued updates carry every change, in order. Only a task the master
+                    // itself marked unreachable is brought back here, to the live state the agent reports;
+                    // a terminal state arrives as the agent's own update, which also frees the resources.
+                    if (task.state == TaskState::Unreachable || was_unreachable)
+                        && task.state != t.state
+                        && !t.state.is_terminal()
+                        && !task.state.is_terminal()
+                    {
                         task.state = t.state;
-                        if before == TaskState::Unreachable || was_unreachable {
-                            let status = TaskStatus::from_master(
-                                t.spec.id.clone(),
-                                t.state,
-                                Some(agent_id.clone()),
-                                reason::AGENT_REREGISTERED,
-                                "agent re-registered",
-                            );
-                            task.status = Some(status.clone());
-                            self.send_update(&t.framework_id, status);
-                        }
+                        let status = TaskStatus::from_master(
+                            t.spec.id.clone(),
+                            t.state,
+                            Some(agent_id.clone()),
+                            reason::AGENT_REREGISTERED,
+                            "agent re-registered",
+                        );
+                        task.status = Some(status.clone());
+                        self.send_update(&t.framework_id, status);
                     }
                     let fw = &self.frameworks[&t.framework_id];
                     if fw.tasks.get(&t.spec.id).is_some_and(|task| task.kill_requested) {
                         kills.push(key.clone());
                     }
                 }
+                // A finished task the master does not know: its final update is on its way.
+                None if t.state.is_terminal() => continue,
                 None => {
-                    if !t.state.is_terminal() {
-                        self.allocator.track_used(&t.framework_id, agent_id, &t.spec.resources);
-                    }
+                    self.allocator.track_used(&t.framework_id, agent_id, &t.spec.resources);
                     fw.tasks.insert(
                         t.spec.id.clone(),
                         Task {
@@ -460,7 +472,12 @@ impl Master {
                     );
                 }
             }
-            if let Some(agent) = self.agents.get_mut(agent_id) {
+            let live = self
+                .frameworks
+                .get(&t.framework_id)
+                .and_then(|f| f.tasks.get(&t.spec.id))
+                .is_some_and(|task| !task.state.is_terminal());
+            if live && let Some(agent) = self.agents.get_mut(agent_id) {
                 agent.tasks.insert(key);
             }
         }
@@ -471,6 +488,9 @@ impl Master {
             .map(|a| a.tasks.iter().filter(|k| !seen.contains(*k)).cloned().collect())
             .unwrap_or_default();
         for (fid, tid) in missing {
+            if let Some(agent) = self.agents.get_mut(agent_id) {
+                agent.tasks.remove(&(fid.clone(), tid.clone()));
+            }
             let status = TaskStatus::from_master(
                 tid.clone(),
                 TaskState::Lost,
@@ -670,7 +690,12 @@ impl Master {
     /// completed tasks.
     fn complete_task(&mut self, fid: &FrameworkId, tid: &TaskId) {
         let Some(fw) = self.frameworks.get_mut(fid) else { return };
-        if let Some(task) = fw.tasks.remove(tid)
+        let removed_task = fw.tasks.remove(tid);
+        if let Some(agent) = removed_task.as_ref().and_then(|t| self.agents.get_mut(&t.agent_id)) {
+            agent.tasks.remove(&(fid.clone(), tid.clone()));
+        }
+        let Some(fw) = self.frameworks.get_mut(fid) else { return };
+        if let Some(task) = removed_task
             && let Some(status) = task.status
         {
             if fw.completed.len() == COMPLETED_TASKS_KEPT {
@@ -745,7 +770,7 @@ impl Master {
             return;
         }
         fw.conn = None;
-        fw.failover_deadline = Some(Instant::now() + fw.info.failover_timeout);
+        fw.failover_deadline = Some(after(Instant::now(), fw.info.failover_timeout));
         info!(framework_id = %id, failover_timeout = ?fw.info.failover_timeout, "framework disconnected");
         self.allocator.set_framework_active(id, false);
         self.rescind_framework_offers(id);
@@ -759,7 +784,8 @@ impl Master {
         fw.failover_deadline = None;
         self.counters.frameworks_torn_down += 1;
         if let Err(e) = self.store.remove_framework(id, now_millis()).await {
-            error!(framework_id = %id, error = %e, "could not record the teardown; it will be retried on the next failover check");
+            error!(framework_id = %id, error = %e, "could not record the teardown; retrying");
+            self.unsaved_removals.insert(id.clone());
         }
         self.rescind_framework_offers(id);
         self.allocator.remove_framework(id);
@@ -822,6 +848,9 @@ impl Master {
         }
         let offers: Vec<Offer> = valid.iter().filter_map(|oid| self.take_offer(oid)).collect();
         let agent_id = offers.first().map(|o| o.agent_id.clone());
+        if offer_ids.is_empty() {
+            problem = Some("ACCEPT names no offers".into());
+        }
         if problem.is_none() && offers.iter().any(|o| Some(&o.agent_id) != agent_id.as_ref()) {
             problem = Some("the offers of one ACCEPT must all come from the same agent".into());
         }
@@ -898,7 +927,7 @@ impl Master {
             self.allocator.recover(fid, &agent_id, &remaining);
             let refuse = filters.refuse();
             if !refuse.is_zero() {
-                self.allocator.filter(fid, &agent_id, Instant::now() + refuse);
+                self.allocator.filter(fid, &agent_id, after(Instant::now(), refuse));
             }
         }
         self.allocation_due = true;
@@ -937,7 +966,7 @@ impl Master {
                 self.counters.offers_declined += 1;
                 self.allocator.recover(fid, &offer.agent_id, &offer.resources);
                 if !refuse.is_zero() {
-                    self.allocator.filter(fid, &offer.agent_id, Instant::now() + refuse);
+                    self.allocator.filter(fid, &offer.agent_id, after(Instant::now(), refuse));
                 }
             }
         }
@@ -1020,6 +1049,10 @@ impl Master {
                     s.uuid = None;
                     s.reason = Some(reason::RECONCILIATION.into());
                     replies.push(s);
+                } else if agent_id.is_none() && self.agents.values().any(|a| a.status == AgentStatus::Recovering) {
+                    // Some agent has not re-registered since a master restart and may hold the task; it
+                    // will be reported when the agent comes back or is found unreachable.
+                    continue;
                 } else {
                     let agent = agent_id.as_ref().and_then(|a| self.agents.get(a));
                     match agent.map(|a| a.status) {
@@ -1117,11 +1150,21 @@ impl Master {
     // ---- timers ----
 
     async fn periodic(&mut self, now: Instant) {
+        for id in self.unsaved_removals.clone() {
+            if self.store.remove_framework(&id, now_millis()).await.is_ok() {
+                self.unsaved_removals.remove(&id);
+            }
+        }
         let timeout = self.config.agent_timeout;
+        // Agents expected back after a master restart get the longer recovery grace.
+        let recovering_timeout = timeout.max(self.config.recovery_grace);
         let silent: Vec<AgentId> = self
             .agents
             .values()
-            .filter(|a| a.status != AgentStatus::Unreachable && now.duration_since(a.last_seen) > timeout)
+            .filter(|a| {
+                let limit = if a.status == AgentStatus::Recovering { recovering_timeout } else { timeout };
+                a.status != AgentStatus::Unreachable && now.duration_since(a.last_seen) > limit
+            })
             .map(|a| a.id.clone())
             .collect();
         for id in silent {
