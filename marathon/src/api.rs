@@ -1,0 +1,338 @@
+//! Marathon's `/v2/apps` endpoints over the app store: create, read, replace, patch, delete, list with
+//! filters, and version history. Errors are JSON with a `message` (and `details` for 422), as Marathon's.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::app::{AppDefinition, AppId, Violation};
+use crate::store::{AppStore, AppStoreError, timestamp};
+
+/// A JSON error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, body: json!({ "message": message.into() }) }
+    }
+
+    fn invalid(details: Vec<Violation>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({ "message": "Object is not valid", "details": details }),
+        }
+    }
+
+    fn no_app(id: &AppId) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, format!("App '{id}' does not exist"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<AppStoreError> for ApiError {
+    fn from(e: AppStoreError) -> ApiError {
+        tracing::error!(error = %e, source = ?std::error::Error::source(&e), "app store failure");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; try again"))
+    }
+}
+
+/// The `/v2/apps` routes.
+pub fn router(apps: AppStore) -> Router {
+    Router::new()
+        .route("/v2/apps", get(list).post(create))
+        .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove))
+        .with_state(apps)
+}
+
+fn now() -> String {
+    timestamp(keel_core::store::now_millis())
+}
+
+/// Parses a body, telling malformed JSON (400) from well-formed JSON of the wrong shape (422).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::invalid(vec![Violation { path: "/".into(), errors: vec![e.to_string()] }])
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}"))
+        }
+    })
+}
+
+fn parse_id(raw: &str) -> Result<AppId, ApiError> {
+    AppId::parse(raw).map_err(|e| ApiError::invalid(vec![Violation { path: "/id".into(), errors: vec![e] }]))
+}
+
+/// Validates and stamps a definition with a new version.
+fn prepare(mut app: AppDefinition, id: &AppId) -> Result<AppDefinition, ApiError> {
+    app.id = id.to_string();
+    let problems = app.validate();
+    if !problems.is_empty() {
+        return Err(ApiError::invalid(problems));
+    }
+    app.version = Some(now());
+    Ok(app)
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    id: Option<String>,
+    cmd: Option<String>,
+    label: Option<String>,
+}
+
+/// Marathon's `label` filter: `key`, `key==value` or `key!=value`.
+fn label_matches(app: &AppDefinition, selector: &str) -> bool {
+    if let Some((k, v)) = selector.split_once("!=") {
+        return app.labels.get(k.trim()).is_some_and(|x| x != v.trim());
+    }
+    if let Some((k, v)) = selector.split_once("==") {
+        return app.labels.get(k.trim()).is_some_and(|x| x == v.trim());
+    }
+    app.labels.contains_key(selector.trim())
+}
+
+async fn list(State(apps): State<AppStore>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    let all = apps.list().await?;
+    let chosen: Vec<AppDefinition> = all
+        .into_iter()
+        .filter(|a| q.id.as_ref().is_none_or(|id| a.id.contains(id.as_str())))
+        .filter(|a| q.cmd.as_ref().is_none_or(|c| a.cmd.as_deref().is_some_and(|cmd| cmd.contains(c.as_str()))))
+        .filter(|a| q.label.as_ref().is_none_or(|l| label_matches(a, l)))
+        .collect();
+    Ok(Json(json!({ "apps": chosen })))
+}
+
+async fn create(State(apps): State<AppStore>, body: Bytes) -> Result<Response, ApiError> {
+    let app: AppDefinition = parse_body(&body)?;
+    let id = parse_id(&app.id)?;
+    let app = prepare(app, &id)?;
+    if apps.get(&id).await?.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("An app with id [{id}] already exists.")));
+    }
+    apps.put(&id, &app).await?;
+    tracing::info!(app_id = %id, version = ?app.version, "app created");
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v2/apps{id}")) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(app)).into_response())
+}
+
+/// Splits `/prod/web/versions/V` into the app id and what follows it.
+enum Target {
+    App(AppId),
+    Versions(AppId),
+    Version(AppId, String),
+}
+
+fn target(rest: &str) -> Result<Target, ApiError> {
+    let trimmed = rest.trim_end_matches('/');
+    if let Some(id) = trimmed.strip_suffix("/versions") {
+        return Ok(Target::Versions(parse_id(id)?));
+    }
+    if let Some((id, version)) = trimmed.rsplit_once("/versions/") {
+        return Ok(Target::Version(parse_id(id)?, version.to_owned()));
+    }
+    Ok(Target::App(parse_id(trimmed)?))
+}
+
+async fn show(State(apps): State<AppStore>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
+    match target(&rest)? {
+        Target::App(id) => Ok(Json(json!({ "app": apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))? }))),
+        Target::Versions(id) => {
+            let versions = apps.versions(&id).await?;
+            if versions.is_empty() {
+                return Err(ApiError::no_app(&id));
+            }
+            Ok(Json(json!({ "versions": versions })))
+        }
+        Target::Version(id, version) => {
+            let app = apps.version(&id, &version).await?.ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("App '{id}' does not exist in version {version}"))
+            })?;
+            Ok(Json(serde_json::to_value(app).unwrap_or_default()))
+        }
+    }
+}
+
+fn app_target(rest: &str) -> Result<AppId, ApiError> {
+    match target(rest)? {
+        Target::App(id) => Ok(id),
+        _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "versions can only be read")),
+    }
+}
+
+/// `PUT /v2/apps/{id}`: creates the app (201) or replaces its definition with a new version (200).
+async fn replace(State(apps): State<AppStore>, Path(rest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let id = app_target(&rest)?;
+    let mut raw: Value = parse_body(&body)?;
+    if let Some(obj) = raw.as_object_mut() {
+        obj.insert("id".into(), Value::String(id.to_string()));
+    }
+    let app = prepare(parse_body(raw.to_string().as_bytes())?, &id)?;
+    let existed = apps.get(&id).await?.is_some();
+    apps.put(&id, &app).await?;
+    tracing::info!(app_id = %id, version = ?app.version, existed, "app definition replaced");
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "version": app.version }))).into_response())
+}
+
+/// `PATCH /v2/apps/{id}`: changes only the fields given.
+async fn patch(State(apps): State<AppStore>, Path(rest): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let id = app_target(&rest)?;
+    let changes: Value = parse_body(&body)?;
+    let Value::Object(changes) = changes else {
+        return Err(ApiError::invalid(vec![Violation {
+            path: "/".into(),
+            errors: vec!["expected a JSON object".into()],
+        }]));
+    };
+    let current = apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
+    let mut merged = serde_json::to_value(current).unwrap_or_default();
+    if let Some(obj) = merged.as_object_mut() {
+        for (k, v) in changes {
+            obj.insert(k, v);
+        }
+    }
+    let app = prepare(parse_body(merged.to_string().as_bytes())?, &id)?;
+    apps.put(&id, &app).await?;
+    Ok(Json(json!({ "version": app.version })))
+}
+
+async fn remove(State(apps): State<AppStore>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = app_target(&rest)?;
+    if !apps.delete(&id).await? {
+        return Err(ApiError::no_app(&id));
+    }
+    tracing::info!(app_id = %id, "app deleted");
+    Ok(Json(json!({ "version": now() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn app_router() -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap();
+        (router(AppStore::new(store)), dir)
+    }
+
+    async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, HeaderMap, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let resp = r.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn create_read_list_and_conflict() {
+        let (r, _dir) = app_router().await;
+        let (status, headers, body) =
+            call(&r, "POST", "/v2/apps", r#"{"id": "prod/web", "cmd": "sleep 100", "labels": {"team": "a"}}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(headers[header::LOCATION], "/v2/apps/prod/web");
+        assert_eq!(body["id"], "/prod/web");
+        assert_eq!(body["mem"], 128.0);
+        assert!(body["version"].as_str().unwrap().ends_with('Z'));
+
+        let (status, _, body) = call(&r, "POST", "/v2/apps", r#"{"id": "/prod/web", "cmd": "x"}"#).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["message"], "An app with id [/prod/web] already exists.");
+
+        let (status, _, body) = call(&r, "GET", "/v2/apps//prod//web", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["app"]["cmd"], "sleep 100");
+
+        call(&r, "POST", "/v2/apps", r#"{"id": "/dev/db", "cmd": "postgres"}"#).await;
+        let (_, _, body) = call(&r, "GET", "/v2/apps?label=team==a", "").await;
+        assert_eq!(body["apps"].as_array().unwrap().len(), 1);
+        let (_, _, body) = call(&r, "GET", "/v2/apps?cmd=postgres", "").await;
+        assert_eq!(body["apps"][0]["id"], "/dev/db");
+        let (_, _, body) = call(&r, "GET", "/v2/apps?id=prod", "").await;
+        assert_eq!(body["apps"][0]["id"], "/prod/web");
+        let (_, _, body) = call(&r, "GET", "/v2/apps", "").await;
+        assert_eq!(body["apps"].as_array().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn bad_input_answers_400_404_and_422_with_reasons() {
+        let (r, _dir) = app_router().await;
+        let (status, _, body) = call(&r, "POST", "/v2/apps", "{not json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["message"].as_str().unwrap().starts_with("Invalid JSON"));
+
+        let (status, _, body) = call(&r, "POST", "/v2/apps", r#"{"id": "/Web", "cmd": "x", "cpus": -2}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["message"], "Object is not valid");
+        assert_eq!(body["details"][0]["path"], "/id");
+
+        let (status, _, body) = call(&r, "POST", "/v2/apps", r#"{"id": "/web", "cmd": "x", "cpus": "lots"}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+        let (status, _, body) = call(&r, "GET", "/v2/apps/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["message"], "App '/nope' does not exist");
+        let (status, _, _) = call(&r, "DELETE", "/v2/apps/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, _) = call(&r, "PATCH", "/v2/apps/nope", r#"{"instances": 2}"#).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn put_patch_versions_and_delete() {
+        let (r, _dir) = app_router().await;
+        let (status, _, v1) = call(&r, "PUT", "/v2/apps/svc", r#"{"cmd": "sleep 1", "instances": 1}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (status, _, v2) = call(&r, "PUT", "/v2/apps/svc", r#"{"cmd": "sleep 2", "instances": 1}"#).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(v1["version"], v2["version"]);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (status, _, _) = call(&r, "PATCH", "/v2/apps/svc", r#"{"instances": 3}"#).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, _, body) = call(&r, "GET", "/v2/apps/svc", "").await;
+        assert_eq!((body["app"]["instances"].as_u64(), body["app"]["cmd"].as_str()), (Some(3), Some("sleep 2")));
+
+        let (_, _, versions) = call(&r, "GET", "/v2/apps/svc/versions", "").await;
+        let versions = versions["versions"].as_array().unwrap().clone();
+        assert_eq!(versions.len(), 3);
+        let first = versions.last().unwrap().as_str().unwrap();
+        let (status, _, old) = call(&r, "GET", &format!("/v2/apps/svc/versions/{first}"), "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(old["cmd"], "sleep 1");
+
+        let (status, _, _) = call(&r, "PATCH", "/v2/apps/svc", r#"{"backoffFactor": 0.1}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an invalid patch is refused and stores nothing");
+        let (status, _, _) = call(&r, "DELETE", "/v2/apps/svc", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = call(&r, "GET", "/v2/apps/svc/versions", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
