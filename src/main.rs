@@ -41,8 +41,23 @@ enum Command {
     /// Exit codes: the task's own exit code when it ran; 143 when it was killed; 1 when it could not run
     /// (no offer fitted in time, invalid task, lost agent), with the reason on stderr.
     Execute(execute::ExecuteArgs),
-    /// Run a master and one agent in one process on SQLite, for trying Keel out.
+    /// Run the services framework (Marathon-compatible REST API) against a master.
+    Marathon(MarathonArgs),
+    /// Run a master, one agent and the services framework in one process on SQLite, for trying Keel out.
     Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct MarathonArgs {
+    /// The master's address, such as http://127.0.0.1:5050.
+    #[arg(long, env = "KEEL_MASTER")]
+    master: String,
+    /// Address to serve the REST API on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The store for apps: postgres://… or sqlite:PATH.
+    #[arg(long, env = "KEEL_DATABASE_URL", default_value = "sqlite:.keel/marathon.db")]
+    database_url: String,
 }
 
 #[derive(Args)]
@@ -161,23 +176,43 @@ impl MasterOptions {
         Ok(format!("sqlite:{}", self.data_dir.join("keel.db").display()))
     }
 
-    /// Opens the store, starts the master and serves it; returns the address it listens on.
-    async fn start(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    /// Opens the store, starts the master and binds its port; serving is left to [`Started::serve`], so
+    /// that routes of built-in frameworks can join the master's.
+    async fn start(&self, shutdown: &CancellationToken) -> Result<Started> {
         let url = self.database_url()?;
         let store = Store::connect(&url).await.with_context(|| format!("cannot open the store at {}", redact(&url)))?;
         info!(store = %redact(&url), "store ready");
-        let (handle, _actor) =
-            master::start(self.config(), store, shutdown.clone()).await.context("cannot start the master")?;
+        let (master, _actor) =
+            master::start(self.config(), store.clone(), shutdown.clone()).await.context("cannot start the master")?;
         let listener =
             TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
         let addr = listener.local_addr()?.to_string();
-        let router = keel_core::server::router(handle, axum::Router::new());
-        let server = tokio::spawn(keel_core::server::serve(listener, router, shutdown.clone()));
-        Ok((addr, server))
+        Ok(Started { store, master, listener, addr })
     }
+}
+
+/// A master whose port is bound but not yet served.
+struct Started {
+    store: Store,
+    master: keel_core::master::MasterHandle,
+    listener: TcpListener,
+    addr: String,
+}
+
+impl Started {
+    fn serve(self, extra: axum::Router, shutdown: &CancellationToken) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let router = keel_core::server::router(self.master, extra);
+        tokio::spawn(keel_core::server::serve(self.listener, router, shutdown.clone()))
+    }
+}
+
+/// Starts the services framework on `store` against `master`; returns its REST routes.
+async fn marathon_routes(master: &str, store: Store, shutdown: &CancellationToken) -> Result<axum::Router> {
+    let apps = keel_marathon::store::AppStore::new(store);
+    let handle = keel_marathon::scheduler::start(master, apps.clone(), shutdown.clone())
+        .await
+        .context("cannot start the services framework")?;
+    Ok(keel_marathon::api::router(keel_marathon::api::Api { apps, marathon: handle }))
 }
 
 impl ResourceOptions {
@@ -265,9 +300,26 @@ async fn run(command: Command) -> Result<()> {
     cancel_on_signal(shutdown.clone());
     match command {
         Command::Master(args) => {
-            let (addr, server) = args.master.start(&shutdown).await?;
-            println!("keel master listening on http://{addr}");
-            server.await??;
+            let started = args.master.start(&shutdown).await?;
+            println!("keel master listening on http://{}", started.addr);
+            started.serve(axum::Router::new(), &shutdown).await??;
+        }
+        Command::Marathon(args) => {
+            if let Some(dir) = args.database_url.strip_prefix("sqlite:").and_then(|p| std::path::Path::new(p).parent())
+            {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let store = Store::connect(&args.database_url)
+                .await
+                .with_context(|| format!("cannot open the store at {}", redact(&args.database_url)))?;
+            let routes = marathon_routes(&args.master, store, &shutdown).await?;
+            let listener =
+                TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+            println!("keel marathon listening on http://{}", listener.local_addr()?);
+            let graceful = shutdown.clone();
+            axum::serve(listener, routes.fallback(keel_core::master::http::not_found))
+                .with_graceful_shutdown(async move { graceful.cancelled().await })
+                .await?;
         }
         Command::Agent(args) => {
             let config = args.resources.agent_config(&args.master, args.work_dir)?;
@@ -275,12 +327,16 @@ async fn run(command: Command) -> Result<()> {
             run_agent(config, containerizer, shutdown).await?;
         }
         Command::Dev(args) => {
-            let (addr, server) = args.master.start(&shutdown).await?;
+            let started = args.master.start(&shutdown).await?;
+            let addr = started.addr.clone();
+            let routes = marathon_routes(&addr, started.store.clone(), &shutdown).await?;
+            let server = started.serve(routes, &shutdown);
             let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
             let containerizer = args.resources.containerizer().await;
             let agent = tokio::spawn(run_agent(config, containerizer, shutdown.clone()));
             println!("Keel is running at http://{addr}");
             println!("  cluster state: http://{addr}/master/state");
+            println!("  apps (Marathon API): http://{addr}/v2/apps");
             println!(
                 "  try:           cargo run -- execute --master http://{addr} --name hello --command 'echo hello'"
             );

@@ -2,7 +2,7 @@
 //! filters, and version history. Errors are JSON with a `message` (and `details` for 422), as Marathon's.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -10,7 +10,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use axum::extract::RawQuery;
+use axum::routing::{delete, post};
+use keel_core::task::TaskState;
+
 use crate::app::{AppDefinition, AppId, Violation};
+use crate::scheduler::{Instance, MarathonHandle, Snapshot};
 use crate::store::{AppStore, AppStoreError, timestamp};
 
 /// A JSON error answer.
@@ -50,12 +55,72 @@ impl From<AppStoreError> for ApiError {
     }
 }
 
-/// The `/v2/apps` routes.
-pub fn router(apps: AppStore) -> Router {
+/// What the handlers share: the store (desired state) and the scheduler (observed state).
+#[derive(Clone)]
+pub struct Api {
+    pub apps: AppStore,
+    pub marathon: MarathonHandle,
+}
+
+/// Marathon's `/v2` routes (apps, tasks, queue delay, info) and `/ping`.
+pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v2/apps", get(list).post(create))
         .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove))
-        .with_state(apps)
+        .route("/v2/tasks", get(all_tasks))
+        .route("/v2/tasks/delete", post(delete_tasks))
+        .route("/v2/queue/{*rest}", delete(reset_delay))
+        .route("/v2/info", get(info))
+        .route("/v2/leader", get(leader))
+        .route("/ping", get(|| async { "pong" }))
+        .with_state(api)
+}
+
+/// Query parameters as pairs; repeated keys (`embed=a&embed=b`) are kept.
+fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Marathon's query booleans: `true`, `True`, `false`, `False`.
+fn flag(pairs: &[(String, String)], key: &str) -> Result<bool, ApiError> {
+    match param(pairs, key) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter {key} must be true or false, got '{v}'"),
+        )),
+    }
+}
+
+/// The app as Marathon shows it: its definition plus counts, deployments, the last failure and, when
+/// asked for, its tasks.
+fn enrich(app: &AppDefinition, snapshot: &Snapshot, with_tasks: bool) -> Value {
+    let tasks: Vec<&Instance> = snapshot.instances.iter().filter(|i| i.app_id == app.id).collect();
+    let count = |f: &dyn Fn(&Instance) -> bool| tasks.iter().filter(|i| f(i)).count();
+    let mut v = serde_json::to_value(app).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "tasksStaged".into(),
+            json!(count(&|i| matches!(i.state, TaskState::Staging | TaskState::Starting))),
+        );
+        obj.insert("tasksRunning".into(), json!(count(&|i| i.state == TaskState::Running)));
+        obj.insert("tasksHealthy".into(), json!(count(&|i| i.healthy == Some(true))));
+        obj.insert("tasksUnhealthy".into(), json!(count(&|i| i.healthy == Some(false))));
+        obj.insert("deployments".into(), json!([]));
+        if let Some(f) = snapshot.failures.get(&app.id) {
+            obj.insert("lastTaskFailure".into(), json!(f));
+        }
+        if with_tasks {
+            obj.insert("tasks".into(), json!(tasks));
+        }
+    }
+    v
 }
 
 fn now() -> String {
@@ -88,13 +153,6 @@ fn prepare(mut app: AppDefinition, id: &AppId) -> Result<AppDefinition, ApiError
     Ok(app)
 }
 
-#[derive(Deserialize, Default)]
-pub struct ListQuery {
-    id: Option<String>,
-    cmd: Option<String>,
-    label: Option<String>,
-}
-
 /// Marathon's `label` filter: `key`, `key==value` or `key!=value`.
 fn label_matches(app: &AppDefinition, selector: &str) -> bool {
     if let Some((k, v)) = selector.split_once("!=") {
@@ -106,18 +164,24 @@ fn label_matches(app: &AppDefinition, selector: &str) -> bool {
     app.labels.contains_key(selector.trim())
 }
 
-async fn list(State(apps): State<AppStore>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
-    let all = apps.list().await?;
-    let chosen: Vec<AppDefinition> = all
-        .into_iter()
-        .filter(|a| q.id.as_ref().is_none_or(|id| a.id.contains(id.as_str())))
-        .filter(|a| q.cmd.as_ref().is_none_or(|c| a.cmd.as_deref().is_some_and(|cmd| cmd.contains(c.as_str()))))
-        .filter(|a| q.label.as_ref().is_none_or(|l| label_matches(a, l)))
+async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+    let q = pairs(q.as_deref());
+    let with_tasks = q.iter().any(|(k, v)| k == "embed" && (v == "apps.tasks" || v == "app.tasks"));
+    let (id, cmd, label) = (param(&q, "id"), param(&q, "cmd"), param(&q, "label"));
+    let all = api.apps.list().await?;
+    let snapshot = api.marathon.snapshot().await;
+    let chosen: Vec<Value> = all
+        .iter()
+        .filter(|a| id.is_none_or(|id| a.id.contains(id)))
+        .filter(|a| cmd.is_none_or(|c| a.cmd.as_deref().is_some_and(|cmd| cmd.contains(c))))
+        .filter(|a| label.is_none_or(|l| label_matches(a, l)))
+        .map(|a| enrich(a, &snapshot, with_tasks))
         .collect();
     Ok(Json(json!({ "apps": chosen })))
 }
 
-async fn create(State(apps): State<AppStore>, body: Bytes) -> Result<Response, ApiError> {
+async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let apps = &api.apps;
     let app: AppDefinition = parse_body(&body)?;
     let id = parse_id(&app.id)?;
     let app = prepare(app, &id)?;
@@ -125,6 +189,7 @@ async fn create(State(apps): State<AppStore>, body: Bytes) -> Result<Response, A
         return Err(ApiError::new(StatusCode::CONFLICT, format!("An app with id [{id}] already exists.")));
     }
     apps.put(&id, &app).await?;
+    api.marathon.app_changed(id.clone(), Some(app.clone())).await;
     tracing::info!(app_id = %id, version = ?app.version, "app created");
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v2/apps{id}")) {
@@ -138,10 +203,18 @@ enum Target {
     App(AppId),
     Versions(AppId),
     Version(AppId, String),
+    Tasks(AppId),
+    Task(AppId, String),
 }
 
 fn target(rest: &str) -> Result<Target, ApiError> {
     let trimmed = rest.trim_end_matches('/');
+    if let Some(id) = trimmed.strip_suffix("/tasks") {
+        return Ok(Target::Tasks(parse_id(id)?));
+    }
+    if let Some((id, task)) = trimmed.rsplit_once("/tasks/") {
+        return Ok(Target::Task(parse_id(id)?, task.to_owned()));
+    }
     if let Some(id) = trimmed.strip_suffix("/versions") {
         return Ok(Target::Versions(parse_id(id)?));
     }
@@ -151,9 +224,22 @@ fn target(rest: &str) -> Result<Target, ApiError> {
     Ok(Target::App(parse_id(trimmed)?))
 }
 
-async fn show(State(apps): State<AppStore>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(State(api): State<Api>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
+    let apps = &api.apps;
     match target(&rest)? {
-        Target::App(id) => Ok(Json(json!({ "app": apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))? }))),
+        Target::App(id) => {
+            let app = apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
+            Ok(Json(json!({ "app": enrich(&app, &api.marathon.snapshot().await, true) })))
+        }
+        Target::Tasks(id) => {
+            apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
+            let snapshot = api.marathon.snapshot().await;
+            let tasks: Vec<&Instance> = snapshot.instances.iter().filter(|i| i.app_id == id.as_str()).collect();
+            Ok(Json(json!({ "tasks": tasks })))
+        }
+        Target::Task(id, _) => {
+            Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("read the tasks of {id} at /v2/apps{id}/tasks")))
+        }
         Target::Versions(id) => {
             let versions = apps.versions(&id).await?;
             if versions.is_empty() {
@@ -178,7 +264,8 @@ fn app_target(rest: &str) -> Result<AppId, ApiError> {
 }
 
 /// `PUT /v2/apps/{id}`: creates the app (201) or replaces its definition with a new version (200).
-async fn replace(State(apps): State<AppStore>, Path(rest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn replace(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let apps = &api.apps;
     let id = app_target(&rest)?;
     let mut raw: Value = parse_body(&body)?;
     if let Some(obj) = raw.as_object_mut() {
@@ -187,13 +274,15 @@ async fn replace(State(apps): State<AppStore>, Path(rest): Path<String>, body: B
     let app = prepare(parse_body(raw.to_string().as_bytes())?, &id)?;
     let existed = apps.get(&id).await?.is_some();
     apps.put(&id, &app).await?;
+    api.marathon.app_changed(id.clone(), Some(app.clone())).await;
     tracing::info!(app_id = %id, version = ?app.version, existed, "app definition replaced");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({ "version": app.version }))).into_response())
 }
 
 /// `PATCH /v2/apps/{id}`: changes only the fields given.
-async fn patch(State(apps): State<AppStore>, Path(rest): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn patch(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let apps = &api.apps;
     let id = app_target(&rest)?;
     let changes: Value = parse_body(&body)?;
     let Value::Object(changes) = changes else {
@@ -211,16 +300,96 @@ async fn patch(State(apps): State<AppStore>, Path(rest): Path<String>, body: Byt
     }
     let app = prepare(parse_body(merged.to_string().as_bytes())?, &id)?;
     apps.put(&id, &app).await?;
+    api.marathon.app_changed(id.clone(), Some(app.clone())).await;
     Ok(Json(json!({ "version": app.version })))
 }
 
-async fn remove(State(apps): State<AppStore>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = app_target(&rest)?;
-    if !apps.delete(&id).await? {
-        return Err(ApiError::no_app(&id));
+async fn remove(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = pairs(q.as_deref());
+    match target(&rest)? {
+        Target::App(id) => {
+            if !api.apps.delete(&id).await? {
+                return Err(ApiError::no_app(&id));
+            }
+            api.marathon.app_changed(id.clone(), None).await;
+            tracing::info!(app_id = %id, "app deleted");
+            Ok(Json(json!({ "version": now() })))
+        }
+        Target::Task(id, task) => {
+            let scale = flag(&q, "scale")?;
+            let snapshot = api.marathon.snapshot().await;
+            if !snapshot.instances.iter().any(|i| i.id == task && i.app_id == id.as_str()) {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Task '{task}' does not exist")));
+            }
+            let killed = api.marathon.kill(vec![task], scale).await;
+            Ok(Json(json!({ "task": killed.first() })))
+        }
+        Target::Tasks(id) => {
+            api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
+            let scale = flag(&q, "scale")?;
+            let host = param(&q, "host");
+            let snapshot = api.marathon.snapshot().await;
+            let ids: Vec<String> = snapshot
+                .instances
+                .iter()
+                .filter(|i| i.app_id == id.as_str() && host.is_none_or(|h| i.host == h))
+                .map(|i| i.id.clone())
+                .collect();
+            let killed = api.marathon.kill(ids, scale).await;
+            Ok(Json(json!({ "tasks": killed })))
+        }
+        _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "versions cannot be deleted")),
     }
-    tracing::info!(app_id = %id, "app deleted");
-    Ok(Json(json!({ "version": now() })))
+}
+
+async fn all_tasks(State(api): State<Api>) -> Json<Value> {
+    let snapshot = api.marathon.snapshot().await;
+    Json(json!({ "tasks": snapshot.instances }))
+}
+
+#[derive(Deserialize)]
+struct TaskIds {
+    ids: Vec<String>,
+}
+
+/// `POST /v2/tasks/delete?scale=`: kills the listed tasks of any apps.
+async fn delete_tasks(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let scale = flag(&pairs(q.as_deref()), "scale")?;
+    let TaskIds { ids } = parse_body(&body)?;
+    let killed = api.marathon.kill(ids, scale).await;
+    Ok(Json(json!({ "tasks": killed })))
+}
+
+/// `DELETE /v2/queue/{appId}/delay`: launch again without waiting out the backoff.
+async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = rest
+        .trim_end_matches('/')
+        .strip_suffix("/delay")
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "use /v2/queue/{appId}/delay"))?;
+    let id = parse_id(id)?;
+    api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
+    api.marathon.reset_delay(id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn info() -> Json<Value> {
+    Json(json!({
+        "name": "marathon",
+        "version": env!("CARGO_PKG_VERSION"),
+        "elected": true,
+        "frameworkId": null,
+        "leader": null,
+        "http_config": {},
+        "marathon_config": { "framework_name": "marathon" },
+    }))
+}
+
+async fn leader() -> Json<Value> {
+    Json(json!({ "leader": "keel" }))
 }
 
 #[cfg(test)]
@@ -235,7 +404,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap();
-        (router(AppStore::new(store)), dir)
+        let apps = AppStore::new(store);
+        // No master answers here: the scheduler runs but never gets offers.
+        let token = tokio_util::sync::CancellationToken::new();
+        let marathon = crate::scheduler::start("http://127.0.0.1:1", apps.clone(), token).await.unwrap();
+        (router(Api { apps, marathon }), dir)
     }
 
     async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, HeaderMap, Value) {

@@ -246,8 +246,9 @@ pub struct AppDefinition {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Container>,
-    #[serde(default)]
-    pub port_definitions: Vec<PortDefinition>,
+    /// Absent means one port, as in Marathon; an empty list means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_definitions: Option<Vec<PortDefinition>>,
     #[serde(default)]
     pub require_ports: bool,
     #[serde(default)]
@@ -384,6 +385,25 @@ impl AppDefinition {
             }
         }
         v
+    }
+
+    /// How many host ports each instance needs.
+    pub fn port_count(&self) -> usize {
+        if let Some(mappings) =
+            self.container.as_ref().and_then(|c| c.docker.as_ref()).and_then(|d| d.port_mappings.as_ref())
+        {
+            return mappings.len();
+        }
+        self.port_definitions.as_ref().map_or(1, Vec::len)
+    }
+
+    /// What identifies this app's configuration apart from its scale: instances of an older configuration
+    /// are replaced, a change of `instances` alone only scales.
+    pub fn config_fingerprint(&self) -> String {
+        let mut bare = self.clone();
+        bare.instances = 0;
+        bare.version = None;
+        serde_json::to_string(&bare).unwrap_or_default()
     }
 
     /// The app's parsed id; call after [`AppDefinition::validate`] found nothing.

@@ -97,6 +97,90 @@ impl AppStore {
     }
 }
 
+/// A task the framework launched, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRecord {
+    pub task_id: String,
+    pub app_id: String,
+    pub version: String,
+    pub agent_id: String,
+    pub host: String,
+    pub ports: Vec<u16>,
+    pub staged_at: i64,
+}
+
+impl AppStore {
+    /// The framework id the master gave this framework, once it has one.
+    pub async fn framework_id(&self) -> Result<Option<String>, AppStoreError> {
+        let row = sqlx::query("SELECT framework_id FROM marathon_framework WHERE name = 'marathon'")
+            .fetch_optional(self.store.pool())
+            .await?;
+        row.map(|r| Ok(r.try_get::<String, _>(0)?)).transpose()
+    }
+
+    pub async fn set_framework_id(&self, id: &str) -> Result<(), AppStoreError> {
+        sqlx::query(
+            "INSERT INTO marathon_framework (name, framework_id) VALUES ('marathon', $1) \
+             ON CONFLICT (name) DO UPDATE SET framework_id = excluded.framework_id",
+        )
+        .bind(id)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Records launched tasks, in one transaction.
+    pub async fn put_instances(&self, records: &[InstanceRecord]) -> Result<(), AppStoreError> {
+        let mut tx = self.store.pool().begin().await?;
+        for r in records {
+            let ports = r.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            sqlx::query(
+                "INSERT INTO marathon_instances (task_id, app_id, version, agent_id, host, ports, staged_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id) DO NOTHING",
+            )
+            .bind(&r.task_id)
+            .bind(&r.app_id)
+            .bind(&r.version)
+            .bind(&r.agent_id)
+            .bind(&r.host)
+            .bind(ports)
+            .bind(r.staged_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_instance(&self, task_id: &str) -> Result<(), AppStoreError> {
+        sqlx::query("DELETE FROM marathon_instances WHERE task_id = $1")
+            .bind(task_id)
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError> {
+        let rows = sqlx::query("SELECT task_id, app_id, version, agent_id, host, ports, staged_at FROM marathon_instances ORDER BY task_id")
+            .fetch_all(self.store.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let ports: String = r.try_get(5)?;
+                Ok(InstanceRecord {
+                    task_id: r.try_get(0)?,
+                    app_id: r.try_get(1)?,
+                    version: r.try_get(2)?,
+                    agent_id: r.try_get(3)?,
+                    host: r.try_get(4)?,
+                    ports: ports.split(',').filter_map(|p| p.parse().ok()).collect(),
+                    staged_at: r.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Milliseconds since the epoch as Marathon's timestamp: `YYYY-MM-DDTHH:MM:SS.sssZ`.
 pub fn timestamp(millis: i64) -> String {
     let secs = millis.div_euclid(1000);

@@ -1,0 +1,677 @@
+//! The services scheduler: a framework that keeps each app's instances running.
+//!
+//! One actor owns the apps (desired state, from the store) and the instances (observed state, from status
+//! updates and reconciliation). It converges the two whatever woke it: offers are used to launch missing
+//! instances, surplus instances are killed (youngest or oldest first, per `killSelection`), instances of an
+//! older configuration are replaced, and failed ones are relaunched after an exponential backoff.
+//! Launched tasks are written to the store before they are accepted, so a restarted framework knows every
+//! task it may have started; it then reconciles with the master.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use keel_core::api::{Call, Event, Filters, FrameworkInfo, Offer};
+use keel_core::ids::{AgentId, FrameworkId, TaskId};
+use keel_core::resources::{PortSet, Resources, Scalar};
+use keel_core::scheduler::{self, DriverEvent, SchedulerHandle};
+use keel_core::task::{
+    self, CommandSpec, DockerSpec, HealthCheck, HealthCheckKind, Network, TaskSpec, TaskState, TaskStatus,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::app::{AppDefinition, AppId};
+use crate::placement::{self, Place};
+use crate::store::{AppStore, InstanceRecord, timestamp};
+
+/// How long an offer nobody needs is refused before it comes back.
+const IDLE_REFUSE: Duration = Duration::from_secs(5);
+
+/// One running (or starting) task of an app.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub id: String,
+    pub app_id: String,
+    pub host: String,
+    pub ports: Vec<u16>,
+    pub staged_at: String,
+    pub started_at: Option<String>,
+    pub version: String,
+    pub state: TaskState,
+    pub slave_id: String,
+    #[serde(skip)]
+    pub healthy: Option<bool>,
+    #[serde(skip)]
+    staged_millis: i64,
+    #[serde(skip)]
+    fingerprint: String,
+    #[serde(skip)]
+    unreachable_since: Option<Instant>,
+    /// The agent's attributes, for constraints; not kept across a restart of the framework.
+    #[serde(skip)]
+    attributes: Vec<(String, String)>,
+}
+
+/// The last failure of an app, as Marathon's `lastTaskFailure`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFailure {
+    pub app_id: String,
+    pub host: String,
+    pub message: String,
+    pub state: TaskState,
+    pub task_id: String,
+    pub timestamp: String,
+    pub version: String,
+}
+
+/// Why an app is waiting for offers, per reason, for the queue.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    pub declined: BTreeMap<String, u64>,
+    pub delay_seconds_left: f64,
+}
+
+/// What the API reads.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub instances: Vec<Instance>,
+    pub failures: HashMap<String, TaskFailure>,
+    pub waiting: HashMap<String, Waiting>,
+}
+
+enum Command {
+    AppChanged(AppId, Option<Box<AppDefinition>>),
+    Kill { task_ids: Vec<String>, scale: bool, reply: oneshot::Sender<Vec<Instance>> },
+    ResetDelay(AppId),
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
+/// The way in for the REST API; cheap to clone.
+#[derive(Clone)]
+pub struct MarathonHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl MarathonHandle {
+    /// Tells the scheduler that an app was created, changed (`Some`) or deleted (`None`).
+    pub async fn app_changed(&self, id: AppId, app: Option<AppDefinition>) {
+        let _ = self.tx.send(Command::AppChanged(id, app.map(Box::new))).await;
+    }
+
+    /// Kills tasks; with `scale` the app's instance count goes down by as many. Returns the tasks found.
+    pub async fn kill(&self, task_ids: Vec<String>, scale: bool) -> Vec<Instance> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Kill { task_ids, scale, reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn reset_delay(&self, id: AppId) {
+        let _ = self.tx.send(Command::ResetDelay(id)).await;
+    }
+
+    pub async fn snapshot(&self) -> Snapshot {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Snapshot(reply)).await.is_err() {
+            return Snapshot::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+struct Marathon {
+    store: AppStore,
+    driver: SchedulerHandle,
+    apps: BTreeMap<AppId, AppDefinition>,
+    instances: HashMap<String, Instance>,
+    backoff: HashMap<AppId, Backoff>,
+    failures: HashMap<String, TaskFailure>,
+    waiting: HashMap<String, Waiting>,
+    /// Tasks this framework asked to kill: their end is not a failure.
+    killing: HashSet<String>,
+    suppressed: bool,
+    /// Offers were declined (with a filter) since the last REVIVE: new demand must revive to see them.
+    declined: bool,
+}
+
+/// Starts the services framework against `master`. It runs until `shutdown`.
+pub async fn start(
+    master: &str,
+    store: AppStore,
+    shutdown: CancellationToken,
+) -> Result<MarathonHandle, crate::store::AppStoreError> {
+    let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
+    let mut info = FrameworkInfo::new("marathon");
+    info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
+    let (driver, events) = scheduler::start(master, info, framework_id, shutdown.clone());
+    let mut apps = BTreeMap::new();
+    for app in store.list().await? {
+        if let Ok(id) = app.app_id() {
+            apps.insert(id, app);
+        }
+    }
+    let mut instances = HashMap::new();
+    for r in store.instances().await? {
+        let fingerprint = AppId::parse(&r.app_id)
+            .ok()
+            .and_then(|id| apps.get(&id))
+            .map(|a: &AppDefinition| a.config_fingerprint())
+            .unwrap_or_default();
+        instances.insert(
+            r.task_id.clone(),
+            Instance {
+                id: r.task_id,
+                app_id: r.app_id,
+                host: r.host,
+                ports: r.ports,
+                staged_at: timestamp(r.staged_at),
+                started_at: None,
+                version: r.version,
+                state: TaskState::Staging,
+                slave_id: r.agent_id,
+                healthy: None,
+                staged_millis: r.staged_at,
+                fingerprint,
+                unreachable_since: None,
+                attributes: Vec::new(),
+            },
+        );
+    }
+    info!(apps = apps.len(), instances = instances.len(), "services framework starting");
+    let (tx, rx) = mpsc::channel(1024);
+    let m = Marathon {
+        store,
+        driver,
+        apps,
+        instances,
+        backoff: HashMap::new(),
+        failures: HashMap::new(),
+        waiting: HashMap::new(),
+        killing: HashSet::new(),
+        suppressed: false,
+        declined: false,
+    };
+    tokio::spawn(m.run(events, rx, shutdown));
+    Ok(MarathonHandle { tx })
+}
+
+impl Marathon {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<DriverEvent>,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.recv() => match e {
+                    Some(e) => self.event(e).await,
+                    None => return,
+                },
+                c = commands.recv() => match c {
+                    Some(c) => self.command(c).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.converge().await,
+            }
+        }
+    }
+
+    async fn call(&self, call: Call) {
+        if let Err(e) = self.driver.call(call).await {
+            debug!(error = %e, "call not sent; it is retried on the next pass");
+        }
+    }
+
+    async fn event(&mut self, e: DriverEvent) {
+        match e {
+            DriverEvent::Event(Event::Subscribed { framework_id, .. }) => {
+                if let Err(e) = self.store.set_framework_id(framework_id.as_str()).await {
+                    warn!(error = %e, "cannot store the framework id");
+                }
+                // Learn the real state of every task this framework may have started.
+                let known: Vec<(TaskId, Option<AgentId>)> = self
+                    .instances
+                    .values()
+                    .filter_map(|i| Some((TaskId::parse(&i.id).ok()?, AgentId::parse(&i.slave_id).ok())))
+                    .collect();
+                if !known.is_empty() {
+                    self.call(Call::Reconcile { tasks: known }).await;
+                }
+                self.call(Call::Reconcile { tasks: vec![] }).await;
+                self.suppressed = false;
+                self.call(Call::Revive).await;
+            }
+            DriverEvent::Event(Event::Offers(offers)) => self.offers(offers).await,
+            DriverEvent::Event(Event::Update(status)) => self.update(status).await,
+            DriverEvent::Event(Event::Error(message)) => warn!(%message, "master reported an error"),
+            DriverEvent::Stopped(reason) => warn!(%reason, "scheduler driver stopped"),
+            _ => {}
+        }
+    }
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::AppChanged(id, app) => {
+                match app {
+                    Some(app) => {
+                        let config_changed =
+                            self.apps.get(&id).is_none_or(|old| old.config_fingerprint() != app.config_fingerprint());
+                        if config_changed {
+                            self.backoff.remove(&id);
+                        }
+                        self.apps.insert(id, *app);
+                    }
+                    None => {
+                        self.apps.remove(&id);
+                        self.backoff.remove(&id);
+                    }
+                }
+                self.converge().await;
+            }
+            Command::Kill { task_ids, scale, reply } => {
+                let mut found = Vec::new();
+                for tid in task_ids {
+                    let Some(inst) = self.instances.get(&tid).cloned() else { continue };
+                    if scale
+                        && let Ok(app_id) = AppId::parse(&inst.app_id)
+                        && let Some(app) = self.apps.get_mut(&app_id)
+                    {
+                        app.instances = app.instances.saturating_sub(1);
+                        app.version = Some(timestamp(keel_core::store::now_millis()));
+                        if let Err(e) = self.store.put(&app_id, app).await {
+                            warn!(error = %e, "cannot store the scaled app");
+                        }
+                    }
+                    self.kill(&inst).await;
+                    found.push(inst);
+                }
+                let _ = reply.send(found);
+            }
+            Command::ResetDelay(id) => {
+                self.backoff.remove(&id);
+                self.converge().await;
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(Snapshot {
+                    instances: self.instances.values().cloned().collect(),
+                    failures: self.failures.clone(),
+                    waiting: self.waiting.clone(),
+                });
+            }
+        }
+    }
+
+    async fn kill(&mut self, inst: &Instance) {
+        let Ok(task_id) = TaskId::parse(&inst.id) else { return };
+        self.killing.insert(inst.id.clone());
+        info!(task_id = %inst.id, app_id = %inst.app_id, "killing task");
+        self.call(Call::Kill { task_id, agent_id: AgentId::parse(&inst.slave_id).ok() }).await;
+    }
+
+    /// Instances that count towards an app's target: not being killed, not terminal, and not unreachable
+    /// past the app's `inactiveAfterSeconds`.
+    fn active(&self, id: &AppId) -> Vec<&Instance> {
+        let app = self.apps.get(id);
+        self.instances
+            .values()
+            .filter(|i| i.app_id == id.as_str() && !self.killing.contains(&i.id) && !i.state.is_terminal())
+            .filter(|i| {
+                let inactive_after =
+                    Duration::from_secs(app.map_or(300, |a| a.unreachable_strategy.inactive_after_seconds));
+                i.unreachable_since.is_none_or(|since| since.elapsed() < inactive_after)
+            })
+            .collect()
+    }
+
+    /// How many instances each app still needs, for apps not in backoff.
+    fn demand(&self) -> Vec<(AppId, usize)> {
+        let now = Instant::now();
+        self.apps
+            .iter()
+            .filter(|(id, _)| self.backoff.get(*id).is_none_or(|b| now >= b.until))
+            .filter_map(|(id, app)| {
+                let have = self.active(id).len();
+                (app.instances as usize > have).then(|| (id.clone(), app.instances as usize - have))
+            })
+            .collect()
+    }
+
+    /// Kills what should not run: surplus instances, instances of an older configuration or of deleted
+    /// apps, and unreachable ones past `expungeAfterSeconds`. Revives offers when something is missing.
+    async fn converge(&mut self) {
+        let mut to_kill: Vec<Instance> = Vec::new();
+        let mut expunge = Vec::new();
+        for inst in self.instances.values() {
+            if self.killing.contains(&inst.id) || inst.state.is_terminal() {
+                continue;
+            }
+            let app = AppId::parse(&inst.app_id).ok().and_then(|id| self.apps.get(&id));
+            match app {
+                None => to_kill.push(inst.clone()),
+                Some(app) => {
+                    if let Some(since) = inst.unreachable_since
+                        && since.elapsed() >= Duration::from_secs(app.unreachable_strategy.expunge_after_seconds)
+                    {
+                        expunge.push(inst.id.clone());
+                    } else if inst.fingerprint != app.config_fingerprint() && inst.unreachable_since.is_none() {
+                        to_kill.push(inst.clone());
+                    }
+                }
+            }
+        }
+        for id in expunge {
+            info!(task_id = %id, "expunging unreachable task");
+            if let Some(inst) = self.instances.remove(&id) {
+                self.kill(&inst).await;
+                let _ = self.store.delete_instance(&id).await;
+            }
+        }
+        let ids: Vec<AppId> = self.apps.keys().cloned().collect();
+        for id in ids {
+            let app = &self.apps[&id];
+            let mut active: Vec<Instance> =
+                self.active(&id).into_iter().filter(|i| i.fingerprint == app.config_fingerprint()).cloned().collect();
+            let surplus = active.len().saturating_sub(app.instances as usize);
+            if surplus > 0 {
+                active.sort_by_key(|i| i.staged_millis);
+                if app.kill_selection != "OLDEST_FIRST" {
+                    active.reverse();
+                }
+                to_kill.extend(active.into_iter().take(surplus));
+            }
+        }
+        for inst in to_kill {
+            self.kill(&inst).await;
+        }
+        let wanted = !self.demand().is_empty();
+        if wanted && (self.suppressed || self.declined) {
+            self.suppressed = false;
+            self.declined = false;
+            self.call(Call::Revive).await;
+        } else if !wanted && !self.suppressed && !self.apps.is_empty() {
+            self.suppressed = true;
+            self.call(Call::Suppress).await;
+        }
+        let now = Instant::now();
+        for (id, b) in &self.backoff {
+            self.waiting.entry(id.to_string()).or_default().delay_seconds_left =
+                b.until.saturating_duration_since(now).as_secs_f64();
+        }
+    }
+
+    async fn offers(&mut self, offers: Vec<Offer>) {
+        let mut demand = self.demand();
+        let mut decline = Vec::new();
+        for offer in offers {
+            let mut left = offer.resources.clone();
+            let mut tasks = Vec::new();
+            let mut records = Vec::new();
+            for (app_id, need) in demand.iter_mut() {
+                let app = self.apps[app_id].clone();
+                while *need > 0 {
+                    match self.place(&app, app_id, &offer, &left) {
+                        Ok((spec, ports)) => {
+                            left.subtract(&spec.resources);
+                            let now = keel_core::store::now_millis();
+                            records.push(InstanceRecord {
+                                task_id: spec.id.to_string(),
+                                app_id: app_id.to_string(),
+                                version: app.version.clone().unwrap_or_default(),
+                                agent_id: offer.agent_id.to_string(),
+                                host: offer.hostname.clone(),
+                                ports: ports.clone(),
+                                staged_at: now,
+                            });
+                            self.instances.insert(
+                                spec.id.to_string(),
+                                Instance {
+                                    id: spec.id.to_string(),
+                                    app_id: app_id.to_string(),
+                                    host: offer.hostname.clone(),
+                                    ports,
+                                    staged_at: timestamp(now),
+                                    started_at: None,
+                                    version: app.version.clone().unwrap_or_default(),
+                                    state: TaskState::Staging,
+                                    slave_id: offer.agent_id.to_string(),
+                                    healthy: None,
+                                    staged_millis: now,
+                                    fingerprint: app.config_fingerprint(),
+                                    unreachable_since: None,
+                                    attributes: offer.attributes.clone(),
+                                },
+                            );
+                            tasks.push(spec);
+                            *need -= 1;
+                        }
+                        Err(reason) => {
+                            *self.waiting.entry(app_id.to_string()).or_default().declined.entry(reason).or_default() +=
+                                1;
+                            break;
+                        }
+                    }
+                }
+            }
+            demand.retain(|(_, n)| *n > 0);
+            if tasks.is_empty() {
+                decline.push(offer.id);
+                continue;
+            }
+            // Written down before it is launched, so that a restart never forgets a task it started.
+            if let Err(e) = self.store.put_instances(&records).await {
+                warn!(error = %e, "cannot record tasks; not launching them");
+                for r in &records {
+                    self.instances.remove(&r.task_id);
+                }
+                decline.push(offer.id);
+                continue;
+            }
+            info!(agent = %offer.hostname, tasks = tasks.len(), "launching");
+            self.call(Call::Accept {
+                offer_ids: vec![offer.id],
+                tasks,
+                filters: Filters { refuse: Some(Duration::ZERO) },
+            })
+            .await;
+        }
+        if !decline.is_empty() {
+            self.declined = true;
+            self.call(Call::Decline { offer_ids: decline, filters: Filters { refuse: Some(IDLE_REFUSE) } }).await;
+        }
+    }
+
+    /// Builds one task of `app` to fit in what is `left` of `offer`, or says why it does not fit.
+    fn place(
+        &self,
+        app: &AppDefinition,
+        app_id: &AppId,
+        offer: &Offer,
+        left: &Resources,
+    ) -> Result<(TaskSpec, Vec<u16>), String> {
+        let cpus = Scalar::from_f64(app.cpus).unwrap_or_default();
+        let mem = Scalar::from_f64(app.mem).unwrap_or_default();
+        let disk = Scalar::from_f64(app.disk).unwrap_or_default();
+        if left.cpus < cpus {
+            return Err("insufficient cpus".into());
+        }
+        if left.mem < mem {
+            return Err("insufficient mem".into());
+        }
+        if left.disk < disk {
+            return Err("insufficient disk".into());
+        }
+        let docker = app.container.as_ref().and_then(|c| c.docker.as_ref());
+        let ports: Vec<u16> = left.ports.iter().take(app.port_count()).collect();
+        if ports.len() < app.port_count() {
+            return Err("insufficient ports".into());
+        }
+        let existing: Vec<Place<'_>> =
+            self.active(app_id).into_iter().map(|i| Place { hostname: &i.host, attributes: &i.attributes }).collect();
+        let here = Place { hostname: &offer.hostname, attributes: &offer.attributes };
+        placement::check(&app.constraints, &here, &existing).map_err(|c| format!("constraint {c}"))?;
+
+        let task_id =
+            TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4())).map_err(|e| e.to_string())?;
+        let mut env: BTreeMap<String, String> =
+            app.env.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect();
+        for (i, p) in ports.iter().enumerate() {
+            env.insert(format!("PORT{i}"), p.to_string());
+        }
+        if let Some(p) = ports.first() {
+            env.insert("PORT".into(), p.to_string());
+        }
+        env.insert("PORTS".into(), ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
+        env.insert("HOST".into(), offer.hostname.clone());
+        env.insert("MARATHON_APP_ID".into(), app_id.to_string());
+        env.insert("MARATHON_APP_VERSION".into(), app.version.clone().unwrap_or_default());
+        env.insert("MESOS_TASK_ID".into(), task_id.to_string());
+        let (value, shell, arguments) = match (&app.cmd, &app.args) {
+            (Some(cmd), _) => (cmd.clone(), true, vec![]),
+            (None, Some(args)) if !args.is_empty() => (args[0].clone(), false, args[1..].to_vec()),
+            _ => (String::new(), true, vec![]),
+        };
+        let container = docker.map(|d| DockerSpec {
+            image: d.image.clone(),
+            force_pull: d.force_pull_image,
+            network: if d.network.as_deref() == Some("BRIDGE") { Network::Bridge } else { Network::Host },
+            port_mappings: d
+                .port_mappings
+                .iter()
+                .flatten()
+                .zip(&ports)
+                .map(|(m, host)| task::PortMapping {
+                    host_port: *host,
+                    container_port: m.container_port as u16,
+                    protocol: m.protocol.clone(),
+                })
+                .collect(),
+            volumes: vec![],
+        });
+        let health_check = app.health_checks.first().and_then(|h| {
+            let kind = match h.protocol.trim_start_matches("MESOS_") {
+                "HTTP" | "HTTPS" => HealthCheckKind::Http {
+                    path: h.path.clone().unwrap_or_else(|| "/".into()),
+                    port_index: h.port_index.unwrap_or(0) as usize,
+                },
+                "TCP" => HealthCheckKind::Tcp { port_index: h.port_index.unwrap_or(0) as usize },
+                "COMMAND" => HealthCheckKind::Command {
+                    command: h
+                        .command
+                        .as_ref()
+                        .and_then(|c| c.get("value").and_then(|v| v.as_str()).or(c.as_str()))
+                        .unwrap_or("true")
+                        .to_owned(),
+                },
+                _ => return None,
+            };
+            Some(HealthCheck {
+                kind,
+                grace_period: Duration::from_secs(h.grace_period_seconds),
+                interval: Duration::from_secs(h.interval_seconds),
+                timeout: Duration::from_secs(h.timeout_seconds),
+                max_consecutive_failures: h.max_consecutive_failures,
+            })
+        });
+        let resources = Resources {
+            cpus,
+            mem,
+            disk,
+            ports: PortSet::from_ranges(ports.iter().map(|p| (*p, *p))).unwrap_or_default(),
+        };
+        let spec = TaskSpec {
+            id: task_id,
+            name: app_id.to_string(),
+            resources,
+            command: CommandSpec { value, shell, arguments, env },
+            labels: app.labels.clone(),
+            kill_grace: app.task_kill_grace_period_seconds.map(Duration::from_secs),
+            container,
+            health_check,
+        };
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok((spec, ports))
+    }
+
+    async fn update(&mut self, status: TaskStatus) {
+        if let (Some(uuid), Some(agent_id)) = (&status.uuid, &status.agent_id) {
+            self.call(Call::Acknowledge {
+                agent_id: agent_id.clone(),
+                task_id: status.task_id.clone(),
+                uuid: uuid.clone(),
+            })
+            .await;
+        }
+        let tid = status.task_id.to_string();
+        let Some(inst) = self.instances.get_mut(&tid) else {
+            if !status.state.is_terminal() && status.state != TaskState::Unknown {
+                // A task this framework does not know of (its record was lost): stop it.
+                warn!(task_id = %tid, "unknown task reported; killing it");
+                self.call(Call::Kill { task_id: status.task_id.clone(), agent_id: status.agent_id.clone() }).await;
+            }
+            return;
+        };
+        if status.state == TaskState::Unknown {
+            // The master has no record of it: it is gone.
+            let inst = inst.clone();
+            self.ended(inst, TaskState::Lost, status.message).await;
+            return;
+        }
+        inst.state = status.state;
+        if status.healthy.is_some() {
+            inst.healthy = status.healthy;
+        }
+        inst.unreachable_since = match status.state {
+            TaskState::Unreachable => inst.unreachable_since.or(Some(Instant::now())),
+            _ => None,
+        };
+        if status.state == TaskState::Running && inst.started_at.is_none() {
+            inst.started_at = Some(timestamp((status.timestamp * 1000.0) as i64));
+        }
+        if status.state.is_terminal() {
+            let inst = inst.clone();
+            self.ended(inst, status.state, status.message).await;
+        }
+    }
+
+    async fn ended(&mut self, inst: Instance, state: TaskState, message: String) {
+        self.instances.remove(&inst.id);
+        let _ = self.store.delete_instance(&inst.id).await;
+        let expected = self.killing.remove(&inst.id);
+        let Ok(app_id) = AppId::parse(&inst.app_id) else { return };
+        if !expected && let Some(app) = self.apps.get(&app_id) {
+            let b = self.backoff.entry(app_id.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
+            b.failures += 1;
+            let delay = (app.backoff_seconds * app.backoff_factor.powi(b.failures as i32 - 1))
+                .min(app.max_launch_delay_seconds);
+            b.until = Instant::now() + Duration::from_secs_f64(delay.max(0.0));
+            info!(task_id = %inst.id, app_id = %app_id, state = %state, delay_seconds = delay, "task ended; relaunching after a delay");
+            self.failures.insert(
+                app_id.to_string(),
+                TaskFailure {
+                    app_id: app_id.to_string(),
+                    host: inst.host.clone(),
+                    message,
+                    state,
+                    task_id: inst.id.clone(),
+                    timestamp: timestamp(keel_core::store::now_millis()),
+                    version: inst.version.clone(),
+                },
+            );
+        }
+        self.converge().await;
+    }
+}

@@ -1,0 +1,162 @@
+//! End-to-end tests of the services framework: a real master, agent and `keel marathon` process, driven
+//! through the Marathon REST API.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(30);
+
+struct Marathon {
+    child: Child,
+    url: String,
+    port: u16,
+    master: String,
+    db: String,
+    log: std::path::PathBuf,
+}
+
+impl Marathon {
+    async fn start(master: &Master, db: &str, log: std::path::PathBuf) -> Marathon {
+        Self::start_on(free_port(), &master.url(), db, log).await
+    }
+
+    async fn start_on(port: u16, master: &str, db: &str, log: std::path::PathBuf) -> Marathon {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(KEEL)
+            .args(["marathon", "--master", master, "--listen", &format!("127.0.0.1:{port}"), "--database-url", db])
+            .env("KEEL_LOG", "info,keel_marathon=debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Marathon {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            master: master.into(),
+            db: db.into(),
+            log,
+        };
+        wait_for("marathon to answer /ping", LONG, || async {
+            reqwest::get(format!("{}/ping", m.url)).await.ok().map(|_| ())
+        })
+        .await;
+        m
+    }
+
+    async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log.with_extension("2.log");
+        *self = Marathon::start_on(self.port, &self.master.clone(), &self.db.clone(), log).await;
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn app(&self, id: &str) -> Value {
+        self.send(reqwest::Method::GET, &format!("/v2/apps{id}"), None).await.1["app"].clone()
+    }
+
+    async fn running(&self, id: &str, n: usize) -> Vec<String> {
+        let what = format!("{id} to have {n} running tasks");
+        wait_for(&what, LONG, || async {
+            let app = self.app(id).await;
+            let tasks = app["tasks"].as_array()?;
+            let running: Vec<String> = tasks
+                .iter()
+                .filter(|t| t["state"] == "TASK_RUNNING")
+                .filter_map(|t| t["id"].as_str().map(str::to_owned))
+                .collect();
+            (running.len() == n && tasks.len() == n).then_some(running)
+        })
+        .await
+    }
+}
+
+impl Drop for Marathon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+#[tokio::test]
+async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
+    for backend in backends().await {
+        let dir = tempfile::tempdir().unwrap();
+        let master = Master::start(dir.path(), &backend.url, "10s").await;
+        let agent = Agent::start(&master, &dir.path().join("agent"), "cpus:4;mem:1024;ports:[31000-31100]").await;
+        let mut marathon = Marathon::start(&master, &backend.url, dir.path().join("marathon.log")).await;
+        use reqwest::Method;
+
+        let app = json!({"id": "/prod/web", "cmd": "echo $$ > pid; echo \"$PORT0 $HOST $MARATHON_APP_ID\" > env; exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 2});
+        let (status, body) = marathon.send(Method::POST, "/v2/apps", Some(app)).await;
+        assert_eq!(status, 201, "[{}] {body}", backend.name);
+        let tasks = marathon.running("/prod/web", 2).await;
+        let app = marathon.app("/prod/web").await;
+        assert_eq!(app["tasksRunning"], 2);
+        let port = app["tasks"][0]["ports"][0].as_u64().unwrap();
+        assert!((31000..=31100).contains(&port));
+
+        // A task that dies is replaced, and the failure is reported.
+        let pid = task_pid(&agent, &tasks[0]).await;
+        nix_kill(pid);
+        wait_for("the failure to be recorded", LONG, || async {
+            let app = marathon.app("/prod/web").await;
+            (app["lastTaskFailure"]["taskId"] == tasks[0].as_str()).then_some(())
+        })
+        .await;
+        let healed = marathon.running("/prod/web", 2).await;
+        assert!(!healed.contains(&tasks[0]) && healed.contains(&tasks[1]), "{healed:?}");
+
+        // Scale up, then down by killing a task with scale=true.
+        let (status, _) = marathon.send(Method::PATCH, "/v2/apps/prod/web", Some(json!({"instances": 3}))).await;
+        assert_eq!(status, 200);
+        let three = marathon.running("/prod/web", 3).await;
+        let (status, body) =
+            marathon.send(Method::DELETE, &format!("/v2/apps/prod/web/tasks/{}?scale=true", three[0]), None).await;
+        assert_eq!(status, 200, "{body}");
+        let two = marathon.running("/prod/web", 2).await;
+        assert_eq!(marathon.app("/prod/web").await["instances"], 2);
+
+        // Restarting the framework loses no app and kills no task.
+        marathon.restart().await;
+        let after = marathon.running("/prod/web", 2).await;
+        let (mut a, mut b) = (two.clone(), after.clone());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "[{}] the same tasks run after the restart", backend.name);
+
+        // Deleting the app kills its tasks.
+        let (status, _) = marathon.send(Method::DELETE, "/v2/apps/prod/web", None).await;
+        assert_eq!(status, 200);
+        wait_for("the app's tasks to be gone", LONG, || async {
+            master.state().await["tasks"].as_array()?.is_empty().then_some(())
+        })
+        .await;
+        let (status, body) = marathon.send(Method::GET, "/v2/apps/prod/web", None).await;
+        assert_eq!((status, body["message"].as_str()), (404, Some("App '/prod/web' does not exist")));
+    }
+}
+
+fn nix_kill(pid: i32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
