@@ -160,3 +160,62 @@ async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
 fn nix_kill(pid: i32) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
+
+#[tokio::test]
+async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:4;mem:1024;ports:[31000-31100]").await;
+    let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
+
+    let mut events = reqwest::get(format!("{}/v2/events?event_type=status_update_event", marathon.url)).await.unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+
+    // A constraint no agent meets: the app waits, and the queue says why.
+    let stuck = json!({"id": "/stuck", "cmd": "sleep 300", "cpus": 0.1, "mem": 16, "constraints": [["hostname", "LIKE", "nowhere-.*"]]});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(stuck)).await.0, 201);
+    let entry = wait_for("the queue to explain the wait", LONG, || async {
+        let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
+        let entry = q["queue"].as_array()?.iter().find(|e| e["app"]["id"] == "/stuck")?.clone();
+        let reasons = entry["processedOffersSummary"]["rejectSummaryLastOffers"].as_array()?.clone();
+        reasons.iter().any(|r| r["reason"] == "UnfulfilledConstraint").then_some(entry)
+    })
+    .await;
+    assert_eq!(entry["count"], 1);
+
+    // Dropping the constraint lets it run; the event stream reports it.
+    let fixed = json!({"cmd": "sleep 300", "cpus": 0.1, "mem": 16});
+    assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck", Some(fixed)).await.0, 200);
+    marathon.running("/stuck", 1).await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !seen.contains("\"taskStatus\":\"TASK_RUNNING\"") {
+        let chunk =
+            tokio::time::timeout_at(deadline, events.chunk()).await.expect("no TASK_RUNNING event").unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: status_update_event"), "{seen}");
+    assert!(!seen.contains("api_post_event"), "the event_type filter holds: {seen}");
+    let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
+    assert!(q["queue"].as_array().unwrap().is_empty(), "{q}");
+
+    // A task that fails its health checks is killed by its agent and replaced.
+    let flaky = json!({
+        "id": "/flaky", "cmd": "touch healthy; sleep 2; rm healthy; exec sleep 300", "cpus": 0.1, "mem": 16,
+        "healthChecks": [{"protocol": "COMMAND", "command": {"value": "test -f healthy"}, "gracePeriodSeconds": 0,
+                          "intervalSeconds": 1, "timeoutSeconds": 2, "maxConsecutiveFailures": 2}]
+    });
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(flaky)).await.0, 201);
+    let first = marathon.running("/flaky", 1).await;
+    wait_for("the unhealthy task to be replaced", LONG, || async {
+        let app = marathon.app("/flaky").await;
+        let failure = &app["lastTaskFailure"];
+        let replaced = app["tasks"].as_array()?.iter().any(|t| t["id"] != first[0].as_str());
+        (failure["taskId"] == first[0].as_str() && failure["state"] == "TASK_KILLED" && replaced).then_some(())
+    })
+    .await;
+    let (_, q) = marathon.send(Method::GET, "/v2/apps/flaky", None).await;
+    assert!(q["app"]["lastTaskFailure"]["message"].as_str().unwrap().contains("health checks"), "{q}");
+}

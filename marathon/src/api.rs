@@ -69,7 +69,9 @@ pub fn router(api: Api) -> Router {
         .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove))
         .route("/v2/tasks", get(all_tasks))
         .route("/v2/tasks/delete", post(delete_tasks))
+        .route("/v2/queue", get(queue))
         .route("/v2/queue/{*rest}", delete(reset_delay))
+        .route("/v2/events", get(events))
         .route("/v2/info", get(info))
         .route("/v2/leader", get(leader))
         .route("/ping", get(|| async { "pong" }))
@@ -190,6 +192,7 @@ async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErro
     }
     apps.put(&id, &app).await?;
     api.marathon.app_changed(id.clone(), Some(app.clone())).await;
+    api.marathon.publish("api_post_event", json!({ "uri": "/v2/apps", "appDefinition": app }));
     tracing::info!(app_id = %id, version = ?app.version, "app created");
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v2/apps{id}")) {
@@ -275,6 +278,7 @@ async fn replace(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) 
     let existed = apps.get(&id).await?.is_some();
     apps.put(&id, &app).await?;
     api.marathon.app_changed(id.clone(), Some(app.clone())).await;
+    api.marathon.publish("api_post_event", json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
     tracing::info!(app_id = %id, version = ?app.version, existed, "app definition replaced");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({ "version": app.version }))).into_response())
@@ -316,6 +320,7 @@ async fn remove(
                 return Err(ApiError::no_app(&id));
             }
             api.marathon.app_changed(id.clone(), None).await;
+            api.marathon.publish("app_terminated_event", json!({ "appId": id }));
             tracing::info!(app_id = %id, "app deleted");
             Ok(Json(json!({ "version": now() })))
         }
@@ -364,6 +369,34 @@ async fn delete_tasks(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes
     Ok(Json(json!({ "tasks": killed })))
 }
 
+/// `GET /v2/queue`: apps with instances still to launch, their backoff, and why offers were turned down
+/// ("why is my app waiting").
+async fn queue(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let snapshot = api.marathon.snapshot().await;
+    let mut items = Vec::new();
+    for (id, entry) in &snapshot.queue {
+        let Ok(app_id) = AppId::parse(id) else { continue };
+        let Some(app) = api.apps.get(&app_id).await? else { continue };
+        let reasons: Vec<Value> = entry
+            .waiting
+            .declined
+            .iter()
+            .map(|(reason, n)| json!({ "reason": reason, "declined": n, "processed": entry.waiting.processed }))
+            .collect();
+        items.push(json!({
+            "app": app,
+            "count": entry.count,
+            "delay": { "timeLeftSeconds": entry.delay_left.ceil() as u64, "overdue": entry.delay_left <= 0.0 },
+            "processedOffersSummary": {
+                "processedOffersCount": entry.waiting.processed,
+                "unusedOffersCount": entry.waiting.declined.values().sum::<u64>(),
+                "rejectSummaryLastOffers": reasons,
+            },
+        }));
+    }
+    Ok(Json(json!({ "queue": items })))
+}
+
 /// `DELETE /v2/queue/{appId}/delay`: launch again without waiting out the backoff.
 async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result<StatusCode, ApiError> {
     let id = rest
@@ -374,6 +407,22 @@ async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result
     api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
     api.marathon.reset_delay(id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v2/events`: Server-Sent Events in Marathon's format, optionally only the `event_type`s asked for.
+async fn events(State(api): State<Api>, RawQuery(q): RawQuery) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let wanted: Vec<String> =
+        pairs(q.as_deref()).into_iter().filter(|(k, _)| k == "event_type").map(|(_, v)| v).collect();
+    let stream =
+        tokio_stream::wrappers::BroadcastStream::new(api.marathon.subscribe()).filter_map(move |e| {
+            let keep = e.ok().filter(|e| wanted.is_empty() || wanted.iter().any(|w| w == e.event_type));
+            std::future::ready(keep.map(|e| {
+                Ok::<_, std::convert::Infallible>(Event::default().event(e.event_type).data(e.data.to_string()))
+            }))
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn info() -> Json<Value> {

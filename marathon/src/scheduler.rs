@@ -68,12 +68,22 @@ pub struct TaskFailure {
     pub version: String,
 }
 
-/// Why an app is waiting for offers, per reason, for the queue.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// Why an app is waiting for offers, for the queue: offers looked at, and how many were turned down for
+/// which reason (Marathon's names: `InsufficientCpus`, `UnfulfilledConstraint`, …).
+#[derive(Clone, Debug, Default)]
 pub struct Waiting {
+    pub processed: u64,
     pub declined: BTreeMap<String, u64>,
-    pub delay_seconds_left: f64,
+}
+
+/// An app's place in the launch queue.
+#[derive(Clone, Debug)]
+pub struct QueueEntry {
+    /// Instances still to launch.
+    pub count: usize,
+    /// Seconds of backoff left before the next launch.
+    pub delay_left: f64,
+    pub waiting: Waiting,
 }
 
 /// What the API reads.
@@ -81,7 +91,8 @@ pub struct Waiting {
 pub struct Snapshot {
     pub instances: Vec<Instance>,
     pub failures: HashMap<String, TaskFailure>,
-    pub waiting: HashMap<String, Waiting>,
+    /// Apps with instances still to launch, by app id.
+    pub queue: BTreeMap<String, QueueEntry>,
 }
 
 enum Command {
@@ -91,10 +102,22 @@ enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
+/// An event for `/v2/events` subscribers, in Marathon's format.
+#[derive(Clone, Debug)]
+pub struct MarathonEvent {
+    /// `status_update_event`, `health_status_changed_event`, `api_post_event`, …
+    pub event_type: &'static str,
+    pub data: serde_json::Value,
+}
+
+/// How many events a slow `/v2/events` subscriber may fall behind before it misses some.
+const EVENT_BUFFER: usize = 4096;
+
 /// The way in for the REST API; cheap to clone.
 #[derive(Clone)]
 pub struct MarathonHandle {
     tx: mpsc::Sender<Command>,
+    events: tokio::sync::broadcast::Sender<MarathonEvent>,
 }
 
 impl MarathonHandle {
@@ -114,6 +137,20 @@ impl MarathonHandle {
 
     pub async fn reset_delay(&self, id: AppId) {
         let _ = self.tx.send(Command::ResetDelay(id)).await;
+    }
+
+    /// A stream of every event from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<MarathonEvent> {
+        self.events.subscribe()
+    }
+
+    /// Publishes an event (the API's own, such as `api_post_event`).
+    pub fn publish(&self, event_type: &'static str, mut data: serde_json::Value) {
+        if let Some(obj) = data.as_object_mut() {
+            obj.insert("eventType".into(), event_type.into());
+            obj.entry("timestamp").or_insert_with(|| timestamp(keel_core::store::now_millis()).into());
+        }
+        let _ = self.events.send(MarathonEvent { event_type, data });
     }
 
     pub async fn snapshot(&self) -> Snapshot {
@@ -143,6 +180,7 @@ struct Marathon {
     suppressed: bool,
     /// Offers were declined (with a filter) since the last REVIVE: new demand must revive to see them.
     declined: bool,
+    events: MarathonHandle,
 }
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
@@ -190,7 +228,9 @@ pub async fn start(
     }
     info!(apps = apps.len(), instances = instances.len(), "services framework starting");
     let (tx, rx) = mpsc::channel(1024);
+    let handle = MarathonHandle { tx, events: tokio::sync::broadcast::channel(EVENT_BUFFER).0 };
     let m = Marathon {
+        events: handle.clone(),
         store,
         driver,
         apps,
@@ -203,7 +243,7 @@ pub async fn start(
         declined: false,
     };
     tokio::spawn(m.run(events, rx, shutdown));
-    Ok(MarathonHandle { tx })
+    Ok(handle)
 }
 
 impl Marathon {
@@ -306,10 +346,22 @@ impl Marathon {
                 self.converge().await;
             }
             Command::Snapshot(reply) => {
+                let now = Instant::now();
+                let mut queue = BTreeMap::new();
+                for (id, app) in &self.apps {
+                    let missing = (app.instances as usize).saturating_sub(self.active(id).len());
+                    if missing == 0 {
+                        continue;
+                    }
+                    let delay_left =
+                        self.backoff.get(id).map_or(0.0, |b| b.until.saturating_duration_since(now).as_secs_f64());
+                    let waiting = self.waiting.get(id.as_str()).cloned().unwrap_or_default();
+                    queue.insert(id.to_string(), QueueEntry { count: missing, delay_left, waiting });
+                }
                 let _ = reply.send(Snapshot {
                     instances: self.instances.values().cloned().collect(),
                     failures: self.failures.clone(),
-                    waiting: self.waiting.clone(),
+                    queue,
                 });
             }
         }
@@ -406,10 +458,13 @@ impl Marathon {
             self.suppressed = true;
             self.call(Call::Suppress).await;
         }
-        let now = Instant::now();
-        for (id, b) in &self.backoff {
-            self.waiting.entry(id.to_string()).or_default().delay_seconds_left =
-                b.until.saturating_duration_since(now).as_secs_f64();
+        // What is waited on no more needs no explanation.
+        let waiting: Vec<String> = self.waiting.keys().cloned().collect();
+        for id in waiting {
+            let done = AppId::parse(&id).ok().and_then(|a| self.apps.get(&a).map(|app| (a, app.instances as usize)));
+            if done.is_none_or(|(a, n)| self.active(&a).len() >= n) {
+                self.waiting.remove(&id);
+            }
         }
     }
 
@@ -422,6 +477,7 @@ impl Marathon {
             let mut records = Vec::new();
             for (app_id, need) in demand.iter_mut() {
                 let app = self.apps[app_id].clone();
+                self.waiting.entry(app_id.to_string()).or_default().processed += 1;
                 while *need > 0 {
                     match self.place(&app, app_id, &offer, &left) {
                         Ok((spec, ports)) => {
@@ -506,23 +562,28 @@ impl Marathon {
         let mem = Scalar::from_f64(app.mem).unwrap_or_default();
         let disk = Scalar::from_f64(app.disk).unwrap_or_default();
         if left.cpus < cpus {
-            return Err("insufficient cpus".into());
+            return Err("InsufficientCpus".into());
         }
         if left.mem < mem {
-            return Err("insufficient mem".into());
+            return Err("InsufficientMemory".into());
         }
         if left.disk < disk {
-            return Err("insufficient disk".into());
+            return Err("InsufficientDisk".into());
         }
         let docker = app.container.as_ref().and_then(|c| c.docker.as_ref());
         let ports: Vec<u16> = left.ports.iter().take(app.port_count()).collect();
         if ports.len() < app.port_count() {
-            return Err("insufficient ports".into());
+            return Err("InsufficientPorts".into());
         }
-        let existing: Vec<Place<'_>> =
-            self.active(app_id).into_iter().map(|i| Place { hostname: &i.host, attributes: &i.attributes }).collect();
-        let here = Place { hostname: &offer.hostname, attributes: &offer.attributes };
-        placement::check(&app.constraints, &here, &existing).map_err(|c| format!("constraint {c}"))?;
+        if !app.constraints.is_empty() {
+            let existing: Vec<Place<'_>> = self
+                .active(app_id)
+                .into_iter()
+                .map(|i| Place { hostname: &i.host, attributes: &i.attributes })
+                .collect();
+            let here = Place { hostname: &offer.hostname, attributes: &offer.attributes };
+            placement::check(&app.constraints, &here, &existing).map_err(|_| "UnfulfilledConstraint".to_owned())?;
+        }
 
         let task_id =
             TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4())).map_err(|e| e.to_string())?;
@@ -631,9 +692,29 @@ impl Marathon {
             return;
         }
         inst.state = status.state;
+        let health_changed = status.healthy.is_some() && status.healthy != inst.healthy;
         if status.healthy.is_some() {
             inst.healthy = status.healthy;
         }
+        let inst_now = inst.clone();
+        self.events.publish(
+            "status_update_event",
+            serde_json::json!({
+                "slaveId": inst_now.slave_id, "taskId": inst_now.id, "taskStatus": status.state, "message": status.message,
+                "appId": inst_now.app_id, "host": inst_now.host, "ports": inst_now.ports, "ipAddresses": [],
+                "version": inst_now.version,
+            }),
+        );
+        if health_changed {
+            self.events.publish(
+                "health_status_changed_event",
+                serde_json::json!({
+                    "appId": inst_now.app_id, "taskId": inst_now.id, "instanceId": inst_now.id,
+                    "version": inst_now.version, "alive": status.healthy == Some(true),
+                }),
+            );
+        }
+        let Some(inst) = self.instances.get_mut(&tid) else { return };
         inst.unreachable_since = match status.state {
             TaskState::Unreachable => inst.unreachable_since.or(Some(Instant::now())),
             _ => None,
