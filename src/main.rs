@@ -58,6 +58,10 @@ struct MarathonArgs {
     /// The store for apps: postgres://… or sqlite:PATH.
     #[arg(long, env = "KEEL_DATABASE_URL", default_value = "sqlite:.keel/marathon.db")]
     database_url: String,
+    /// A deployment that makes no progress for this long is marked failed (and rolled back if the app has
+    /// the label KEEL_ROLLBACK_ON_FAILURE=true).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    deployment_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -207,9 +211,14 @@ impl Started {
 }
 
 /// Starts the services framework on `store` against `master`; returns its REST routes.
-async fn marathon_routes(master: &str, store: Store, shutdown: &CancellationToken) -> Result<axum::Router> {
+async fn marathon_routes(
+    master: &str,
+    store: Store,
+    deployment_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<axum::Router> {
     let apps = keel_marathon::store::AppStore::new(store);
-    let handle = keel_marathon::scheduler::start(master, apps.clone(), shutdown.clone())
+    let handle = keel_marathon::scheduler::start_with(master, apps.clone(), deployment_timeout, shutdown.clone())
         .await
         .context("cannot start the services framework")?;
     Ok(keel_marathon::api::router(keel_marathon::api::Api { apps, marathon: handle }))
@@ -312,7 +321,7 @@ async fn run(command: Command) -> Result<()> {
             let store = Store::connect(&args.database_url)
                 .await
                 .with_context(|| format!("cannot open the store at {}", redact(&args.database_url)))?;
-            let routes = marathon_routes(&args.master, store, &shutdown).await?;
+            let routes = marathon_routes(&args.master, store, args.deployment_timeout, &shutdown).await?;
             let listener =
                 TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
             println!("keel marathon listening on http://{}", listener.local_addr()?);
@@ -329,7 +338,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Dev(args) => {
             let started = args.master.start(&shutdown).await?;
             let addr = started.addr.clone();
-            let routes = marathon_routes(&addr, started.store.clone(), &shutdown).await?;
+            let timeout = keel_marathon::scheduler::DEFAULT_DEPLOYMENT_TIMEOUT;
+            let routes = marathon_routes(&addr, started.store.clone(), timeout, &shutdown).await?;
             let server = started.serve(routes, &shutdown);
             let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
             let containerizer = args.resources.containerizer().await;

@@ -29,6 +29,7 @@ impl Marathon {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(KEEL)
             .args(["marathon", "--master", master, "--listen", &format!("127.0.0.1:{port}"), "--database-url", db])
+            .args(["--deployment-timeout", "4s"])
             .env("KEEL_LOG", "info,keel_marathon=debug")
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -66,6 +67,15 @@ impl Marathon {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until no deployment is in progress, as a careful client does before its next change.
+    async fn settled(&self) {
+        wait_for("deployments to finish", LONG, || async {
+            let (_, d) = self.send(reqwest::Method::GET, "/v2/deployments", None).await;
+            d.as_array()?.is_empty().then_some(())
+        })
+        .await;
     }
 
     async fn app(&self, id: &str) -> Value {
@@ -128,6 +138,7 @@ async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
         assert!(!healed.contains(&tasks[0]) && healed.contains(&tasks[1]), "{healed:?}");
 
         // Scale up, then down by killing a task with scale=true.
+        marathon.settled().await;
         let (status, _) = marathon.send(Method::PATCH, "/v2/apps/prod/web", Some(json!({"instances": 3}))).await;
         assert_eq!(status, 200);
         let three = marathon.running("/prod/web", 3).await;
@@ -146,6 +157,7 @@ async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
         assert_eq!(a, b, "[{}] the same tasks run after the restart", backend.name);
 
         // Deleting the app kills its tasks.
+        marathon.settled().await;
         let (status, _) = marathon.send(Method::DELETE, "/v2/apps/prod/web", None).await;
         assert_eq!(status, 200);
         wait_for("the app's tasks to be gone", LONG, || async {
@@ -185,9 +197,11 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
     .await;
     assert_eq!(entry["count"], 1);
 
-    // Dropping the constraint lets it run; the event stream reports it.
+    // Dropping the constraint lets it run; the event stream reports it. (The stuck deployment is
+    // overridden with force.)
     let fixed = json!({"cmd": "sleep 300", "cpus": 0.1, "mem": 16});
-    assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck", Some(fixed)).await.0, 200);
+    assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck", Some(fixed.clone())).await.0, 409);
+    assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck?force=True", Some(fixed)).await.0, 200);
     marathon.running("/stuck", 1).await;
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + LONG;
@@ -218,4 +232,90 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
     .await;
     let (_, q) = marathon.send(Method::GET, "/v2/apps/flaky", None).await;
     assert!(q["app"]["lastTaskFailure"]["message"].as_str().unwrap().contains("health checks"), "{q}");
+}
+
+#[tokio::test]
+async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:4;mem:1024;ports:[31000-31100]").await;
+    let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
+    let health = json!([{"protocol": "COMMAND", "command": {"value": "true"}, "gracePeriodSeconds": 0, "intervalSeconds": 1, "timeoutSeconds": 2, "maxConsecutiveFailures": 3}]);
+    let v1 = json!({"id": "/svc", "cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 2, "env": {"V": "1"},
+                    "healthChecks": health, "labels": {"KEEL_ROLLBACK_ON_FAILURE": "true"},
+                    "upgradeStrategy": {"minimumHealthCapacity": 1.0, "maximumOverCapacity": 0.5}});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(v1.clone())).await.0, 201);
+    let healthy =
+        |app: &Value| app["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["state"] == "TASK_RUNNING").count());
+    wait_for("v1 to be deployed", LONG, || async {
+        let (_, d) = marathon.send(Method::GET, "/v2/deployments", None).await;
+        (d.as_array()?.is_empty() && marathon.app("/svc").await["tasksHealthy"] == 2).then_some(())
+    })
+    .await;
+    let old: Vec<String> = marathon.app("/svc").await["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Upgrade: never fewer than 2 healthy instances, never more than 3 instances.
+    let mut v2 = v1.clone();
+    v2["env"]["V"] = json!("2");
+    let (status, body) = marathon.send(Method::PUT, "/v2/apps/svc", Some(v2.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["deploymentId"].is_string());
+    let (status, body) = marathon.send(Method::PUT, "/v2/apps/svc", Some(v2.clone())).await;
+    assert_eq!(status, 409, "a change during a deployment needs force: {body}");
+    assert!(body["message"].as_str().unwrap().contains("locked by one or more deployments"));
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let app = marathon.app("/svc").await;
+        let tasks = app["tasks"].as_array().unwrap().clone();
+        assert!(tasks.len() <= 3, "over capacity: {tasks:#?}");
+        assert!(app["tasksHealthy"].as_u64().unwrap() >= 2 || healthy(&app) >= 2, "capacity dropped: {app:#}");
+        let (_, d) = marathon.send(Method::GET, "/v2/deployments", None).await;
+        if d.as_array().unwrap().is_empty() {
+            let ids: Vec<&str> = tasks.iter().filter_map(|t| t["id"].as_str()).collect();
+            assert!(ids.iter().all(|id| !old.iter().any(|o| o == id)), "old tasks remain: {ids:?}");
+            assert_eq!(ids.len(), 2);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the upgrade did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A version that never becomes healthy: the deployment fails after its timeout and is rolled back, and
+    // the v2 instances serve throughout.
+    let mut events = reqwest::get(format!("{}/v2/events?event_type=deployment_failed", marathon.url)).await.unwrap();
+    let mut broken = v2.clone();
+    broken["cmd"] = json!("exit 1");
+    let (status, _) = marathon.send(Method::PUT, "/v2/apps/svc", Some(broken)).await;
+    assert_eq!(status, 200);
+    let mut seen = String::new();
+    while !seen.contains("deployment_failed") {
+        let chunk =
+            tokio::time::timeout(LONG, events.chunk()).await.expect("no deployment_failed event").unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("no progress for 4s"), "{seen}");
+    wait_for("the rollback to finish", LONG, || async {
+        let app = marathon.app("/svc").await;
+        let (_, d) = marathon.send(Method::GET, "/v2/deployments", None).await;
+        (app["cmd"] == "exec sleep 300" && d.as_array()?.is_empty() && app["tasksHealthy"] == 2).then_some(())
+    })
+    .await;
+
+    // Cancelling a deployment without force rolls it back too.
+    let mut big = v2.clone();
+    big["cpus"] = json!(100);
+    let (_, body) = marathon.send(Method::PUT, "/v2/apps/svc", Some(big)).await;
+    let id = body["deploymentId"].as_str().unwrap().to_owned();
+    let (status, _) = marathon.send(Method::DELETE, &format!("/v2/deployments/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(marathon.app("/svc").await["cpus"], 0.1);
+    let (status, body) = marathon.send(Method::DELETE, "/v2/deployments/nope", None).await;
+    assert_eq!((status, body["message"].as_str()), (404, Some("DeploymentPlan nope does not exist")));
 }

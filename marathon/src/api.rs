@@ -72,6 +72,8 @@ pub fn router(api: Api) -> Router {
         .route("/v2/queue", get(queue))
         .route("/v2/queue/{*rest}", delete(reset_delay))
         .route("/v2/events", get(events))
+        .route("/v2/deployments", get(deployments))
+        .route("/v2/deployments/{id}", delete(cancel_deployment))
         .route("/v2/info", get(info))
         .route("/v2/leader", get(leader))
         .route("/ping", get(|| async { "pong" }))
@@ -114,7 +116,13 @@ fn enrich(app: &AppDefinition, snapshot: &Snapshot, with_tasks: bool) -> Value {
         obj.insert("tasksRunning".into(), json!(count(&|i| i.state == TaskState::Running)));
         obj.insert("tasksHealthy".into(), json!(count(&|i| i.healthy == Some(true))));
         obj.insert("tasksUnhealthy".into(), json!(count(&|i| i.healthy == Some(false))));
-        obj.insert("deployments".into(), json!([]));
+        let deployments: Vec<Value> = snapshot
+            .deployments
+            .iter()
+            .filter(|d| d.app_id.as_str() == app.id)
+            .map(|d| json!({ "id": d.id }))
+            .collect();
+        obj.insert("deployments".into(), json!(deployments));
         if let Some(f) = snapshot.failures.get(&app.id) {
             obj.insert("lastTaskFailure".into(), json!(f));
         }
@@ -123,6 +131,24 @@ fn enrich(app: &AppDefinition, snapshot: &Snapshot, with_tasks: bool) -> Value {
         }
     }
     v
+}
+
+/// 409 when a deployment is changing the app and the caller did not `force`.
+async fn check_locked(api: &Api, id: &AppId, force: bool) -> Result<(), ApiError> {
+    if force {
+        return Ok(());
+    }
+    let snapshot = api.marathon.snapshot().await;
+    if let Some(d) = snapshot.deployments.iter().find(|d| &d.app_id == id) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            body: json!({
+                "message": format!("App is locked by one or more deployments. Override with the option '?force=true'. View details at '/v2/deployments/{}'.", d.id),
+                "deployments": [{ "id": d.id }],
+            }),
+        });
+    }
+    Ok(())
 }
 
 fn now() -> String {
@@ -191,9 +217,13 @@ async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErro
         return Err(ApiError::new(StatusCode::CONFLICT, format!("An app with id [{id}] already exists.")));
     }
     apps.put(&id, &app).await?;
-    api.marathon.app_changed(id.clone(), Some(app.clone())).await;
+    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
     api.marathon.publish("api_post_event", json!({ "uri": "/v2/apps", "appDefinition": app }));
     tracing::info!(app_id = %id, version = ?app.version, "app created");
+    let mut app = serde_json::to_value(&app).unwrap_or_default();
+    if let Some(obj) = app.as_object_mut() {
+        obj.insert("deployments".into(), json!([{ "id": deployment }]));
+    }
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v2/apps{id}")) {
         headers.insert(header::LOCATION, location);
@@ -267,9 +297,15 @@ fn app_target(rest: &str) -> Result<AppId, ApiError> {
 }
 
 /// `PUT /v2/apps/{id}`: creates the app (201) or replaces its definition with a new version (200).
-async fn replace(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn replace(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let apps = &api.apps;
     let id = app_target(&rest)?;
+    check_locked(&api, &id, flag(&pairs(q.as_deref()), "force")?).await?;
     let mut raw: Value = parse_body(&body)?;
     if let Some(obj) = raw.as_object_mut() {
         obj.insert("id".into(), Value::String(id.to_string()));
@@ -277,17 +313,23 @@ async fn replace(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) 
     let app = prepare(parse_body(raw.to_string().as_bytes())?, &id)?;
     let existed = apps.get(&id).await?.is_some();
     apps.put(&id, &app).await?;
-    api.marathon.app_changed(id.clone(), Some(app.clone())).await;
+    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
     api.marathon.publish("api_post_event", json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
     tracing::info!(app_id = %id, version = ?app.version, existed, "app definition replaced");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "version": app.version }))).into_response())
+    Ok((status, Json(json!({ "version": app.version, "deploymentId": deployment }))).into_response())
 }
 
 /// `PATCH /v2/apps/{id}`: changes only the fields given.
-async fn patch(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn patch(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let apps = &api.apps;
     let id = app_target(&rest)?;
+    check_locked(&api, &id, flag(&pairs(q.as_deref()), "force")?).await?;
     let changes: Value = parse_body(&body)?;
     let Value::Object(changes) = changes else {
         return Err(ApiError::invalid(vec![Violation {
@@ -304,8 +346,8 @@ async fn patch(State(api): State<Api>, Path(rest): Path<String>, body: Bytes) ->
     }
     let app = prepare(parse_body(merged.to_string().as_bytes())?, &id)?;
     apps.put(&id, &app).await?;
-    api.marathon.app_changed(id.clone(), Some(app.clone())).await;
-    Ok(Json(json!({ "version": app.version })))
+    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
+    Ok(Json(json!({ "version": app.version, "deploymentId": deployment })))
 }
 
 async fn remove(
@@ -316,13 +358,15 @@ async fn remove(
     let q = pairs(q.as_deref());
     match target(&rest)? {
         Target::App(id) => {
-            if !api.apps.delete(&id).await? {
+            if api.apps.get(&id).await?.is_none() {
                 return Err(ApiError::no_app(&id));
             }
-            api.marathon.app_changed(id.clone(), None).await;
+            check_locked(&api, &id, flag(&q, "force")?).await?;
+            api.apps.delete(&id).await?;
+            let deployment = api.marathon.app_changed(id.clone(), None).await;
             api.marathon.publish("app_terminated_event", json!({ "appId": id }));
             tracing::info!(app_id = %id, "app deleted");
-            Ok(Json(json!({ "version": now() })))
+            Ok(Json(json!({ "version": now(), "deploymentId": deployment })))
         }
         Target::Task(id, task) => {
             let scale = flag(&q, "scale")?;
@@ -407,6 +451,63 @@ async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result
     api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
     api.marathon.reset_delay(id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v2/deployments`: changes being rolled out, in Marathon's shape.
+async fn deployments(State(api): State<Api>) -> Json<Value> {
+    let snapshot = api.marathon.snapshot().await;
+    let list: Vec<Value> = snapshot
+        .deployments
+        .iter()
+        .map(|d| {
+            let action = json!({ "action": d.action, "app": d.app_id });
+            json!({
+                "id": d.id,
+                "version": d.version,
+                "affectedApps": [d.app_id],
+                "affectedPods": [],
+                "steps": [{ "actions": [action] }],
+                "currentActions": [{ "action": d.action, "app": d.app_id, "readinessCheckResults": [] }],
+                "currentStep": 1,
+                "totalSteps": 1,
+            })
+        })
+        .collect();
+    Json(json!(list))
+}
+
+/// `DELETE /v2/deployments/{id}`: without `force`, rolls the app back to its previous definition (a new
+/// deployment); with `force=true`, only stops the deployment.
+async fn cancel_deployment(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let snapshot = api.marathon.snapshot().await;
+    let Some(d) = snapshot.deployments.iter().find(|d| d.id == id) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("DeploymentPlan {id} does not exist")));
+    };
+    let app_id = d.app_id.clone();
+    let Some(restore) = api.marathon.cancel_deployment(id.clone(), force).await else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("DeploymentPlan {id} does not exist")));
+    };
+    if force {
+        return Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response());
+    }
+    let version = now();
+    let deployment = match restore {
+        Some(mut previous) => {
+            previous.version = Some(version.clone());
+            api.apps.put(&app_id, &previous).await?;
+            api.marathon.app_changed(app_id, Some(previous)).await
+        }
+        None => {
+            api.apps.delete(&app_id).await?;
+            api.marathon.app_changed(app_id, None).await
+        }
+    };
+    Ok((StatusCode::OK, Json(json!({ "deploymentId": deployment, "version": version }))).into_response())
 }
 
 /// `GET /v2/events`: Server-Sent Events in Marathon's format, optionally only the `event_type`s asked for.

@@ -93,11 +93,22 @@ pub struct Snapshot {
     pub failures: HashMap<String, TaskFailure>,
     /// Apps with instances still to launch, by app id.
     pub queue: BTreeMap<String, QueueEntry>,
+    pub deployments: Vec<Deployment>,
 }
 
 enum Command {
-    AppChanged(AppId, Option<Box<AppDefinition>>),
-    Kill { task_ids: Vec<String>, scale: bool, reply: oneshot::Sender<Vec<Instance>> },
+    AppChanged(AppId, Option<Box<AppDefinition>>, oneshot::Sender<String>),
+    /// Cancels a deployment: `force` just stops tracking it; otherwise the app is rolled back.
+    CancelDeployment {
+        id: String,
+        force: bool,
+        reply: oneshot::Sender<Option<Option<Box<AppDefinition>>>>,
+    },
+    Kill {
+        task_ids: Vec<String>,
+        scale: bool,
+        reply: oneshot::Sender<Vec<Instance>>,
+    },
     ResetDelay(AppId),
     Snapshot(oneshot::Sender<Snapshot>),
 }
@@ -121,9 +132,22 @@ pub struct MarathonHandle {
 }
 
 impl MarathonHandle {
-    /// Tells the scheduler that an app was created, changed (`Some`) or deleted (`None`).
-    pub async fn app_changed(&self, id: AppId, app: Option<AppDefinition>) {
-        let _ = self.tx.send(Command::AppChanged(id, app.map(Box::new))).await;
+    /// Tells the scheduler that an app was created, changed (`Some`) or deleted (`None`); returns the id of
+    /// the deployment that rolls the change out.
+    pub async fn app_changed(&self, id: AppId, app: Option<AppDefinition>) -> String {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::AppChanged(id, app.map(Box::new), reply)).await.is_err() {
+            return String::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Cancels a deployment. `None`: no such deployment. `Some(definition)`: the app definition to restore
+    /// (`Some(None)`: the app was new, so delete it), which the caller stores and applies.
+    pub async fn cancel_deployment(&self, id: String, force: bool) -> Option<Option<AppDefinition>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::CancelDeployment { id, force, reply }).await.ok()?;
+        rx.await.ok().flatten().map(|d| d.map(|b| *b))
     }
 
     /// Kills tasks; with `scale` the app's instance count goes down by as many. Returns the tasks found.
@@ -167,6 +191,35 @@ struct Backoff {
     until: Instant,
 }
 
+/// A change being rolled out to one app, as Marathon's deployments show it.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub id: String,
+    pub app_id: AppId,
+    /// The app version being deployed.
+    pub version: String,
+    /// `StartApplication`, `ScaleApplication`, `RestartApplication` or `StopApplication`.
+    pub action: &'static str,
+    /// The definition before the change, for a rollback; `None` when the app is new.
+    pub previous: Option<AppDefinition>,
+    /// Roll back by itself if the deployment fails (the app label `KEEL_ROLLBACK_ON_FAILURE=true`).
+    pub rollback_on_failure: bool,
+    started: Instant,
+    /// When the deployment last moved forward; it fails after `deployment_timeout` without progress.
+    progressed: Instant,
+    progress: (usize, usize),
+}
+
+/// The label that makes a failed deployment roll back by itself.
+pub const ROLLBACK_LABEL: &str = "KEEL_ROLLBACK_ON_FAILURE";
+
+/// One convergence step for an app.
+#[derive(Default)]
+struct Plan {
+    launch: usize,
+    kill: Vec<Instance>,
+}
+
 struct Marathon {
     store: AppStore,
     driver: SchedulerHandle,
@@ -181,12 +234,28 @@ struct Marathon {
     /// Offers were declined (with a filter) since the last REVIVE: new demand must revive to see them.
     declined: bool,
     events: MarathonHandle,
+    deployments: BTreeMap<AppId, Deployment>,
+    deployment_timeout: Duration,
 }
+
+/// Starts the services framework against `master`. It runs until `shutdown`.
+/// How long a deployment may go without progress before it is marked failed.
+pub const DEFAULT_DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
 pub async fn start(
     master: &str,
     store: AppStore,
+    shutdown: CancellationToken,
+) -> Result<MarathonHandle, crate::store::AppStoreError> {
+    start_with(master, store, DEFAULT_DEPLOYMENT_TIMEOUT, shutdown).await
+}
+
+/// [`start`], with the deployment timeout given.
+pub async fn start_with(
+    master: &str,
+    store: AppStore,
+    deployment_timeout: Duration,
     shutdown: CancellationToken,
 ) -> Result<MarathonHandle, crate::store::AppStoreError> {
     let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
@@ -231,6 +300,8 @@ pub async fn start(
     let handle = MarathonHandle { tx, events: tokio::sync::broadcast::channel(EVENT_BUFFER).0 };
     let m = Marathon {
         events: handle.clone(),
+        deployments: BTreeMap::new(),
+        deployment_timeout,
         store,
         driver,
         apps,
@@ -305,22 +376,65 @@ impl Marathon {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::AppChanged(id, app) => {
+            Command::AppChanged(id, app, reply) => {
+                let previous = self.apps.get(&id).cloned();
+                let action = match (&previous, &app) {
+                    (None, _) => "StartApplication",
+                    (Some(_), None) => "StopApplication",
+                    (Some(old), Some(new)) if old.config_fingerprint() != new.config_fingerprint() => {
+                        "RestartApplication"
+                    }
+                    _ => "ScaleApplication",
+                };
+                let version = app
+                    .as_ref()
+                    .and_then(|a| a.version.clone())
+                    .unwrap_or_else(|| timestamp(keel_core::store::now_millis()));
+                let rollback_on_failure = app
+                    .as_deref()
+                    .or(previous.as_ref())
+                    .is_some_and(|a| a.labels.get(ROLLBACK_LABEL).is_some_and(|v| v == "true"));
                 match app {
                     Some(app) => {
-                        let config_changed =
-                            self.apps.get(&id).is_none_or(|old| old.config_fingerprint() != app.config_fingerprint());
-                        if config_changed {
+                        if action != "ScaleApplication" {
                             self.backoff.remove(&id);
                         }
-                        self.apps.insert(id, *app);
+                        self.apps.insert(id.clone(), *app);
                     }
                     None => {
                         self.apps.remove(&id);
                         self.backoff.remove(&id);
                     }
                 }
+                let now = Instant::now();
+                let deployment = Deployment {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    app_id: id.clone(),
+                    version,
+                    action,
+                    previous,
+                    rollback_on_failure,
+                    started: now,
+                    progressed: now,
+                    progress: (0, usize::MAX),
+                };
+                let _ = reply.send(deployment.id.clone());
+                info!(app_id = %id, deployment = %deployment.id, action, "deployment started");
+                self.deployments.insert(id, deployment);
                 self.converge().await;
+            }
+            Command::CancelDeployment { id, force, reply } => {
+                let Some(app_id) = self.deployments.iter().find(|(_, d)| d.id == id).map(|(a, _)| a.clone()) else {
+                    let _ = reply.send(None);
+                    return;
+                };
+                let d = self.deployments.remove(&app_id).expect("found above");
+                info!(deployment = %d.id, app_id = %app_id, force, "deployment cancelled");
+                let _ = reply.send(Some(if force {
+                    self.apps.get(&app_id).cloned().map(Box::new)
+                } else {
+                    d.previous.map(Box::new)
+                }));
             }
             Command::Kill { task_ids, scale, reply } => {
                 let mut found = Vec::new();
@@ -362,6 +476,7 @@ impl Marathon {
                     instances: self.instances.values().cloned().collect(),
                     failures: self.failures.clone(),
                     queue,
+                    deployments: self.deployments.values().cloned().collect(),
                 });
             }
         }
@@ -393,13 +508,62 @@ impl Marathon {
     fn demand(&self) -> Vec<(AppId, usize)> {
         let now = Instant::now();
         self.apps
-            .iter()
-            .filter(|(id, _)| self.backoff.get(*id).is_none_or(|b| now >= b.until))
-            .filter_map(|(id, app)| {
-                let have = self.active(id).len();
-                (app.instances as usize > have).then(|| (id.clone(), app.instances as usize - have))
+            .keys()
+            .filter(|id| self.backoff.get(*id).is_none_or(|b| now >= b.until))
+            .filter_map(|id| {
+                let plan = self.plan(id);
+                (plan.launch > 0).then(|| (id.clone(), plan.launch))
             })
             .collect()
+    }
+
+    /// Whether an instance counts as serving: running, and healthy if the app has health checks.
+    fn ready(&self, inst: &Instance) -> bool {
+        let checked = AppId::parse(&inst.app_id)
+            .ok()
+            .and_then(|id| self.apps.get(&id))
+            .is_some_and(|a| !a.health_checks.is_empty());
+        inst.state == TaskState::Running && (!checked || inst.healthy == Some(true))
+    }
+
+    /// What converging an app needs now: how many instances of its current configuration to launch, and
+    /// which to kill. During an upgrade, old instances go only as new ones become ready, keeping at least
+    /// `minimumHealthCapacity × instances` serving and at most `(1 + maximumOverCapacity) × instances`
+    /// running (Marathon's rolling upgrade).
+    fn plan(&self, id: &AppId) -> Plan {
+        let Some(app) = self.apps.get(id) else { return Plan::default() };
+        let fingerprint = app.config_fingerprint();
+        let (new, old): (Vec<&Instance>, Vec<&Instance>) =
+            self.active(id).into_iter().partition(|i| i.fingerprint == fingerprint);
+        let n = app.instances as usize;
+        let mut kill: Vec<Instance> = Vec::new();
+        if new.len() > n {
+            let mut surplus: Vec<&Instance> = new.clone();
+            surplus.sort_by_key(|i| i.staged_millis);
+            if app.kill_selection != "OLDEST_FIRST" {
+                surplus.reverse();
+            }
+            kill.extend(surplus.into_iter().take(new.len() - n).cloned());
+        }
+        if old.is_empty() {
+            return Plan { launch: n.saturating_sub(new.len()), kill };
+        }
+        let strategy = &app.upgrade_strategy;
+        let max_total = n + (n as f64 * strategy.maximum_over_capacity).floor() as usize;
+        let min_ready = (n as f64 * strategy.minimum_health_capacity).ceil() as usize;
+        let launch = n.saturating_sub(new.len()).min(max_total.saturating_sub(new.len() + old.len()));
+        let ready_new = new.iter().filter(|i| self.ready(i)).count();
+        let (ready_old, unready_old): (Vec<&Instance>, Vec<&Instance>) = old.into_iter().partition(|i| self.ready(i));
+        let mut can_kill = (ready_new + ready_old.len()).saturating_sub(min_ready);
+        if ready_new >= n {
+            can_kill = ready_old.len();
+        } else if launch == 0 && can_kill == 0 && new.len() < n {
+            // No room to start a new instance and none may go: make room one at a time anyway.
+            can_kill = 1;
+        }
+        kill.extend(unready_old.into_iter().cloned());
+        kill.extend(ready_old.into_iter().take(can_kill).cloned());
+        Plan { launch, kill }
     }
 
     /// Kills what should not run: surplus instances, instances of an older configuration or of deleted
@@ -419,8 +583,6 @@ impl Marathon {
                         && since.elapsed() >= Duration::from_secs(app.unreachable_strategy.expunge_after_seconds)
                     {
                         expunge.push(inst.id.clone());
-                    } else if inst.fingerprint != app.config_fingerprint() && inst.unreachable_since.is_none() {
-                        to_kill.push(inst.clone());
                     }
                 }
             }
@@ -434,17 +596,7 @@ impl Marathon {
         }
         let ids: Vec<AppId> = self.apps.keys().cloned().collect();
         for id in ids {
-            let app = &self.apps[&id];
-            let mut active: Vec<Instance> =
-                self.active(&id).into_iter().filter(|i| i.fingerprint == app.config_fingerprint()).cloned().collect();
-            let surplus = active.len().saturating_sub(app.instances as usize);
-            if surplus > 0 {
-                active.sort_by_key(|i| i.staged_millis);
-                if app.kill_selection != "OLDEST_FIRST" {
-                    active.reverse();
-                }
-                to_kill.extend(active.into_iter().take(surplus));
-            }
+            to_kill.extend(self.plan(&id).kill);
         }
         for inst in to_kill {
             self.kill(&inst).await;
@@ -458,12 +610,111 @@ impl Marathon {
             self.suppressed = true;
             self.call(Call::Suppress).await;
         }
+        self.check_deployments().await;
         // What is waited on no more needs no explanation.
         let waiting: Vec<String> = self.waiting.keys().cloned().collect();
         for id in waiting {
             let done = AppId::parse(&id).ok().and_then(|a| self.apps.get(&a).map(|app| (a, app.instances as usize)));
             if done.is_none_or(|(a, n)| self.active(&a).len() >= n) {
                 self.waiting.remove(&id);
+            }
+        }
+    }
+
+    /// Finishes deployments whose app has converged, and fails (and, if asked, rolls back) those that made
+    /// no progress within the deployment timeout.
+    async fn check_deployments(&mut self) {
+        let ids: Vec<AppId> = self.deployments.keys().cloned().collect();
+        for id in ids {
+            let (done, progress) = match self.apps.get(&id) {
+                None => {
+                    let left = self.instances.values().filter(|i| i.app_id == id.as_str()).count();
+                    (left == 0, (0, left))
+                }
+                Some(app) => {
+                    let fingerprint = app.config_fingerprint();
+                    let active = self.active(&id);
+                    let ready_new = active.iter().filter(|i| i.fingerprint == fingerprint && self.ready(i)).count();
+                    let others = active.len() - active.iter().filter(|i| i.fingerprint == fingerprint).count();
+                    let extra = active.len().saturating_sub(app.instances as usize);
+                    (ready_new == app.instances as usize && others == 0 && extra == 0, (ready_new, others + extra))
+                }
+            };
+            let Some(d) = self.deployments.get_mut(&id) else { continue };
+            if done {
+                let d = self.deployments.remove(&id).expect("present");
+                info!(deployment = %d.id, app_id = %id, seconds = d.started.elapsed().as_secs_f64(), "deployment finished");
+                self.events.publish(
+                    "deployment_success",
+                    serde_json::json!({ "id": d.id, "plan": { "id": d.id, "version": d.version } }),
+                );
+                continue;
+            }
+            if progress != d.progress {
+                d.progress = progress;
+                d.progressed = Instant::now();
+                continue;
+            }
+            if d.progressed.elapsed() < self.deployment_timeout {
+                continue;
+            }
+            let d = self.deployments.remove(&id).expect("present");
+            let waiting = self
+                .waiting
+                .get(id.as_str())
+                .map(|w| w.declined.keys().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            let failure = self
+                .failures
+                .get(id.as_str())
+                .map(|f| format!("; last task failure: {} ({})", f.state, f.message))
+                .unwrap_or_default();
+            let reason = format!(
+                "no progress for {}s: {} of {} instances ready{}{failure}",
+                self.deployment_timeout.as_secs(),
+                progress.0,
+                self.apps.get(&id).map_or(0, |a| a.instances),
+                if waiting.is_empty() { String::new() } else { format!("; offers turned down for {waiting}") },
+            );
+            warn!(deployment = %d.id, app_id = %id, %reason, "deployment failed");
+            self.events.publish("deployment_failed", serde_json::json!({ "id": d.id, "appId": id, "reason": reason }));
+            if d.rollback_on_failure {
+                self.roll_back(&id, d.previous).await;
+            }
+        }
+    }
+
+    /// Restores an app's previous definition (or removes an app that was new) as a new deployment.
+    async fn roll_back(&mut self, id: &AppId, previous: Option<AppDefinition>) {
+        match previous {
+            Some(mut app) => {
+                app.version = Some(timestamp(keel_core::store::now_millis()));
+                if let Err(e) = self.store.put(id, &app).await {
+                    warn!(app_id = %id, error = %e, "cannot store the rolled-back app");
+                    return;
+                }
+                info!(app_id = %id, "rolling back to the previous definition");
+                let now = Instant::now();
+                self.apps.insert(id.clone(), app.clone());
+                self.deployments.insert(
+                    id.clone(),
+                    Deployment {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        app_id: id.clone(),
+                        version: app.version.clone().unwrap_or_default(),
+                        action: "RestartApplication",
+                        previous: None,
+                        rollback_on_failure: false,
+                        started: now,
+                        progressed: now,
+                        progress: (0, usize::MAX),
+                    },
+                );
+            }
+            None => {
+                info!(app_id = %id, "rolling back a new app: removing it");
+                let _ = self.store.delete(id).await;
+                self.apps.remove(id);
             }
         }
     }
@@ -725,6 +976,9 @@ impl Marathon {
         if status.state.is_terminal() {
             let inst = inst.clone();
             self.ended(inst, status.state, status.message).await;
+        } else {
+            // A task becoming ready may be what a deployment waits for.
+            self.check_deployments().await;
         }
     }
 
