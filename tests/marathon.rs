@@ -215,6 +215,13 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
     let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
     assert!(q["queue"].as_array().unwrap().is_empty(), "{q}");
 
+    // requirePorts: the task gets exactly the host port the app names.
+    let fixed_port = json!({"id": "/fixed", "cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "requirePorts": true,
+                            "portDefinitions": [{"port": 31050}]});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(fixed_port)).await.0, 201);
+    marathon.running("/fixed", 1).await;
+    assert_eq!(marathon.app("/fixed").await["tasks"][0]["ports"], json!([31050]));
+
     // A task that fails its health checks is killed by its agent and replaced.
     let flaky = json!({
         "id": "/flaky", "cmd": "touch healthy; sleep 2; rm healthy; exec sleep 300", "cpus": 0.1, "mem": 16,
@@ -318,4 +325,64 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
     assert_eq!(marathon.app("/svc").await["cpus"], 0.1);
     let (status, body) = marathon.send(Method::DELETE, "/v2/deployments/nope", None).await;
     assert_eq!((status, body["message"].as_str()), (404, Some("DeploymentPlan nope does not exist")));
+}
+
+#[tokio::test]
+async fn tasks_of_a_lost_agent_move_to_another() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "2s").await;
+    let mut doomed = Agent::start_with(
+        &master,
+        &dir.path().join("a1"),
+        "cpus:2;mem:512;ports:[31000-31010]",
+        &["--hostname", "host-a"],
+    )
+    .await;
+    let _survivor = Agent::start_with(
+        &master,
+        &dir.path().join("a2"),
+        "cpus:2;mem:512;ports:[31100-31110]",
+        &["--hostname", "host-b"],
+    )
+    .await;
+    let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
+    let app = json!({"id": "/spread", "cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 2,
+                     "constraints": [["hostname", "UNIQUE"]],
+                     "unreachableStrategy": {"inactiveAfterSeconds": 1, "expungeAfterSeconds": 600}});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(app)).await.0, 201);
+    marathon.running("/spread", 2).await;
+    let hosts = |app: &Value| -> Vec<String> {
+        let mut h: Vec<String> =
+            app["tasks"].as_array().unwrap().iter().map(|t| t["host"].as_str().unwrap().to_owned()).collect();
+        h.sort();
+        h
+    };
+    assert_eq!(hosts(&marathon.app("/spread").await), vec!["host-a", "host-b"], "UNIQUE spreads them");
+
+    // With host-a gone, UNIQUE cannot place the replacement: the app waits, and says so.
+    doomed.proc.kill();
+    let entry = wait_for("the replacement to wait on the constraint", LONG, || async {
+        let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
+        let e = q["queue"].as_array()?.iter().find(|e| e["app"]["id"] == "/spread")?.clone();
+        e["processedOffersSummary"]["rejectSummaryLastOffers"]
+            .as_array()?
+            .iter()
+            .any(|r| r["reason"] == "UnfulfilledConstraint")
+            .then_some(e)
+    })
+    .await;
+    assert_eq!(entry["count"], 1);
+
+    // Without the constraint, the lost task moves to host-b.
+    let moved = json!({"cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 2,
+                       "unreachableStrategy": {"inactiveAfterSeconds": 1, "expungeAfterSeconds": 600}});
+    assert_eq!(marathon.send(Method::PUT, "/v2/apps/spread?force=true", Some(moved)).await.0, 200);
+    wait_for("two tasks running on host-b", LONG, || async {
+        let app = marathon.app("/spread").await;
+        let running: Vec<&Value> = app["tasks"].as_array()?.iter().filter(|t| t["state"] == "TASK_RUNNING").collect();
+        (running.len() == 2 && running.iter().all(|t| t["host"] == "host-b")).then_some(())
+    })
+    .await;
 }

@@ -65,7 +65,9 @@ pub struct Api {
 /// Marathon's `/v2` routes (apps, tasks, queue delay, info) and `/ping`.
 pub fn router(api: Api) -> Router {
     Router::new()
-        .route("/v2/apps", get(list).post(create))
+        .route("/v2/apps", get(list).post(create).put(replace_many).patch(patch_many))
+        .route("/v2/groups", get(groups).post(create_group))
+        .route("/v2/groups/{*rest}", get(groups_at).delete(delete_group))
         .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove))
         .route("/v2/tasks", get(all_tasks))
         .route("/v2/tasks/delete", post(delete_tasks))
@@ -296,6 +298,43 @@ fn app_target(rest: &str) -> Result<AppId, ApiError> {
     }
 }
 
+/// Stores a new definition of `id` (replacing it, or with `partial` merging the fields given into the
+/// current one) and starts its deployment. Returns whether the app existed, its new version and the
+/// deployment id.
+async fn apply(
+    api: &Api,
+    id: &AppId,
+    mut raw: Value,
+    partial: bool,
+    force: bool,
+) -> Result<(bool, AppDefinition, String), ApiError> {
+    check_locked(api, id, force).await?;
+    let current = api.apps.get(id).await?;
+    if partial {
+        let Value::Object(changes) = raw else {
+            return Err(ApiError::invalid(vec![Violation {
+                path: "/".into(),
+                errors: vec!["expected a JSON object".into()],
+            }]));
+        };
+        let current = current.clone().ok_or_else(|| ApiError::no_app(id))?;
+        let mut merged = serde_json::to_value(current).unwrap_or_default();
+        if let Some(obj) = merged.as_object_mut() {
+            obj.extend(changes);
+        }
+        raw = merged;
+    }
+    if let Some(obj) = raw.as_object_mut() {
+        obj.insert("id".into(), Value::String(id.to_string()));
+    }
+    let app = prepare(parse_body(raw.to_string().as_bytes())?, id)?;
+    api.apps.put(id, &app).await?;
+    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
+    api.marathon.publish("api_post_event", json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
+    tracing::info!(app_id = %id, version = ?app.version, existed = current.is_some(), "app definition changed");
+    Ok((current.is_some(), app, deployment))
+}
+
 /// `PUT /v2/apps/{id}`: creates the app (201) or replaces its definition with a new version (200).
 async fn replace(
     State(api): State<Api>,
@@ -303,19 +342,9 @@ async fn replace(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let apps = &api.apps;
     let id = app_target(&rest)?;
-    check_locked(&api, &id, flag(&pairs(q.as_deref()), "force")?).await?;
-    let mut raw: Value = parse_body(&body)?;
-    if let Some(obj) = raw.as_object_mut() {
-        obj.insert("id".into(), Value::String(id.to_string()));
-    }
-    let app = prepare(parse_body(raw.to_string().as_bytes())?, &id)?;
-    let existed = apps.get(&id).await?.is_some();
-    apps.put(&id, &app).await?;
-    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
-    api.marathon.publish("api_post_event", json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
-    tracing::info!(app_id = %id, version = ?app.version, existed, "app definition replaced");
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let (existed, app, deployment) = apply(&api, &id, parse_body(&body)?, false, force).await?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({ "version": app.version, "deploymentId": deployment }))).into_response())
 }
@@ -327,27 +356,139 @@ async fn patch(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let apps = &api.apps;
     let id = app_target(&rest)?;
-    check_locked(&api, &id, flag(&pairs(q.as_deref()), "force")?).await?;
-    let changes: Value = parse_body(&body)?;
-    let Value::Object(changes) = changes else {
-        return Err(ApiError::invalid(vec![Violation {
-            path: "/".into(),
-            errors: vec!["expected a JSON object".into()],
-        }]));
-    };
-    let current = apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-    let mut merged = serde_json::to_value(current).unwrap_or_default();
-    if let Some(obj) = merged.as_object_mut() {
-        for (k, v) in changes {
-            obj.insert(k, v);
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let (_, app, deployment) = apply(&api, &id, parse_body(&body)?, true, force).await?;
+    Ok(Json(json!({ "version": app.version, "deploymentId": deployment })))
+}
+
+/// `PUT` or `PATCH /v2/apps` with a list: every app in it, each by its own `id`. All are validated before
+/// any is stored.
+async fn change_many(api: Api, q: Option<String>, body: Bytes, partial: bool) -> Result<Json<Value>, ApiError> {
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let list: Vec<Value> = parse_body(&body)?;
+    let mut targets = Vec::new();
+    for (i, raw) in list.into_iter().enumerate() {
+        let id = raw.get("id").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::invalid(vec![Violation {
+                path: format!("({i})/id"),
+                errors: vec!["every app in the list needs an id".into()],
+            }])
+        })?;
+        targets.push((parse_id(id)?, raw));
+    }
+    for (id, _) in &targets {
+        check_locked(&api, id, force).await?;
+    }
+    let mut version = None;
+    let mut deployments = Vec::new();
+    for (id, raw) in targets {
+        let (_, app, deployment) = apply(&api, &id, raw, partial, true).await?;
+        version = app.version;
+        deployments.push(deployment);
+    }
+    Ok(Json(json!({ "version": version, "deploymentId": deployments.first() })))
+}
+
+async fn replace_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
+    change_many(api, q, body, false).await
+}
+
+async fn patch_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
+    change_many(api, q, body, true).await
+}
+
+/// A group as Marathon shows it: its apps, and its subgroups, built from the apps' path ids.
+fn group_tree(id: &str, apps: &[AppDefinition], snapshot: &Snapshot) -> Value {
+    let prefix = if id == "/" { "/".to_owned() } else { format!("{id}/") };
+    let mut direct = Vec::new();
+    let mut children: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for app in apps.iter().filter(|a| a.id.starts_with(&prefix)) {
+        match app.id[prefix.len()..].split_once('/') {
+            None => direct.push(enrich(app, snapshot, false)),
+            Some((child, _)) => {
+                children.insert(format!("{prefix}{child}"));
+            }
         }
     }
-    let app = prepare(parse_body(merged.to_string().as_bytes())?, &id)?;
-    apps.put(&id, &app).await?;
-    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
-    Ok(Json(json!({ "version": app.version, "deploymentId": deployment })))
+    let groups: Vec<Value> = children.iter().map(|c| group_tree(c, apps, snapshot)).collect();
+    json!({ "id": id, "apps": direct, "groups": groups, "dependencies": [], "version": now() })
+}
+
+async fn groups(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let apps = api.apps.list().await?;
+    Ok(Json(group_tree("/", &apps, &api.marathon.snapshot().await)))
+}
+
+async fn groups_at(State(api): State<Api>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&rest)?;
+    let apps = api.apps.list().await?;
+    if !apps.iter().any(|a| AppId::parse(&a.id).is_ok_and(|a| a.is_in(id.as_str()))) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Group '{id}' does not exist")));
+    }
+    Ok(Json(group_tree(id.as_str(), &apps, &api.marathon.snapshot().await)))
+}
+
+#[derive(Deserialize)]
+struct GroupBody {
+    id: String,
+    #[serde(default)]
+    apps: Vec<Value>,
+}
+
+/// `POST /v2/groups`: creates the group's apps (ids relative to the group are made absolute).
+async fn create_group(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
+    let group: GroupBody = parse_body(&body)?;
+    let gid = parse_id(&group.id)?;
+    let mut created = Vec::new();
+    for raw in group.apps {
+        let rel = raw.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let id = if rel.starts_with('/') { parse_id(&rel)? } else { parse_id(&format!("{gid}/{rel}"))? };
+        if api.apps.get(&id).await?.is_some() {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("An app with id [{id}] already exists.")));
+        }
+        created.push((id, raw));
+    }
+    let mut deployment = None;
+    let mut version = None;
+    for (id, raw) in created {
+        let (_, app, d) = apply(&api, &id, raw, false, false).await?;
+        deployment.get_or_insert(d);
+        version = app.version;
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "version": version, "deploymentId": deployment }))).into_response())
+}
+
+/// `DELETE /v2/groups/{id}`: deletes every app in the group.
+async fn delete_group(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let gid = parse_id(&rest)?;
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let ids: Vec<AppId> = api
+        .apps
+        .list()
+        .await?
+        .iter()
+        .filter_map(|a| AppId::parse(&a.id).ok())
+        .filter(|a| a.is_in(gid.as_str()))
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Group '{gid}' does not exist")));
+    }
+    for id in &ids {
+        check_locked(&api, id, force).await?;
+    }
+    let mut deployment = None;
+    for id in ids {
+        api.apps.delete(&id).await?;
+        let d = api.marathon.app_changed(id.clone(), None).await;
+        deployment.get_or_insert(d);
+        api.marathon.publish("app_terminated_event", json!({ "appId": id }));
+    }
+    Ok(Json(json!({ "version": now(), "deploymentId": deployment })))
 }
 
 async fn remove(
@@ -634,11 +775,15 @@ mod tests {
         let (status, _, v1) = call(&r, "PUT", "/v2/apps/svc", r#"{"cmd": "sleep 1", "instances": 1}"#).await;
         assert_eq!(status, StatusCode::CREATED);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let (status, _, v2) = call(&r, "PUT", "/v2/apps/svc", r#"{"cmd": "sleep 2", "instances": 1}"#).await;
+        // No master runs here, so the first deployment never ends: changes need force.
+        let (status, _, locked) = call(&r, "PUT", "/v2/apps/svc", r#"{"cmd": "sleep 2", "instances": 1}"#).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{locked}");
+        assert!(locked["deployments"][0]["id"].is_string());
+        let (status, _, v2) = call(&r, "PUT", "/v2/apps/svc?force=true", r#"{"cmd": "sleep 2", "instances": 1}"#).await;
         assert_eq!(status, StatusCode::OK);
         assert_ne!(v1["version"], v2["version"]);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let (status, _, _) = call(&r, "PATCH", "/v2/apps/svc", r#"{"instances": 3}"#).await;
+        let (status, _, _) = call(&r, "PATCH", "/v2/apps/svc?force=true", r#"{"instances": 3}"#).await;
         assert_eq!(status, StatusCode::OK);
         let (_, _, body) = call(&r, "GET", "/v2/apps/svc", "").await;
         assert_eq!((body["app"]["instances"].as_u64(), body["app"]["cmd"].as_str()), (Some(3), Some("sleep 2")));
@@ -651,11 +796,54 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(old["cmd"], "sleep 1");
 
-        let (status, _, _) = call(&r, "PATCH", "/v2/apps/svc", r#"{"backoffFactor": 0.1}"#).await;
+        let (status, _, _) = call(&r, "PATCH", "/v2/apps/svc?force=true", r#"{"backoffFactor": 0.1}"#).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "an invalid patch is refused and stores nothing");
-        let (status, _, _) = call(&r, "DELETE", "/v2/apps/svc", "").await;
+        let (status, _, _) = call(&r, "DELETE", "/v2/apps/svc?force=true", "").await;
         assert_eq!(status, StatusCode::OK);
         let (status, _, _) = call(&r, "GET", "/v2/apps/svc/versions", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn lists_of_apps_and_groups() {
+        let (r, _dir) = app_router().await;
+        let (status, _, body) = call(
+            &r,
+            "PUT",
+            "/v2/apps",
+            r#"[{"id": "/prod/web", "cmd": "a"}, {"id": "/prod/db/main", "cmd": "b"}, {"id": "/dev", "cmd": "c"}]"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _, body) =
+            call(&r, "PATCH", "/v2/apps?force=true", r#"[{"id": "/prod/web", "instances": 4}]"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, _, web) = call(&r, "GET", "/v2/apps/prod/web", "").await;
+        assert_eq!((web["app"]["instances"].as_u64(), web["app"]["cmd"].as_str()), (Some(4), Some("a")));
+        let (status, _, body) = call(&r, "PUT", "/v2/apps", r#"[{"cmd": "no id"}]"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+        let (_, _, root) = call(&r, "GET", "/v2/groups", "").await;
+        assert_eq!(root["apps"][0]["id"], "/dev");
+        assert_eq!(root["groups"][0]["id"], "/prod");
+        assert_eq!(root["groups"][0]["apps"][0]["id"], "/prod/web");
+        assert_eq!(root["groups"][0]["groups"][0]["id"], "/prod/db");
+        let (status, _, _) = call(&r, "GET", "/v2/groups/nope", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let (status, _, body) =
+            call(&r, "POST", "/v2/groups", r#"{"id": "/team", "apps": [{"id": "api", "cmd": "x"}]}"#).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, _, _) = call(&r, "GET", "/v2/apps/team/api", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) = call(&r, "DELETE", "/v2/groups/prod?force=true", "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, _, all) = call(&r, "GET", "/v2/apps", "").await;
+        let ids: Vec<&str> = all["apps"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec!["/dev", "/team/api"]);
+        let (status, _, _) = call(&r, "GET", "/v2/apps?embed=apps.tasks&embed=apps.counts", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) = call(&r, "DELETE", "/v2/apps/dev?force=maybe", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     }
 }

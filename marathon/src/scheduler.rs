@@ -822,7 +822,17 @@ impl Marathon {
             return Err("InsufficientDisk".into());
         }
         let docker = app.container.as_ref().and_then(|c| c.docker.as_ref());
-        let ports: Vec<u16> = left.ports.iter().take(app.port_count()).collect();
+        let ports: Vec<u16> = if app.require_ports {
+            // The app names its host ports: only those will do.
+            let wanted: Vec<u16> =
+                app.port_definitions.iter().flatten().filter_map(|p| u16::try_from(p.port).ok()).collect();
+            if wanted.iter().any(|p| *p == 0 || !left.ports.contains_port(*p)) {
+                return Err("InsufficientPorts".into());
+            }
+            wanted
+        } else {
+            left.ports.iter().take(app.port_count()).collect()
+        };
         if ports.len() < app.port_count() {
             return Err("InsufficientPorts".into());
         }
