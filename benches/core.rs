@@ -9,12 +9,11 @@
 //!
 //! `KEEL_BENCH_QUICK=1` shrinks every run, for a smoke test.
 
+mod support;
+
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_core::agent::{self, AgentConfig, memory::MemoryContainerizer};
 use keel_core::allocator::Allocator;
 use keel_core::api::{Call, Event, Filters, FrameworkInfo};
 use keel_core::ids::{AgentId, FrameworkId, TaskId};
@@ -57,70 +56,6 @@ fn allocation_cycle() -> (Duration, Duration, usize) {
     }
     times.sort();
     (percentile(&times, 0.5), percentile(&times, 1.0), offered)
-}
-
-struct MasterProcess {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl MasterProcess {
-    fn start() -> MasterProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", dir.path().to_str().unwrap()])
-            .args(["--agent-timeout", "60s", "--offer-timeout", "0"])
-            .env("KEEL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn keel master");
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        MasterProcess { child, url, _dir: dir }
-    }
-
-    fn rss_mb(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let kb: f64 = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0.0);
-        kb / 1024.0
-    }
-}
-
-impl Drop for MasterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `n` simulated agents against `url`.
-fn start_agents(
-    url: &str,
-    n: usize,
-    resources: &str,
-    run_for: Option<Duration>,
-    shutdown: &CancellationToken,
-) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let containerizer = Arc::new(MemoryContainerizer::new(run_for));
-    for i in 0..n {
-        let mut config = AgentConfig::new(url, dir.path().join(format!("agent-{i}")), resources.parse().unwrap());
-        config.hostname = format!("sim-{i}");
-        config.checkpoint = false;
-        tokio::spawn(agent::run(config, containerizer.clone(), shutdown.clone()));
-    }
-    dir
 }
 
 fn tiny_task(n: usize, resources: &Resources) -> TaskSpec {
@@ -189,10 +124,10 @@ async fn launch_all(url: &str, total: usize, task_resources: &str, done_state: T
 
 async fn throughput() -> (usize, Duration) {
     let total = if quick() { 5_000 } else { 100_000 };
-    let master = MasterProcess::start();
+    let master = support::MasterProcess::start();
     let shutdown = CancellationToken::new();
     // Sized so that 640 tasks fill an agent exactly: no leftover offer has to be declined.
-    let _dirs = start_agents(&master.url, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
+    let _dirs = support::start_agents(&master.url, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let elapsed = launch_all(&master.url, total, "cpus:0.1;mem:32", TaskState::Finished).await;
     shutdown.cancel();
@@ -201,10 +136,10 @@ async fn throughput() -> (usize, Duration) {
 
 async fn memory() -> (usize, f64, f64, Duration) {
     let total = if quick() { 10_000 } else { 100_000 };
-    let master = MasterProcess::start();
+    let master = support::MasterProcess::start();
     let shutdown = CancellationToken::new();
     // 1,000 tasks fit on each agent, so no agent's connection has to queue more than that at once.
-    let _dirs = start_agents(&master.url, total / 1000, "cpus:10;mem:1000;disk:0", None, &shutdown);
+    let _dirs = support::start_agents(&master.url, total / 1000, "cpus:10;mem:1000;disk:0", None, &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = master.rss_mb();
     let elapsed = launch_all(&master.url, total, "cpus:0.01;mem:1", TaskState::Running).await;

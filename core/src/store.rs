@@ -127,6 +127,16 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(std::time::Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // With WAL, NORMAL syncs at checkpoints rather than every commit: a crash of Keel
+                        // loses nothing, a power cut may lose the last commits. Production runs PostgreSQL.
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { url: redact(&url), source })?;

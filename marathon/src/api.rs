@@ -140,13 +140,12 @@ async fn check_locked(api: &Api, id: &AppId, force: bool) -> Result<(), ApiError
     if force {
         return Ok(());
     }
-    let snapshot = api.marathon.snapshot().await;
-    if let Some(d) = snapshot.deployments.iter().find(|d| &d.app_id == id) {
+    if let Some(d) = api.marathon.deployment_of(id.clone()).await {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             body: json!({
-                "message": format!("App is locked by one or more deployments. Override with the option '?force=true'. View details at '/v2/deployments/{}'.", d.id),
-                "deployments": [{ "id": d.id }],
+                "message": format!("App is locked by one or more deployments. Override with the option '?force=true'. View details at '/v2/deployments/{d}'."),
+                "deployments": [{ "id": d }],
             }),
         });
     }

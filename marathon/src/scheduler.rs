@@ -110,6 +110,7 @@ enum Command {
         reply: oneshot::Sender<Vec<Instance>>,
     },
     ResetDelay(AppId),
+    DeploymentOf(AppId, oneshot::Sender<Option<String>>),
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
@@ -157,6 +158,13 @@ impl MarathonHandle {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// The id of the deployment changing `id`, if one is.
+    pub async fn deployment_of(&self, id: AppId) -> Option<String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::DeploymentOf(id, reply)).await.ok()?;
+        rx.await.ok().flatten()
     }
 
     pub async fn reset_delay(&self, id: AppId) {
@@ -236,6 +244,10 @@ struct Marathon {
     events: MarathonHandle,
     deployments: BTreeMap<AppId, Deployment>,
     deployment_timeout: Duration,
+    /// Task ids by app id, so that per-app questions do not scan every instance.
+    by_app: HashMap<String, HashSet<String>>,
+    /// Each app's configuration fingerprint, computed once per change (it serializes the app).
+    fingerprints: HashMap<AppId, String>,
 }
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
@@ -298,7 +310,14 @@ pub async fn start_with(
     info!(apps = apps.len(), instances = instances.len(), "services framework starting");
     let (tx, rx) = mpsc::channel(1024);
     let handle = MarathonHandle { tx, events: tokio::sync::broadcast::channel(EVENT_BUFFER).0 };
+    let mut by_app: HashMap<String, HashSet<String>> = HashMap::new();
+    for inst in instances.values() {
+        by_app.entry(inst.app_id.clone()).or_default().insert(inst.id.clone());
+    }
+    let fingerprints = apps.iter().map(|(id, a)| (id.clone(), a.config_fingerprint())).collect();
     let m = Marathon {
+        fingerprints,
+        by_app,
         events: handle.clone(),
         deployments: BTreeMap::new(),
         deployment_timeout,
@@ -377,6 +396,7 @@ impl Marathon {
     async fn command(&mut self, c: Command) {
         match c {
             Command::AppChanged(id, app, reply) => {
+                let changed = id.clone();
                 let previous = self.apps.get(&id).cloned();
                 let action = match (&previous, &app) {
                     (None, _) => "StartApplication",
@@ -399,10 +419,10 @@ impl Marathon {
                         if action != "ScaleApplication" {
                             self.backoff.remove(&id);
                         }
-                        self.apps.insert(id.clone(), *app);
+                        self.set_app(id.clone(), *app);
                     }
                     None => {
-                        self.apps.remove(&id);
+                        self.remove_app(&id);
                         self.backoff.remove(&id);
                     }
                 }
@@ -421,7 +441,8 @@ impl Marathon {
                 let _ = reply.send(deployment.id.clone());
                 info!(app_id = %id, deployment = %deployment.id, action, "deployment started");
                 self.deployments.insert(id, deployment);
-                self.converge().await;
+                // Only this app changed: the once-a-second pass looks at the others.
+                self.converge_app(&changed).await;
             }
             Command::CancelDeployment { id, force, reply } => {
                 let Some(app_id) = self.deployments.iter().find(|(_, d)| d.id == id).map(|(a, _)| a.clone()) else {
@@ -455,6 +476,9 @@ impl Marathon {
                 }
                 let _ = reply.send(found);
             }
+            Command::DeploymentOf(id, reply) => {
+                let _ = reply.send(self.deployments.get(&id).map(|d| d.id.clone()));
+            }
             Command::ResetDelay(id) => {
                 self.backoff.remove(&id);
                 self.converge().await;
@@ -482,6 +506,41 @@ impl Marathon {
         }
     }
 
+    fn set_app(&mut self, id: AppId, app: AppDefinition) {
+        self.fingerprints.insert(id.clone(), app.config_fingerprint());
+        self.apps.insert(id, app);
+    }
+
+    fn remove_app(&mut self, id: &AppId) {
+        self.fingerprints.remove(id);
+        self.apps.remove(id);
+    }
+
+    fn fingerprint(&self, id: &AppId) -> &str {
+        self.fingerprints.get(id).map_or("", String::as_str)
+    }
+
+    fn add_instance(&mut self, inst: Instance) {
+        self.by_app.entry(inst.app_id.clone()).or_default().insert(inst.id.clone());
+        self.instances.insert(inst.id.clone(), inst);
+    }
+
+    fn drop_instance(&mut self, id: &str) -> Option<Instance> {
+        let inst = self.instances.remove(id)?;
+        if let Some(ids) = self.by_app.get_mut(&inst.app_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_app.remove(&inst.app_id);
+            }
+        }
+        Some(inst)
+    }
+
+    /// Every instance of an app, terminal or not.
+    fn of_app<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.by_app.get(id).into_iter().flatten().filter_map(|t| self.instances.get(t))
+    }
+
     async fn kill(&mut self, inst: &Instance) {
         let Ok(task_id) = TaskId::parse(&inst.id) else { return };
         self.killing.insert(inst.id.clone());
@@ -493,9 +552,8 @@ impl Marathon {
     /// past the app's `inactiveAfterSeconds`.
     fn active(&self, id: &AppId) -> Vec<&Instance> {
         let app = self.apps.get(id);
-        self.instances
-            .values()
-            .filter(|i| i.app_id == id.as_str() && !self.killing.contains(&i.id) && !i.state.is_terminal())
+        self.of_app(id.as_str())
+            .filter(|i| !self.killing.contains(&i.id) && !i.state.is_terminal())
             .filter(|i| {
                 let inactive_after =
                     Duration::from_secs(app.map_or(300, |a| a.unreachable_strategy.inactive_after_seconds));
@@ -532,7 +590,7 @@ impl Marathon {
     /// running (Marathon's rolling upgrade).
     fn plan(&self, id: &AppId) -> Plan {
         let Some(app) = self.apps.get(id) else { return Plan::default() };
-        let fingerprint = app.config_fingerprint();
+        let fingerprint = self.fingerprint(id);
         let (new, old): (Vec<&Instance>, Vec<&Instance>) =
             self.active(id).into_iter().partition(|i| i.fingerprint == fingerprint);
         let n = app.instances as usize;
@@ -589,7 +647,7 @@ impl Marathon {
         }
         for id in expunge {
             info!(task_id = %id, "expunging unreachable task");
-            if let Some(inst) = self.instances.remove(&id) {
+            if let Some(inst) = self.drop_instance(&id) {
                 self.kill(&inst).await;
                 let _ = self.store.delete_instance(&id).await;
             }
@@ -610,7 +668,7 @@ impl Marathon {
             self.suppressed = true;
             self.call(Call::Suppress).await;
         }
-        self.check_deployments().await;
+        self.check_deployments(None).await;
         // What is waited on no more needs no explanation.
         let waiting: Vec<String> = self.waiting.keys().cloned().collect();
         for id in waiting {
@@ -621,18 +679,42 @@ impl Marathon {
         }
     }
 
+    /// [`Marathon::converge`] for one app that just changed, without a pass over every app.
+    async fn converge_app(&mut self, id: &AppId) {
+        let mut to_kill = self.plan(id).kill;
+        if !self.apps.contains_key(id) {
+            to_kill.extend(
+                self.of_app(id.as_str()).filter(|i| !i.state.is_terminal() && !self.killing.contains(&i.id)).cloned(),
+            );
+        }
+        for inst in to_kill {
+            self.kill(&inst).await;
+        }
+        let wanted = self.backoff.get(id).is_none_or(|b| Instant::now() >= b.until) && self.plan(id).launch > 0;
+        if wanted && (self.suppressed || self.declined) {
+            self.suppressed = false;
+            self.declined = false;
+            self.call(Call::Revive).await;
+        }
+        self.check_deployments(Some(id)).await;
+    }
+
     /// Finishes deployments whose app has converged, and fails (and, if asked, rolls back) those that made
     /// no progress within the deployment timeout.
-    async fn check_deployments(&mut self) {
-        let ids: Vec<AppId> = self.deployments.keys().cloned().collect();
+    async fn check_deployments(&mut self, only: Option<&AppId>) {
+        let ids: Vec<AppId> = match only {
+            Some(id) if self.deployments.contains_key(id) => vec![id.clone()],
+            Some(_) => return,
+            None => self.deployments.keys().cloned().collect(),
+        };
         for id in ids {
             let (done, progress) = match self.apps.get(&id) {
                 None => {
-                    let left = self.instances.values().filter(|i| i.app_id == id.as_str()).count();
+                    let left = self.of_app(id.as_str()).count();
                     (left == 0, (0, left))
                 }
                 Some(app) => {
-                    let fingerprint = app.config_fingerprint();
+                    let fingerprint = self.fingerprint(&id);
                     let active = self.active(&id);
                     let ready_new = active.iter().filter(|i| i.fingerprint == fingerprint && self.ready(i)).count();
                     let others = active.len() - active.iter().filter(|i| i.fingerprint == fingerprint).count();
@@ -695,7 +777,7 @@ impl Marathon {
                 }
                 info!(app_id = %id, "rolling back to the previous definition");
                 let now = Instant::now();
-                self.apps.insert(id.clone(), app.clone());
+                self.set_app(id.clone(), app.clone());
                 self.deployments.insert(
                     id.clone(),
                     Deployment {
@@ -714,7 +796,7 @@ impl Marathon {
             None => {
                 info!(app_id = %id, "rolling back a new app: removing it");
                 let _ = self.store.delete(id).await;
-                self.apps.remove(id);
+                self.remove_app(id);
             }
         }
     }
@@ -743,25 +825,22 @@ impl Marathon {
                                 ports: ports.clone(),
                                 staged_at: now,
                             });
-                            self.instances.insert(
-                                spec.id.to_string(),
-                                Instance {
-                                    id: spec.id.to_string(),
-                                    app_id: app_id.to_string(),
-                                    host: offer.hostname.clone(),
-                                    ports,
-                                    staged_at: timestamp(now),
-                                    started_at: None,
-                                    version: app.version.clone().unwrap_or_default(),
-                                    state: TaskState::Staging,
-                                    slave_id: offer.agent_id.to_string(),
-                                    healthy: None,
-                                    staged_millis: now,
-                                    fingerprint: app.config_fingerprint(),
-                                    unreachable_since: None,
-                                    attributes: offer.attributes.clone(),
-                                },
-                            );
+                            self.add_instance(Instance {
+                                id: spec.id.to_string(),
+                                app_id: app_id.to_string(),
+                                host: offer.hostname.clone(),
+                                ports,
+                                staged_at: timestamp(now),
+                                started_at: None,
+                                version: app.version.clone().unwrap_or_default(),
+                                state: TaskState::Staging,
+                                slave_id: offer.agent_id.to_string(),
+                                healthy: None,
+                                staged_millis: now,
+                                fingerprint: self.fingerprint(app_id).to_owned(),
+                                unreachable_since: None,
+                                attributes: offer.attributes.clone(),
+                            });
                             tasks.push(spec);
                             *need -= 1;
                         }
@@ -782,7 +861,7 @@ impl Marathon {
             if let Err(e) = self.store.put_instances(&records).await {
                 warn!(error = %e, "cannot record tasks; not launching them");
                 for r in &records {
-                    self.instances.remove(&r.task_id);
+                    self.drop_instance(&r.task_id);
                 }
                 decline.push(offer.id);
                 continue;
@@ -986,14 +1065,14 @@ impl Marathon {
         if status.state.is_terminal() {
             let inst = inst.clone();
             self.ended(inst, status.state, status.message).await;
-        } else {
-            // A task becoming ready may be what a deployment waits for.
-            self.check_deployments().await;
+        } else if let Ok(app_id) = AppId::parse(&inst_now.app_id) {
+            // A task becoming ready may be what its app's deployment waits for.
+            self.check_deployments(Some(&app_id)).await;
         }
     }
 
     async fn ended(&mut self, inst: Instance, state: TaskState, message: String) {
-        self.instances.remove(&inst.id);
+        self.drop_instance(&inst.id);
         let _ = self.store.delete_instance(&inst.id).await;
         let expected = self.killing.remove(&inst.id);
         let Ok(app_id) = AppId::parse(&inst.app_id) else { return };
