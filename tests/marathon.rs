@@ -315,6 +315,19 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
     })
     .await;
 
+    // A restart replaces every instance, keeping capacity like any upgrade.
+    let before: Vec<String> = marathon.app("/svc").await["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    let (status, body) = marathon.send(Method::POST, "/v2/apps/svc/restart", None).await;
+    assert_eq!(status, 200, "{body}");
+    marathon.settled().await;
+    let ids = marathon.running("/svc", 2).await;
+    assert!(ids.iter().all(|id| !before.contains(id)), "all replaced: {ids:?} {before:?}");
+
     // Cancelling a deployment without force rolls it back too.
     let mut big = v2.clone();
     big["cpus"] = json!(100);

@@ -14,7 +14,7 @@ use axum::extract::RawQuery;
 use axum::routing::{delete, post};
 use keel_core::task::TaskState;
 
-use crate::app::{AppDefinition, AppId, Violation};
+use crate::app::{AppDefinition, AppId, VersionInfo, Violation};
 use crate::scheduler::{Instance, MarathonHandle, Snapshot};
 use crate::store::{AppStore, AppStoreError, timestamp};
 
@@ -68,7 +68,7 @@ pub fn router(api: Api) -> Router {
         .route("/v2/apps", get(list).post(create).put(replace_many).patch(patch_many))
         .route("/v2/groups", get(groups).post(create_group))
         .route("/v2/groups/{*rest}", get(groups_at).delete(delete_group))
-        .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove))
+        .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove).post(restart))
         .route("/v2/tasks", get(all_tasks))
         .route("/v2/tasks/delete", post(delete_tasks))
         .route("/v2/queue", get(queue))
@@ -171,14 +171,23 @@ fn parse_id(raw: &str) -> Result<AppId, ApiError> {
     AppId::parse(raw).map_err(|e| ApiError::invalid(vec![Violation { path: "/id".into(), errors: vec![e] }]))
 }
 
-/// Validates and stamps a definition with a new version.
-fn prepare(mut app: AppDefinition, id: &AppId) -> Result<AppDefinition, ApiError> {
+/// Validates and stamps a definition with a new version, and with `versionInfo` carried over from
+/// `previous`: a change of scale alone keeps `lastConfigChangeAt`.
+fn prepare(mut app: AppDefinition, id: &AppId, previous: Option<&AppDefinition>) -> Result<AppDefinition, ApiError> {
     app.id = id.to_string();
     let problems = app.validate();
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    app.version = Some(now());
+    let version = now();
+    let config_changed_at = match previous {
+        Some(p) if p.same_config(&app) => {
+            p.version_info.as_ref().map_or_else(|| version.clone(), |i| i.last_config_change_at.clone())
+        }
+        _ => version.clone(),
+    };
+    app.version_info = Some(VersionInfo { last_scaling_at: version.clone(), last_config_change_at: config_changed_at });
+    app.version = Some(version);
     Ok(app)
 }
 
@@ -213,7 +222,7 @@ async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiErro
     let apps = &api.apps;
     let app: AppDefinition = parse_body(&body)?;
     let id = parse_id(&app.id)?;
-    let app = prepare(app, &id)?;
+    let app = prepare(app, &id, None)?;
     if apps.get(&id).await?.is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("An app with id [{id}] already exists.")));
     }
@@ -326,7 +335,7 @@ async fn apply(
     if let Some(obj) = raw.as_object_mut() {
         obj.insert("id".into(), Value::String(id.to_string()));
     }
-    let app = prepare(parse_body(raw.to_string().as_bytes())?, id)?;
+    let app = prepare(parse_body(raw.to_string().as_bytes())?, id, current.as_ref())?;
     api.apps.put(id, &app).await?;
     let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
     api.marathon.publish("api_post_event", json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
@@ -359,6 +368,29 @@ async fn patch(
     let force = flag(&pairs(q.as_deref()), "force")?;
     let (_, app, deployment) = apply(&api, &id, parse_body(&body)?, true, force).await?;
     Ok(Json(json!({ "version": app.version, "deploymentId": deployment })))
+}
+
+/// `POST /v2/apps/{id}/restart?force=`: replaces every instance (as a rolling upgrade) with the same
+/// definition, under a new version.
+async fn restart(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let id = rest
+        .trim_end_matches('/')
+        .strip_suffix("/restart")
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: POST /v2/apps/{rest}")))?;
+    let id = parse_id(id)?;
+    check_locked(&api, &id, flag(&pairs(q.as_deref()), "force")?).await?;
+    let mut app = api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
+    let version = now();
+    app.version = Some(version.clone());
+    app.version_info = Some(VersionInfo { last_scaling_at: version.clone(), last_config_change_at: version.clone() });
+    api.apps.put(&id, &app).await?;
+    let deployment = api.marathon.app_changed(id.clone(), Some(app)).await;
+    tracing::info!(app_id = %id, "app restart");
+    Ok(Json(json!({ "version": version, "deploymentId": deployment })))
 }
 
 /// `PUT` or `PATCH /v2/apps` with a list: every app in it, each by its own `id`. All are validated before
@@ -786,10 +818,22 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let (_, _, body) = call(&r, "GET", "/v2/apps/svc", "").await;
         assert_eq!((body["app"]["instances"].as_u64(), body["app"]["cmd"].as_str()), (Some(3), Some("sleep 2")));
+        let info = &body["app"]["versionInfo"];
+        assert_eq!(info["lastConfigChangeAt"], v2["version"], "scaling keeps the time of the last config change");
+        assert_eq!(info["lastScalingAt"], body["app"]["version"]);
+        let (status, _, restarted) = call(&r, "POST", "/v2/apps/svc/restart?force=true", "").await;
+        assert_eq!(status, StatusCode::OK, "{restarted}");
+        let (_, _, body) = call(&r, "GET", "/v2/apps/svc", "").await;
+        assert_eq!(
+            body["app"]["versionInfo"]["lastConfigChangeAt"], restarted["version"],
+            "a restart is a config change"
+        );
+        let (status, _, _) = call(&r, "POST", "/v2/apps/nope/restart", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
 
         let (_, _, versions) = call(&r, "GET", "/v2/apps/svc/versions", "").await;
         let versions = versions["versions"].as_array().unwrap().clone();
-        assert_eq!(versions.len(), 3);
+        assert_eq!(versions.len(), 4);
         let first = versions.last().unwrap().as_str().unwrap();
         let (status, _, old) = call(&r, "GET", &format!("/v2/apps/svc/versions/{first}"), "").await;
         assert_eq!(status, StatusCode::OK);

@@ -272,6 +272,16 @@ pub struct AppDefinition {
     /// Set by the server: when this version of the definition was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Set by the server: when the app was last scaled and last changed otherwise (or restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_info: Option<VersionInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub last_scaling_at: String,
+    pub last_config_change_at: String,
 }
 
 /// One field's problems, as in Marathon's 422 `details`.
@@ -403,7 +413,23 @@ impl AppDefinition {
         let mut bare = self.clone();
         bare.instances = 0;
         bare.version = None;
+        // A restart changes only lastConfigChangeAt, and must replace the instances too.
+        if let Some(info) = &mut bare.version_info {
+            info.last_scaling_at.clear();
+        }
         serde_json::to_string(&bare).unwrap_or_default()
+    }
+
+    /// Whether `other` differs from this definition in more than scale and server-set fields.
+    pub fn same_config(&self, other: &AppDefinition) -> bool {
+        let strip = |a: &AppDefinition| {
+            let mut a = a.clone();
+            a.instances = 0;
+            a.version = None;
+            a.version_info = None;
+            a
+        };
+        strip(self) == strip(other)
     }
 
     /// The app's parsed id; call after [`AppDefinition::validate`] found nothing.

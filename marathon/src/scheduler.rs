@@ -466,7 +466,11 @@ impl Marathon {
                         && let Some(app) = self.apps.get_mut(&app_id)
                     {
                         app.instances = app.instances.saturating_sub(1);
-                        app.version = Some(timestamp(keel_core::store::now_millis()));
+                        let version = timestamp(keel_core::store::now_millis());
+                        if let Some(info) = &mut app.version_info {
+                            info.last_scaling_at = version.clone();
+                        }
+                        app.version = Some(version);
                         if let Err(e) = self.store.put(&app_id, app).await {
                             warn!(error = %e, "cannot store the scaled app");
                         }
@@ -714,12 +718,22 @@ impl Marathon {
                     (left == 0, (0, left))
                 }
                 Some(app) => {
+                    // Done only when every live instance is of the new configuration, ready, and not being
+                    // killed: tasks still shutting down keep the deployment open.
                     let fingerprint = self.fingerprint(&id);
-                    let active = self.active(&id);
-                    let ready_new = active.iter().filter(|i| i.fingerprint == fingerprint && self.ready(i)).count();
-                    let others = active.len() - active.iter().filter(|i| i.fingerprint == fingerprint).count();
-                    let extra = active.len().saturating_sub(app.instances as usize);
-                    (ready_new == app.instances as usize && others == 0 && extra == 0, (ready_new, others + extra))
+                    let inactive_after = Duration::from_secs(app.unreachable_strategy.inactive_after_seconds);
+                    let live: Vec<&Instance> = self
+                        .of_app(id.as_str())
+                        .filter(|i| {
+                            !i.state.is_terminal() && i.unreachable_since.is_none_or(|s| s.elapsed() < inactive_after)
+                        })
+                        .collect();
+                    let ready_new = live
+                        .iter()
+                        .filter(|i| i.fingerprint == fingerprint && !self.killing.contains(&i.id) && self.ready(i))
+                        .count();
+                    let others = live.len() - ready_new;
+                    (ready_new == app.instances as usize && others == 0, (ready_new, others))
                 }
             };
             let Some(d) = self.deployments.get_mut(&id) else { continue };
