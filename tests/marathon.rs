@@ -399,3 +399,28 @@ async fn tasks_of_a_lost_agent_move_to_another() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_docker_app_on_agents_without_docker_waits_and_says_why() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let _agent =
+        Agent::start_with(&master, &dir.path().join("agent"), "cpus:2;mem:512;ports:[31000-31010]", &["--no-docker"])
+            .await;
+    let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
+    let app = json!({"id": "/boxed", "cpus": 0.1, "mem": 16, "container": {"type": "DOCKER", "docker": {"image": "keel-test/busybox"}}});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(app)).await.0, 201);
+    wait_for("the queue to say there is no Docker", LONG, || async {
+        let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
+        let e = q["queue"].as_array()?.iter().find(|e| e["app"]["id"] == "/boxed")?.clone();
+        e["processedOffersSummary"]["rejectSummaryLastOffers"]
+            .as_array()?
+            .iter()
+            .any(|r| r["reason"] == "NoDockerOnAgent")
+            .then_some(())
+    })
+    .await;
+    assert!(master.state().await["tasks"].as_array().unwrap().is_empty(), "nothing was launched where it cannot run");
+}

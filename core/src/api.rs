@@ -46,6 +46,8 @@ pub struct Offer {
     pub hostname: String,
     pub resources: Resources,
     pub attributes: Vec<(String, String)>,
+    /// Whether the agent can run Docker tasks.
+    pub docker: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

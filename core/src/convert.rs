@@ -526,6 +526,7 @@ impl From<&Offer> for proto::Offer {
             hostname: o.hostname.clone(),
             resources: Some((&o.resources).into()),
             attributes: attributes_to_proto(&o.attributes),
+            docker: o.docker,
         }
     }
 }
@@ -540,6 +541,7 @@ impl TryFrom<proto::Offer> for Offer {
             hostname: p.hostname,
             resources: p.resources.ok_or(ConvertError::Missing("offer resources"))?.try_into()?,
             attributes: attributes_from_proto(p.attributes),
+            docker: p.docker,
         })
     }
 }

@@ -915,6 +915,10 @@ impl Marathon {
             return Err("InsufficientDisk".into());
         }
         let docker = app.container.as_ref().and_then(|c| c.docker.as_ref());
+        if docker.is_some() && !offer.docker {
+            // Not one of Marathon's reasons: Keel agents may run without a Docker engine.
+            return Err("NoDockerOnAgent".into());
+        }
         let ports: Vec<u16> = if app.require_ports {
             // The app names its host ports: only those will do.
             let wanted: Vec<u16> =

@@ -1133,6 +1133,7 @@ impl Master {
                 hostname: agent.info.hostname.clone(),
                 resources: a.resources,
                 attributes: agent.info.attributes.clone(),
+                docker: agent.info.docker,
             };
             agent.offers.insert(offer.id.clone());
             if let Some(fw) = self.frameworks.get_mut(&a.framework_id) {
