@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use crate::ids::{AgentId, FrameworkId};
-use crate::resources::{Resources, Scalar};
+use crate::resources::Resources;
 
 /// Below these an agent's leftovers are not worth offering (Mesos's minimums).
 const MIN_CPUS_MILLI: i64 = 10;
@@ -371,11 +371,6 @@ impl Allocator {
         for f in self.frameworks.values_mut() {
             f.filters.retain(|_, until| now < *until);
         }
-    }
-
-    /// Total cpus, for tests and metrics.
-    pub fn total_cpus(&self) -> Scalar {
-        self.agents.values().map(|a| a.total.cpus).fold(Scalar::ZERO, |a, b| a + b)
     }
 }
 

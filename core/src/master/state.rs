@@ -1458,13 +1458,6 @@ pub struct AgentView {
     pub tasks: usize,
 }
 
-impl AgentView {
-    /// `recovering`, `active`, `disconnected` or `unreachable`.
-    pub fn status(&self) -> String {
-        serde_json::to_value(self.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-    }
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct FrameworkView {
     pub id: FrameworkId,
