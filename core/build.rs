@@ -6,5 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     tonic_prost_build::configure().compile_protos(&["proto/keel.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/keel.proto");
+    // The store embeds the migrations (`sqlx::migrate!`); a new one must rebuild it.
+    println!("cargo:rerun-if-changed=../migrations");
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -11,62 +11,23 @@ use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(30);
 
-struct Marathon {
-    child: Child,
-    url: String,
-    port: u16,
-    master: String,
-    db: String,
-    log: std::path::PathBuf,
+/// `keel marathon`, with the helpers these tests share.
+struct Marathon(FrameworkProc);
+
+impl std::ops::Deref for Marathon {
+    type Target = FrameworkProc;
+    fn deref(&self) -> &FrameworkProc {
+        &self.0
+    }
 }
 
 impl Marathon {
     async fn start(master: &Master, db: &str, log: std::path::PathBuf) -> Marathon {
-        Self::start_on(free_port(), &master.url(), db, log).await
-    }
-
-    async fn start_on(port: u16, master: &str, db: &str, log: std::path::PathBuf) -> Marathon {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(KEEL)
-            .args(["marathon", "--master", master, "--listen", &format!("127.0.0.1:{port}"), "--database-url", db])
-            .args(["--deployment-timeout", "4s"])
-            .env("KEEL_LOG", "info,keel_marathon=debug")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let m = Marathon {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            master: master.into(),
-            db: db.into(),
-            log,
-        };
-        wait_for("marathon to answer /ping", LONG, || async {
-            reqwest::get(format!("{}/ping", m.url)).await.ok().map(|_| ())
-        })
-        .await;
-        m
+        Marathon(FrameworkProc::start("marathon", master, db, &["--deployment-timeout", "4s"], log).await)
     }
 
     async fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let log = self.log.with_extension("2.log");
-        *self = Marathon::start_on(self.port, &self.master.clone(), &self.db.clone(), log).await;
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client.request(method, format!("{}{path}", self.url));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.0.restart_after(Duration::ZERO).await;
     }
 
     /// Waits until no deployment is in progress, as a careful client does before its next change.
@@ -98,16 +59,6 @@ impl Marathon {
     }
 }
 
-impl Drop for Marathon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- {} ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
-
 #[tokio::test]
 async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
     for backend in backends().await {
@@ -125,6 +76,11 @@ async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
         assert_eq!(app["tasksRunning"], 2);
         let port = app["tasks"][0]["ports"][0].as_u64().unwrap();
         assert!((31000..=31100).contains(&port));
+        // On its own port, the framework serves Marathon's /metrics.
+        let (status, metrics) = marathon.send(Method::GET, "/metrics", None).await;
+        assert_eq!(status, 200, "{metrics}");
+        assert_eq!(metrics["gauges"]["marathon.instances.running.gauge"]["value"], 2.0, "{metrics}");
+        assert_eq!(metrics["gauges"]["marathon.apps.active.gauge"]["value"], 1.0, "{metrics}");
 
         // A task that dies is replaced, and the failure is reported.
         let pid = task_pid(&agent, &tasks[0]).await;
@@ -169,6 +125,65 @@ async fn apps_are_deployed_scaled_healed_and_survive_a_framework_restart() {
     }
 }
 
+#[tokio::test]
+async fn wiped_tasks_are_expunged_at_once_and_are_no_failures() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:4;mem:1024;ports:[31000-31100]").await;
+    let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
+    // The tasks ignore SIGTERM, so a kill takes the grace period; a long backoff would show a failure.
+    let app = json!({"id": "/wipe", "cmd": "trap '' TERM; sleep 300", "cpus": 0.1, "mem": 16, "instances": 2,
+                     "taskKillGracePeriodSeconds": 5, "backoffSeconds": 600});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(app)).await.0, 201);
+    let tasks = marathon.running("/wipe", 2).await;
+    marathon.settled().await;
+
+    let (status, body) =
+        marathon.send(Method::DELETE, &format!("/v2/apps/wipe/tasks/{}?wipe=true", tasks[0]), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task"]["id"], tasks[0].as_str());
+    // Expunged at once, while the task itself is still in its grace period.
+    let app = marathon.app("/wipe").await;
+    assert!(app["tasks"].as_array().unwrap().iter().all(|t| t["id"] != tasks[0].as_str()), "{app:#}");
+    assert!(
+        master.state().await["tasks"].as_array().unwrap().iter().any(|t| t["id"] == tasks[0].as_str()),
+        "the wiped task is still shutting down"
+    );
+    // Replaced at once (no backoff), and no failure is recorded.
+    let replaced = marathon.running("/wipe", 2).await;
+    assert!(!replaced.contains(&tasks[0]), "{replaced:?}");
+    let app = marathon.app("/wipe").await;
+    assert!(app.get("lastTaskFailure").is_none(), "{app:#}");
+
+    // With scale=true the wiped instances are not replaced.
+    let (status, body) = marathon.send(Method::DELETE, "/v2/apps/wipe/tasks?wipe=True&scale=true", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 2);
+    let app = marathon.app("/wipe").await;
+    assert_eq!((app["instances"].as_u64(), app["tasks"].as_array().map(Vec::len)), (Some(0), Some(0)), "{app:#}");
+    wait_for("the wiped tasks to end", LONG, || async {
+        master.state().await["tasks"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    let app = marathon.app("/wipe").await;
+    assert!(app.get("lastTaskFailure").is_none() && app["tasks"] == json!([]), "{app:#}");
+}
+
+/// The complete events in a Server-Sent Events stream read so far: their type and data.
+fn sse_events(stream: &str) -> Vec<(String, Value)> {
+    let complete = stream.rsplit_once("\n\n").map_or("", |(done, _)| done);
+    complete
+        .split("\n\n")
+        .filter_map(|e| {
+            let kind = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = serde_json::from_str(e.lines().find_map(|l| l.strip_prefix("data: "))?).ok()?;
+            Some((kind.to_owned(), data))
+        })
+        .collect()
+}
+
 fn nix_kill(pid: i32) {
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
 }
@@ -182,7 +197,9 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
     let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:4;mem:1024;ports:[31000-31100]").await;
     let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
 
-    let mut events = reqwest::get(format!("{}/v2/events?event_type=status_update_event", marathon.url)).await.unwrap();
+    let wanted = ["status_update_event", "deployment_info", "deployment_step_success", "deployment_success"];
+    let query: Vec<String> = wanted.iter().map(|w| format!("event_type={w}")).collect();
+    let mut events = reqwest::get(format!("{}/v2/events?{}", marathon.url, query.join("&"))).await.unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
 
     // A constraint no agent meets: the app waits, and the queue says why.
@@ -196,22 +213,62 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
     })
     .await;
     assert_eq!(entry["count"], 1);
+    // An app that accepts only reserved resources waits too: Keel's agents offer unreserved ones.
+    let reserved =
+        json!({"id": "/reserved", "cmd": "sleep 300", "cpus": 0.1, "mem": 16, "acceptedResourceRoles": ["production"]});
+    assert_eq!(marathon.send(Method::POST, "/v2/apps", Some(reserved)).await.0, 201);
+    wait_for("the queue to name the role", LONG, || async {
+        let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
+        let entry = q["queue"].as_array()?.iter().find(|e| e["app"]["id"] == "/reserved")?.clone();
+        let reasons = entry["processedOffersSummary"]["rejectSummaryLastOffers"].as_array()?.clone();
+        reasons.iter().any(|r| r["reason"] == "UnfulfilledRole" && r["declined"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    assert_eq!(marathon.send(Method::DELETE, "/v2/apps/reserved?force=true", None).await.0, 200);
 
     // Dropping the constraint lets it run; the event stream reports it. (The stuck deployment is
     // overridden with force.)
     let fixed = json!({"cmd": "sleep 300", "cpus": 0.1, "mem": 16});
     assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck", Some(fixed.clone())).await.0, 409);
-    assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck?force=True", Some(fixed)).await.0, 200);
+    let (status, body) = marathon.send(Method::PUT, "/v2/apps/stuck?force=True", Some(fixed)).await;
+    assert_eq!(status, 200);
+    let deployment = body["deploymentId"].as_str().unwrap().to_owned();
     marathon.running("/stuck", 1).await;
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + LONG;
-    while !seen.contains("\"taskStatus\":\"TASK_RUNNING\"") {
-        let chunk =
-            tokio::time::timeout_at(deadline, events.chunk()).await.expect("no TASK_RUNNING event").unwrap().unwrap();
+    let finished = |seen: &str| {
+        let events = sse_events(seen);
+        events.iter().any(|(kind, e)| kind == "deployment_success" && e["id"] == deployment.as_str())
+            && events.iter().any(|(kind, e)| kind == "status_update_event" && e["taskStatus"] == "TASK_RUNNING")
+    };
+    while !finished(&seen) {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no TASK_RUNNING or deployment_success event in {seen}"))
+            .unwrap()
+            .unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(seen.contains("event: status_update_event"), "{seen}");
     assert!(!seen.contains("api_post_event"), "the event_type filter holds: {seen}");
+    // The deployment was announced when it started, its step reported done, then the deployment.
+    let events = sse_events(&seen);
+    let of_deployment = |kind: &str| -> Option<(usize, Value)> {
+        events
+            .iter()
+            .position(|(k, e)| k == kind && e["plan"]["id"] == deployment.as_str())
+            .map(|i| (i, events[i].1.clone()))
+    };
+    let (started, info) = of_deployment("deployment_info").expect("a deployment_info event");
+    let (stepped, step) = of_deployment("deployment_step_success").expect("a deployment_step_success event");
+    let (done, _) = of_deployment("deployment_success").expect("a deployment_success event");
+    assert!(started < stepped && stepped < done, "{seen}");
+    let action = json!({"actions": [{"action": "RestartApplication", "app": "/stuck"}]});
+    for e in [&info, &step] {
+        assert_eq!(e["currentStep"], action, "{e}");
+        assert_eq!(e["plan"]["steps"], json!([action]), "{e}");
+        assert!(e["timestamp"].is_string() && e["plan"]["version"].is_string(), "{e}");
+    }
     let (_, q) = marathon.send(Method::GET, "/v2/queue", None).await;
     assert!(q["queue"].as_array().unwrap().is_empty(), "{q}");
 
@@ -267,6 +324,18 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_owned())
         .collect();
+    // Every task view shows the agents' health reports as Marathon's healthCheckResults.
+    let (_, by_app) = marathon.send(Method::GET, "/v2/apps/svc/tasks", None).await;
+    let (_, all) = marathon.send(Method::GET, "/v2/tasks", None).await;
+    let (_, embedded) = marathon.send(Method::GET, "/v2/apps?embed=apps.tasks", None).await;
+    for tasks in [&by_app["tasks"], &all["tasks"], &embedded["apps"][0]["tasks"]] {
+        assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks:#}");
+        for t in tasks.as_array().unwrap() {
+            let r = &t["healthCheckResults"][0];
+            assert_eq!((&r["alive"], &r["consecutiveFailures"], &r["instanceId"]), (&json!(true), &json!(0), &t["id"]));
+            assert!(r["firstSuccess"].as_str().is_some_and(|s| s.ends_with('Z')), "{t:#}");
+        }
+    }
 
     // Upgrade: never fewer than 2 healthy instances, never more than 3 instances.
     let mut v2 = v1.clone();
@@ -423,4 +492,56 @@ async fn a_docker_app_on_agents_without_docker_waits_and_says_why() {
     })
     .await;
     assert!(master.state().await["tasks"].as_array().unwrap().is_empty(), "nothing was launched where it cannot run");
+}
+
+#[tokio::test]
+async fn a_docker_app_serves_passes_its_health_check_and_its_container_goes_when_scaled_to_zero() {
+    use reqwest::Method;
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let port = free_port();
+    let _agent =
+        Agent::start(&master, &dir.path().join("agent"), &format!("cpus:2;mem:512;ports:[{port}-{port}]")).await;
+    let marathon = Marathon::start(&master, &db, dir.path().join("marathon.log")).await;
+    let app = json!({
+        "id": "/boxed/web", "cmd": "exec httpd -f -p $PORT0 -h /www", "cpus": 0.1, "mem": 32,
+        "container": {"type": "DOCKER", "docker": {"image": TEST_IMAGE}},
+        "healthChecks": [{"protocol": "MESOS_HTTP", "path": "/index.html", "portIndex": 0, "gracePeriodSeconds": 30,
+                          "intervalSeconds": 1, "timeoutSeconds": 2, "maxConsecutiveFailures": 3}]
+    });
+    let (status, body) = marathon.send(Method::POST, "/v2/apps", Some(app)).await;
+    assert_eq!(status, 201, "{body}");
+    let task = wait_for("the container to run and be healthy", LONG, || async {
+        let app = marathon.app("/boxed/web").await;
+        let t = app["tasks"].as_array()?.first()?.clone();
+        let healthy = t["state"] == "TASK_RUNNING" && t["healthCheckResults"][0]["alive"] == true;
+        (healthy && app["tasksHealthy"] == 1).then_some(t)
+    })
+    .await;
+    assert_eq!(task["ports"], json!([port]));
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/index.html")).await.unwrap().text().await.unwrap();
+    assert_eq!(body, "hello from keel-test\n");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let by_label = format!("label=keel.task_id={id}");
+    let container = docker(&["ps", "-q", "--filter", &by_label]);
+    assert!(!container.is_empty(), "no running container labelled with {id}");
+    assert_eq!(docker(&["inspect", "-f", "{{index .Config.Image}}", &container]), TEST_IMAGE);
+
+    marathon.settled().await;
+    let (status, body) = marathon.send(Method::PATCH, "/v2/apps/boxed/web", Some(json!({"instances": 0}))).await;
+    assert_eq!(status, 200, "{body}");
+    marathon.settled().await;
+    wait_for("the app to have no tasks", LONG, || async {
+        marathon.app("/boxed/web").await["tasks"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    wait_for("the container to be gone", LONG, || async {
+        docker(&["ps", "-a", "-q", "--filter", &by_label]).is_empty().then_some(())
+    })
+    .await;
+    assert!(marathon.app("/boxed/web").await.get("lastTaskFailure").is_none(), "a scale-down is no failure");
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod convert;
 pub mod ids;
 pub mod master;
+pub mod query;
 pub mod resources;
 pub mod scheduler;
 pub mod server;

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use keel_core::query::{pairs, param};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -16,7 +17,7 @@ use keel_core::task::TaskState;
 
 use crate::app::{AppDefinition, AppId, VersionInfo, Violation};
 use crate::scheduler::{Instance, MarathonHandle, Snapshot};
-use crate::store::{AppStore, AppStoreError, timestamp};
+use crate::store::{AppStore, AppStoreError};
 
 /// A JSON error answer.
 #[derive(Debug)]
@@ -82,26 +83,9 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Query parameters as pairs; repeated keys (`embed=a&embed=b`) are kept.
-fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect()
-}
-
-fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-}
-
-/// Marathon's query booleans: `true`, `True`, `false`, `False`.
+/// A boolean query parameter; a bad value answers 400.
 fn flag(pairs: &[(String, String)], key: &str) -> Result<bool, ApiError> {
-    match param(pairs, key) {
-        None => Ok(false),
-        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
-        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
-        Some(v) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("query parameter {key} must be true or false, got '{v}'"),
-        )),
-    }
+    keel_core::query::flag(pairs, key).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
 }
 
 /// The app as Marathon shows it: its definition plus counts, deployments, the last failure and, when
@@ -152,8 +136,9 @@ async fn check_locked(api: &Api, id: &AppId, force: bool) -> Result<(), ApiError
     Ok(())
 }
 
+/// The time now, also used as a new version: unique within this process.
 fn now() -> String {
-    timestamp(keel_core::store::now_millis())
+    crate::store::new_version()
 }
 
 /// Parses a body, telling malformed JSON (400) from well-formed JSON of the wrong shape (422).
@@ -541,17 +526,17 @@ async fn remove(
             Ok(Json(json!({ "version": now(), "deploymentId": deployment })))
         }
         Target::Task(id, task) => {
-            let scale = flag(&q, "scale")?;
+            let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
             let snapshot = api.marathon.snapshot().await;
             if !snapshot.instances.iter().any(|i| i.id == task && i.app_id == id.as_str()) {
                 return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Task '{task}' does not exist")));
             }
-            let killed = api.marathon.kill(vec![task], scale).await;
+            let killed = api.marathon.kill(vec![task], scale, wipe).await;
             Ok(Json(json!({ "task": killed.first() })))
         }
         Target::Tasks(id) => {
             api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-            let scale = flag(&q, "scale")?;
+            let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
             let host = param(&q, "host");
             let snapshot = api.marathon.snapshot().await;
             let ids: Vec<String> = snapshot
@@ -560,7 +545,7 @@ async fn remove(
                 .filter(|i| i.app_id == id.as_str() && host.is_none_or(|h| i.host == h))
                 .map(|i| i.id.clone())
                 .collect();
-            let killed = api.marathon.kill(ids, scale).await;
+            let killed = api.marathon.kill(ids, scale, wipe).await;
             Ok(Json(json!({ "tasks": killed })))
         }
         _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "versions cannot be deleted")),
@@ -577,11 +562,12 @@ struct TaskIds {
     ids: Vec<String>,
 }
 
-/// `POST /v2/tasks/delete?scale=`: kills the listed tasks of any apps.
+/// `POST /v2/tasks/delete?scale=&wipe=`: kills the listed tasks of any apps.
 async fn delete_tasks(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let scale = flag(&pairs(q.as_deref()), "scale")?;
+    let q = pairs(q.as_deref());
+    let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
     let TaskIds { ids } = parse_body(&body)?;
-    let killed = api.marathon.kill(ids, scale).await;
+    let killed = api.marathon.kill(ids, scale, wipe).await;
     Ok(Json(json!({ "tasks": killed })))
 }
 
@@ -710,6 +696,64 @@ async fn info() -> Json<Value> {
     }))
 }
 
+/// When this process started serving, for `marathon.uptime.gauge.seconds`.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Marathon's `/metrics` (Dropwizard's JSON) and `/metrics/prometheus`, for `keel marathon` on its own
+/// port. In `keel dev` the shared port's `/metrics` is the master's, so these are not mounted there.
+pub fn metrics_router(api: Api) -> Router {
+    STARTED.get_or_init(std::time::Instant::now);
+    Router::new().route("/metrics", get(metrics)).route("/metrics/prometheus", get(metrics_prometheus)).with_state(api)
+}
+
+/// The gauges Keel can fill truthfully, under Marathon's names.
+async fn gauges(api: &Api) -> Result<Vec<(&'static str, f64)>, ApiError> {
+    let snapshot = api.marathon.snapshot().await;
+    let apps = api.apps.list().await?;
+    let mut groups = std::collections::BTreeSet::new();
+    for app in &apps {
+        let mut path = app.id.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            groups.insert(parent.to_owned());
+            path = parent;
+        }
+    }
+    let count = |f: &dyn Fn(&Instance) -> bool| snapshot.instances.iter().filter(|i| f(i)).count() as f64;
+    Ok(vec![
+        ("marathon.apps.active.gauge", apps.len() as f64),
+        ("marathon.groups.active.gauge", groups.len() as f64),
+        ("marathon.deployments.active.gauge", snapshot.deployments.len() as f64),
+        ("marathon.instances.running.gauge", count(&|i| i.state == TaskState::Running)),
+        ("marathon.instances.staged.gauge", count(&|i| matches!(i.state, TaskState::Staging | TaskState::Starting))),
+        ("marathon.uptime.gauge.seconds", STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64())),
+    ])
+}
+
+async fn metrics(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let gauges: serde_json::Map<String, Value> =
+        gauges(&api).await?.into_iter().map(|(name, v)| (name.to_owned(), json!({ "value": v }))).collect();
+    Ok(Json(json!({
+        "version": "4.0.0",
+        "gauges": gauges,
+        "counters": {},
+        "histograms": {},
+        "meters": {},
+        "timers": {},
+    })))
+}
+
+async fn metrics_prometheus(State(api): State<Api>) -> Result<Response, ApiError> {
+    let mut out = String::new();
+    for (name, v) in gauges(&api).await? {
+        let name = name.replace(['.', '-'], "_");
+        out.push_str(&format!("# TYPE {name} gauge\n{name} {v}\n"));
+    }
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], out).into_response())
+}
+
 async fn leader() -> Json<Value> {
     Json(json!({ "leader": "keel" }))
 }
@@ -722,15 +766,40 @@ mod tests {
 
     use super::*;
 
-    async fn app_router() -> (Router, tempfile::TempDir) {
+    /// The handlers' state on a fresh SQLite store. No master answers here: the scheduler runs but never
+    /// gets offers.
+    async fn test_api() -> (Api, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store =
             keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap();
         let apps = AppStore::new(store);
-        // No master answers here: the scheduler runs but never gets offers.
         let token = tokio_util::sync::CancellationToken::new();
         let marathon = crate::scheduler::start("http://127.0.0.1:1", apps.clone(), token).await.unwrap();
-        (router(Api { apps, marathon }), dir)
+        (Api { apps, marathon }, dir)
+    }
+
+    async fn app_router() -> (Router, tempfile::TempDir) {
+        let (api, dir) = test_api().await;
+        (router(api), dir)
+    }
+
+    #[tokio::test]
+    async fn metrics_count_apps_and_groups_in_both_formats() {
+        let (api, _dir) = test_api().await;
+        let r = router(api.clone()).merge(metrics_router(api));
+        for id in ["/prod/web", "/prod/db", "/dev/web"] {
+            let body = json!({"id": id, "cmd": "sleep 60", "instances": 0}).to_string();
+            assert_eq!(call(&r, "POST", "/v2/apps", &body).await.0, StatusCode::CREATED);
+        }
+        let (status, _, m) = call(&r, "GET", "/metrics", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(m["gauges"]["marathon.apps.active.gauge"]["value"], 3.0);
+        assert_eq!(m["gauges"]["marathon.groups.active.gauge"]["value"], 2.0);
+        assert_eq!(m["gauges"]["marathon.instances.running.gauge"]["value"], 0.0);
+        let req = Request::builder().uri("/metrics/prometheus").body(Body::empty()).unwrap();
+        let resp = r.clone().oneshot(req).await.unwrap();
+        let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+        assert!(text.contains("# TYPE marathon_apps_active_gauge gauge\nmarathon_apps_active_gauge 3\n"), "{text}");
     }
 
     async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, HeaderMap, Value) {
@@ -790,6 +859,12 @@ mod tests {
 
         let (status, _, body) = call(&r, "POST", "/v2/apps", r#"{"id": "/web", "cmd": "x", "cpus": "lots"}"#).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+        let two = r#"{"id": "/web", "cmd": "x", "healthChecks": [{"protocol": "TCP"}, {"protocol": "HTTP"}]}"#;
+        let (status, _, body) = call(&r, "POST", "/v2/apps", two).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["details"][0]["path"], "/healthChecks");
+        assert!(body["details"][0]["errors"][0].as_str().unwrap().contains("one health check per app"), "{body}");
 
         let (status, _, body) = call(&r, "GET", "/v2/apps/nope", "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
@@ -888,5 +963,10 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let (status, _, body) = call(&r, "DELETE", "/v2/apps/dev?force=maybe", "").await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, _, body) = call(&r, "DELETE", "/v2/apps/dev/tasks?wipe=maybe", "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["message"], "query parameter wipe must be true or false, got 'maybe'");
+        let (status, _, body) = call(&r, "DELETE", "/v2/apps/dev/tasks?wipe=True&scale=false", "").await;
+        assert_eq!((status, &body["tasks"]), (StatusCode::OK, &json!([])));
     }
 }

@@ -253,6 +253,10 @@ pub struct AppDefinition {
     pub require_ports: bool,
     #[serde(default)]
     pub constraints: Vec<Vec<String>>,
+    /// Roles of the resources the app may run on. Keel's agents offer only unreserved resources (`*`), so
+    /// a list without `*` cannot be placed, and the queue says so (`UnfulfilledRole`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_resource_roles: Option<Vec<String>>,
     #[serde(default)]
     pub health_checks: Vec<AppHealthCheck>,
     #[serde(default)]
@@ -328,6 +332,9 @@ impl AppDefinition {
         if self.cpus == 0.0 && self.mem == 0.0 {
             v.push(Violation::new("/cpus", "an app needs some cpus or mem"));
         }
+        if self.accepted_resource_roles.as_ref().is_some_and(|r| r.is_empty() || r.iter().any(|r| r.is_empty())) {
+            v.push(Violation::new("/acceptedResourceRoles", "must name at least one role, and no empty one"));
+        }
         if !(self.backoff_factor.is_finite() && self.backoff_factor >= 1.0) {
             v.push(Violation::new("/backoffFactor", "got a number below 1.0, expected 1.0 or more"));
         }
@@ -375,6 +382,13 @@ impl AppDefinition {
                     format!("constraint operator must be one of {}", OPERATORS.join(", ")),
                 )),
             }
+        }
+        if self.health_checks.len() > 1 {
+            // The agents run one check per task (`TaskSpec::health_check`); a second one would be ignored.
+            v.push(Violation::new(
+                "/healthChecks",
+                format!("Keel runs one health check per app; got {}", self.health_checks.len()),
+            ));
         }
         for (i, h) in self.health_checks.iter().enumerate() {
             let protocol = h.protocol.trim_start_matches("MESOS_");
@@ -480,7 +494,17 @@ mod tests {
         );
         assert!(app(r#"{"id": "/a", "cmd": "x", "args": ["y"]}"#).validate().iter().any(|v| v.path == "/"));
         assert!(app(r#"{"id": "/a", "container": {"docker": {"image": "busybox"}}}"#).validate().is_empty());
+        let no_roles = app(r#"{"id": "/a", "cmd": "x", "acceptedResourceRoles": []}"#).validate();
+        assert_eq!(no_roles.iter().map(|v| v.path.as_str()).collect::<Vec<_>>(), ["/acceptedResourceRoles"]);
+        assert!(app(r#"{"id": "/a", "cmd": "x", "acceptedResourceRoles": ["*"]}"#).validate().is_empty());
         assert!(app(r#"{"id": "/a", "cmd": "x", "constraints": [["rack", "MAX_PER", "two"]]}"#).validate().len() == 1);
+        let two_checks =
+            app(r#"{"id": "/a", "cmd": "x", "healthChecks": [{"protocol": "TCP"}, {"protocol": "HTTP"}]}"#);
+        assert_eq!(
+            two_checks.validate(),
+            vec![Violation::new("/healthChecks", "Keel runs one health check per app; got 2")]
+        );
+        assert!(app(r#"{"id": "/a", "cmd": "x", "healthChecks": [{"protocol": "TCP"}]}"#).validate().is_empty());
         assert!(
             app(r#"{"id": "/a", "cmd": "x", "constraints": [["hostname", "UNIQUE"], ["rack", "CLUSTER", "r1"]]}"#)
                 .validate()

@@ -1,9 +1,9 @@
 //! Keel's services framework, compatible with Marathon's `/v2` REST API (issue #4).
 //!
-//! Built so far: the app model with Marathon's defaults and validation ([`app`]), its store with version
-//! history ([`store`]), placement constraints ([`placement`]), the scheduler that keeps instances running
-//! ([`scheduler`]) and the `/v2` endpoints over them ([`api`]). Not built yet: deployments (rolling
-//! upgrades, rollback, deadlines), the queue and its "why is my app waiting" view, events (SSE), groups.
+//! The app model with Marathon's defaults and validation ([`app`]), its store with version history and the
+//! launched instances ([`store`]), placement constraints ([`placement`]), the scheduler that keeps instances
+//! running and rolls out deployments ([`scheduler`]), and the `/v2` endpoints over them, with the queue,
+//! events (SSE) and groups ([`api`]).
 
 pub mod api;
 pub mod app;

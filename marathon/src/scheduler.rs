@@ -29,6 +29,44 @@ use crate::store::{AppStore, InstanceRecord, timestamp};
 /// How long an offer nobody needs is refused before it comes back.
 const IDLE_REFUSE: Duration = Duration::from_secs(5);
 
+/// How long a kill may go unanswered before it is sent again (a kill sent while the agent was disconnected
+/// is lost); the wait doubles with each attempt, up to [`KILL_RETRY_MAX`].
+const KILL_RETRY: Duration = Duration::from_secs(5);
+const KILL_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How many kills one pass sends again at most, so that an agent coming back with many tasks to kill does
+/// not flood the master.
+const KILL_RESENDS_PER_PASS: usize = 100;
+
+/// When a kill of a task was last sent, and how many times it has been.
+#[derive(Clone, Copy, Debug)]
+struct KillSent {
+    at: Instant,
+    times: u32,
+}
+
+impl KillSent {
+    /// Whether the kill is due to be sent again at `now`.
+    fn due(&self, now: Instant) -> bool {
+        let wait = KILL_RETRY.saturating_mul(1 << self.times.saturating_sub(1).min(8)).min(KILL_RETRY_MAX);
+        now >= self.at + wait
+    }
+}
+
+/// The unanswered kills to send again at `now`: of tasks still known and not yet ended, at most
+/// [`KILL_RESENDS_PER_PASS`], the longest waiting first.
+fn kills_to_resend(
+    killing: &HashMap<String, KillSent>,
+    instances: &HashMap<String, Instance>,
+    now: Instant,
+) -> Vec<String> {
+    let mut due: Vec<(&String, &KillSent)> = killing
+        .iter()
+        .filter(|(id, k)| k.due(now) && instances.get(*id).is_some_and(|i| !i.state.is_terminal()))
+        .collect();
+    due.sort_by_key(|(id, k)| (k.at, *id));
+    due.into_iter().take(KILL_RESENDS_PER_PASS).map(|(id, _)| id.clone()).collect()
+}
+
 /// One running (or starting) task of an app.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -42,17 +80,62 @@ pub struct Instance {
     pub version: String,
     pub state: TaskState,
     pub slave_id: String,
+    /// Empty until the agent has reported the task's health.
+    pub health_check_results: Vec<HealthCheckResult>,
     #[serde(skip)]
     pub healthy: Option<bool>,
+    /// When the task first passed its health check, if this process saw it happen.
+    #[serde(skip)]
+    first_success: Option<String>,
+    /// Whether this process has seen every health report of the task (it launched it), so that the first
+    /// success it sees is the task's first; false for tasks known from the store after a restart.
+    #[serde(skip)]
+    seen_from_launch: bool,
     #[serde(skip)]
     staged_millis: i64,
     #[serde(skip)]
     fingerprint: String,
     #[serde(skip)]
     unreachable_since: Option<Instant>,
-    /// The agent's attributes, for constraints; not kept across a restart of the framework.
+    /// The agent's attributes, for constraints; stored with the instance, so they survive a restart.
     #[serde(skip)]
     attributes: Vec<(String, String)>,
+}
+
+/// A task's health, as one entry of Marathon's `healthCheckResults`. Agents report only changes of health,
+/// so Keel knows whether the task is alive and when it first passed, but not the time of the latest
+/// success or failure: Marathon's `lastSuccess`, `lastFailure` and `lastFailureCause` are left out rather
+/// than guessed, and `consecutiveFailures` is given only while the task is alive (it is then 0: the agent
+/// reports the first failure after a success).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckResult {
+    /// The task id: each Keel instance is one task.
+    pub instance_id: String,
+    pub alive: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_success: Option<String>,
+}
+
+impl Instance {
+    /// Records a health report from the agent (or the master's reconciliation answer).
+    fn set_health(&mut self, status: &TaskStatus) {
+        let Some(alive) = status.healthy else { return };
+        self.healthy = Some(alive);
+        // A reconciliation answer is stamped with the time of the answer, not of the check.
+        let from_agent = status.reason.as_deref() == Some(task::reason::HEALTH_CHECK);
+        if alive && from_agent && self.seen_from_launch && self.first_success.is_none() {
+            self.first_success = Some(timestamp((status.timestamp * 1000.0) as i64));
+        }
+        self.health_check_results = vec![HealthCheckResult {
+            instance_id: self.id.clone(),
+            alive,
+            consecutive_failures: alive.then_some(0),
+            first_success: self.first_success.clone(),
+        }];
+    }
 }
 
 /// The last failure of an app, as Marathon's `lastTaskFailure`.
@@ -107,6 +190,7 @@ enum Command {
     Kill {
         task_ids: Vec<String>,
         scale: bool,
+        wipe: bool,
         reply: oneshot::Sender<Vec<Instance>>,
     },
     ResetDelay(AppId),
@@ -151,10 +235,11 @@ impl MarathonHandle {
         rx.await.ok().flatten().map(|d| d.map(|b| *b))
     }
 
-    /// Kills tasks; with `scale` the app's instance count goes down by as many. Returns the tasks found.
-    pub async fn kill(&self, task_ids: Vec<String>, scale: bool) -> Vec<Instance> {
+    /// Kills tasks; with `scale` the app's instance count goes down by as many. With `wipe` the instances are
+    /// also forgotten at once (Marathon's expunge), without waiting for their end. Returns the tasks found.
+    pub async fn kill(&self, task_ids: Vec<String>, scale: bool, wipe: bool) -> Vec<Instance> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Kill { task_ids, scale, reply }).await.is_err() {
+        if self.tx.send(Command::Kill { task_ids, scale, wipe, reply }).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -218,6 +303,19 @@ pub struct Deployment {
     progress: (usize, usize),
 }
 
+impl Deployment {
+    /// Its one step, as Marathon's events show `currentStep`: a Keel deployment changes one app in one step.
+    fn step_json(&self) -> serde_json::Value {
+        serde_json::json!({ "actions": [{ "action": self.action, "app": self.app_id }] })
+    }
+
+    /// The deployment as Marathon's events show its `plan`. Marathon's `original` and `target` (the whole
+    /// root group before and after) are left out: a Keel deployment knows only its own app.
+    fn plan_json(&self) -> serde_json::Value {
+        serde_json::json!({ "id": self.id, "version": self.version, "steps": [self.step_json()] })
+    }
+}
+
 /// The label that makes a failed deployment roll back by itself.
 pub const ROLLBACK_LABEL: &str = "KEEL_ROLLBACK_ON_FAILURE";
 
@@ -236,8 +334,9 @@ struct Marathon {
     backoff: HashMap<AppId, Backoff>,
     failures: HashMap<String, TaskFailure>,
     waiting: HashMap<String, Waiting>,
-    /// Tasks this framework asked to kill: their end is not a failure.
-    killing: HashSet<String>,
+    /// Tasks this framework asked to kill: their end is not a failure. Kills unanswered for a while are sent
+    /// again, as one sent while the agent was away is lost.
+    killing: HashMap<String, KillSent>,
     suppressed: bool,
     /// Offers were declined (with a filter) since the last REVIVE: new demand must revive to see them.
     declined: bool,
@@ -299,11 +398,14 @@ pub async fn start_with(
                 version: r.version,
                 state: TaskState::Staging,
                 slave_id: r.agent_id,
+                health_check_results: Vec::new(),
                 healthy: None,
+                first_success: None,
+                seen_from_launch: false,
                 staged_millis: r.staged_at,
                 fingerprint,
                 unreachable_since: None,
-                attributes: Vec::new(),
+                attributes: r.attributes,
             },
         );
     }
@@ -328,7 +430,7 @@ pub async fn start_with(
         backoff: HashMap::new(),
         failures: HashMap::new(),
         waiting: HashMap::new(),
-        killing: HashSet::new(),
+        killing: HashMap::new(),
         suppressed: false,
         declined: false,
     };
@@ -439,8 +541,7 @@ impl Marathon {
                     progress: (0, usize::MAX),
                 };
                 let _ = reply.send(deployment.id.clone());
-                info!(app_id = %id, deployment = %deployment.id, action, "deployment started");
-                self.deployments.insert(id, deployment);
+                self.begin(deployment);
                 // Only this app changed: the once-a-second pass looks at the others.
                 self.converge_app(&changed).await;
             }
@@ -457,7 +558,7 @@ impl Marathon {
                     d.previous.map(Box::new)
                 }));
             }
-            Command::Kill { task_ids, scale, reply } => {
+            Command::Kill { task_ids, scale, wipe, reply } => {
                 let mut found = Vec::new();
                 for tid in task_ids {
                     let Some(inst) = self.instances.get(&tid).cloned() else { continue };
@@ -466,7 +567,7 @@ impl Marathon {
                         && let Some(app) = self.apps.get_mut(&app_id)
                     {
                         app.instances = app.instances.saturating_sub(1);
-                        let version = timestamp(keel_core::store::now_millis());
+                        let version = crate::store::new_version();
                         if let Some(info) = &mut app.version_info {
                             info.last_scaling_at = version.clone();
                         }
@@ -476,6 +577,17 @@ impl Marathon {
                         }
                     }
                     self.kill(&inst).await;
+                    if wipe {
+                        // Keel's apps are not resident: there is no reservation to destroy, only the record.
+                        // Its end will not be reported as a failure: an update of a task no longer known is
+                        // ignored.
+                        info!(task_id = %inst.id, app_id = %inst.app_id, "expunging a wiped instance");
+                        self.drop_instance(&inst.id);
+                        self.killing.remove(&inst.id);
+                        if let Err(e) = self.store.delete_instance(&inst.id).await {
+                            warn!(task_id = %inst.id, error = %e, "cannot delete the wiped instance's record");
+                        }
+                    }
                     found.push(inst);
                 }
                 let _ = reply.send(found);
@@ -547,8 +659,14 @@ impl Marathon {
 
     async fn kill(&mut self, inst: &Instance) {
         let Ok(task_id) = TaskId::parse(&inst.id) else { return };
-        self.killing.insert(inst.id.clone());
-        info!(task_id = %inst.id, app_id = %inst.app_id, "killing task");
+        let sent = self.killing.entry(inst.id.clone()).or_insert(KillSent { at: Instant::now(), times: 0 });
+        sent.at = Instant::now();
+        sent.times += 1;
+        if sent.times == 1 {
+            info!(task_id = %inst.id, app_id = %inst.app_id, "killing task");
+        } else {
+            warn!(task_id = %inst.id, app_id = %inst.app_id, attempt = sent.times, "kill not answered; sending it again");
+        }
         self.call(Call::Kill { task_id, agent_id: AgentId::parse(&inst.slave_id).ok() }).await;
     }
 
@@ -557,7 +675,7 @@ impl Marathon {
     fn active(&self, id: &AppId) -> Vec<&Instance> {
         let app = self.apps.get(id);
         self.of_app(id.as_str())
-            .filter(|i| !self.killing.contains(&i.id) && !i.state.is_terminal())
+            .filter(|i| !self.killing.contains_key(&i.id) && !i.state.is_terminal())
             .filter(|i| {
                 let inactive_after =
                     Duration::from_secs(app.map_or(300, |a| a.unreachable_strategy.inactive_after_seconds));
@@ -629,12 +747,21 @@ impl Marathon {
     }
 
     /// Kills what should not run: surplus instances, instances of an older configuration or of deleted
-    /// apps, and unreachable ones past `expungeAfterSeconds`. Revives offers when something is missing.
+    /// apps, and unreachable ones past `expungeAfterSeconds`; sends unanswered kills again. Revives offers
+    /// when something is missing.
     async fn converge(&mut self) {
+        // Kills of instances forgotten without an end (expunged, wiped) need no answer.
+        let instances = &self.instances;
+        self.killing.retain(|id, _| instances.contains_key(id));
+        for id in kills_to_resend(&self.killing, &self.instances, Instant::now()) {
+            if let Some(inst) = self.instances.get(&id).cloned() {
+                self.kill(&inst).await;
+            }
+        }
         let mut to_kill: Vec<Instance> = Vec::new();
         let mut expunge = Vec::new();
         for inst in self.instances.values() {
-            if self.killing.contains(&inst.id) || inst.state.is_terminal() {
+            if self.killing.contains_key(&inst.id) || inst.state.is_terminal() {
                 continue;
             }
             let app = AppId::parse(&inst.app_id).ok().and_then(|id| self.apps.get(&id));
@@ -688,7 +815,9 @@ impl Marathon {
         let mut to_kill = self.plan(id).kill;
         if !self.apps.contains_key(id) {
             to_kill.extend(
-                self.of_app(id.as_str()).filter(|i| !i.state.is_terminal() && !self.killing.contains(&i.id)).cloned(),
+                self.of_app(id.as_str())
+                    .filter(|i| !i.state.is_terminal() && !self.killing.contains_key(&i.id))
+                    .cloned(),
             );
         }
         for inst in to_kill {
@@ -730,7 +859,7 @@ impl Marathon {
                         .collect();
                     let ready_new = live
                         .iter()
-                        .filter(|i| i.fingerprint == fingerprint && !self.killing.contains(&i.id) && self.ready(i))
+                        .filter(|i| i.fingerprint == fingerprint && !self.killing.contains_key(&i.id) && self.ready(i))
                         .count();
                     let others = live.len() - ready_new;
                     (ready_new == app.instances as usize && others == 0, (ready_new, others))
@@ -741,9 +870,10 @@ impl Marathon {
                 let d = self.deployments.remove(&id).expect("present");
                 info!(deployment = %d.id, app_id = %id, seconds = d.started.elapsed().as_secs_f64(), "deployment finished");
                 self.events.publish(
-                    "deployment_success",
-                    serde_json::json!({ "id": d.id, "plan": { "id": d.id, "version": d.version } }),
+                    "deployment_step_success",
+                    serde_json::json!({ "plan": d.plan_json(), "currentStep": d.step_json() }),
                 );
+                self.events.publish("deployment_success", serde_json::json!({ "id": d.id, "plan": d.plan_json() }));
                 continue;
             }
             if progress != d.progress {
@@ -773,18 +903,33 @@ impl Marathon {
                 if waiting.is_empty() { String::new() } else { format!("; offers turned down for {waiting}") },
             );
             warn!(deployment = %d.id, app_id = %id, %reason, "deployment failed");
-            self.events.publish("deployment_failed", serde_json::json!({ "id": d.id, "appId": id, "reason": reason }));
+            self.events.publish(
+                "deployment_step_failure",
+                serde_json::json!({ "plan": d.plan_json(), "currentStep": d.step_json() }),
+            );
+            self.events.publish(
+                "deployment_failed",
+                serde_json::json!({ "id": d.id, "appId": id, "reason": reason, "plan": d.plan_json() }),
+            );
             if d.rollback_on_failure {
                 self.roll_back(&id, d.previous).await;
             }
         }
     }
 
+    /// Tracks a new deployment (replacing the app's current one, if any) and announces it.
+    fn begin(&mut self, d: Deployment) {
+        info!(app_id = %d.app_id, deployment = %d.id, action = d.action, "deployment started");
+        self.events
+            .publish("deployment_info", serde_json::json!({ "plan": d.plan_json(), "currentStep": d.step_json() }));
+        self.deployments.insert(d.app_id.clone(), d);
+    }
+
     /// Restores an app's previous definition (or removes an app that was new) as a new deployment.
     async fn roll_back(&mut self, id: &AppId, previous: Option<AppDefinition>) {
         match previous {
             Some(mut app) => {
-                app.version = Some(timestamp(keel_core::store::now_millis()));
+                app.version = Some(crate::store::new_version());
                 if let Err(e) = self.store.put(id, &app).await {
                     warn!(app_id = %id, error = %e, "cannot store the rolled-back app");
                     return;
@@ -792,20 +937,17 @@ impl Marathon {
                 info!(app_id = %id, "rolling back to the previous definition");
                 let now = Instant::now();
                 self.set_app(id.clone(), app.clone());
-                self.deployments.insert(
-                    id.clone(),
-                    Deployment {
-                        id: uuid::Uuid::new_v4().to_string(),
-                        app_id: id.clone(),
-                        version: app.version.clone().unwrap_or_default(),
-                        action: "RestartApplication",
-                        previous: None,
-                        rollback_on_failure: false,
-                        started: now,
-                        progressed: now,
-                        progress: (0, usize::MAX),
-                    },
-                );
+                self.begin(Deployment {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    app_id: id.clone(),
+                    version: app.version.clone().unwrap_or_default(),
+                    action: "RestartApplication",
+                    previous: None,
+                    rollback_on_failure: false,
+                    started: now,
+                    progressed: now,
+                    progress: (0, usize::MAX),
+                });
             }
             None => {
                 info!(app_id = %id, "rolling back a new app: removing it");
@@ -838,6 +980,7 @@ impl Marathon {
                                 host: offer.hostname.clone(),
                                 ports: ports.clone(),
                                 staged_at: now,
+                                attributes: offer.attributes.clone(),
                             });
                             self.add_instance(Instance {
                                 id: spec.id.to_string(),
@@ -849,7 +992,10 @@ impl Marathon {
                                 version: app.version.clone().unwrap_or_default(),
                                 state: TaskState::Staging,
                                 slave_id: offer.agent_id.to_string(),
+                                health_check_results: Vec::new(),
                                 healthy: None,
+                                first_success: None,
+                                seen_from_launch: true,
                                 staged_millis: now,
                                 fingerprint: self.fingerprint(app_id).to_owned(),
                                 unreachable_since: None,
@@ -918,6 +1064,10 @@ impl Marathon {
         if docker.is_some() && !offer.docker {
             // Not one of Marathon's reasons: Keel agents may run without a Docker engine.
             return Err("NoDockerOnAgent".into());
+        }
+        if app.accepted_resource_roles.as_ref().is_some_and(|roles| !roles.iter().any(|r| r == "*")) {
+            // Every offer Keel makes is of unreserved resources.
+            return Err("UnfulfilledRole".into());
         }
         let ports: Vec<u16> = if app.require_ports {
             // The app names its host ports: only those will do.
@@ -1051,9 +1201,7 @@ impl Marathon {
         }
         inst.state = status.state;
         let health_changed = status.healthy.is_some() && status.healthy != inst.healthy;
-        if status.healthy.is_some() {
-            inst.healthy = status.healthy;
-        }
+        inst.set_health(&status);
         let inst_now = inst.clone();
         self.events.publish(
             "status_update_event",
@@ -1092,7 +1240,7 @@ impl Marathon {
     async fn ended(&mut self, inst: Instance, state: TaskState, message: String) {
         self.drop_instance(&inst.id);
         let _ = self.store.delete_instance(&inst.id).await;
-        let expected = self.killing.remove(&inst.id);
+        let expected = self.killing.remove(&inst.id).is_some();
         let Ok(app_id) = AppId::parse(&inst.app_id) else { return };
         if !expected && let Some(app) = self.apps.get(&app_id) {
             let b = self.backoff.entry(app_id.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
@@ -1115,5 +1263,135 @@ impl Marathon {
             );
         }
         self.converge().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, seen_from_launch: bool) -> Instance {
+        Instance {
+            id: id.into(),
+            app_id: "/web".into(),
+            host: "h1".into(),
+            ports: vec![],
+            staged_at: timestamp(0),
+            started_at: None,
+            version: "v1".into(),
+            state: TaskState::Running,
+            slave_id: "a1".into(),
+            health_check_results: Vec::new(),
+            healthy: None,
+            first_success: None,
+            seen_from_launch,
+            staged_millis: 0,
+            fingerprint: String::new(),
+            unreachable_since: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn instances_come_back_with_their_attributes_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("k.db").display());
+        let store = AppStore::new(keel_core::store::Store::connect(&url).await.unwrap());
+        let record = InstanceRecord {
+            task_id: "web.1".into(),
+            app_id: "/web".into(),
+            version: "v1".into(),
+            agent_id: "a1".into(),
+            host: "h1".into(),
+            ports: vec![],
+            staged_at: 0,
+            attributes: vec![("rack".into(), "r2".into())],
+        };
+        store.put_instances(&[record]).await.unwrap();
+        // No master answers here: the scheduler only loads its state.
+        let token = CancellationToken::new();
+        let handle = start("http://127.0.0.1:1", store, token.clone()).await.unwrap();
+        let snapshot = handle.snapshot().await;
+        token.cancel();
+        assert_eq!(snapshot.instances.len(), 1);
+        assert_eq!(snapshot.instances[0].attributes, vec![("rack".to_owned(), "r2".to_owned())]);
+    }
+
+    #[test]
+    fn unanswered_kills_are_sent_again_less_and_less_often() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut instances: HashMap<String, Instance> =
+            ["a", "b", "gone"].iter().map(|id| (id.to_string(), instance(id, true))).collect();
+        instances.get_mut("gone").unwrap().state = TaskState::Killed;
+        let mut killing: HashMap<String, KillSent> = HashMap::new();
+        killing.insert("a".into(), KillSent { at: t0, times: 1 });
+        killing.insert("b".into(), KillSent { at: t0 + s(3), times: 1 });
+        killing.insert("gone".into(), KillSent { at: t0, times: 1 });
+        killing.insert("unknown".into(), KillSent { at: t0, times: 1 });
+        assert!(kills_to_resend(&killing, &instances, t0 + s(4)).is_empty(), "not before 5 s");
+        assert_eq!(kills_to_resend(&killing, &instances, t0 + s(5)), vec!["a"], "only known, live tasks");
+        assert_eq!(kills_to_resend(&killing, &instances, t0 + s(8)), vec!["a", "b"], "the longest waiting first");
+
+        // Each attempt waits twice as long, up to a minute.
+        let waits: Vec<u64> = (1..=6)
+            .map(|times| {
+                let k = KillSent { at: t0, times };
+                (1..=120).find(|n| k.due(t0 + s(*n))).unwrap()
+            })
+            .collect();
+        assert_eq!(waits, vec![5, 10, 20, 40, 60, 60]);
+
+        // A pass sends at most KILL_RESENDS_PER_PASS.
+        for i in 0..KILL_RESENDS_PER_PASS + 10 {
+            let id = format!("t{i}");
+            instances.insert(id.clone(), instance(&id, true));
+            killing.insert(id, KillSent { at: t0, times: 1 });
+        }
+        assert_eq!(kills_to_resend(&killing, &instances, t0 + s(5)).len(), KILL_RESENDS_PER_PASS);
+    }
+
+    fn health(healthy: Option<bool>, reason: &str, at: f64) -> TaskStatus {
+        let mut s = TaskStatus::from_master(TaskId::parse("web.1").unwrap(), TaskState::Running, None, reason, "");
+        s.healthy = healthy;
+        s.timestamp = at;
+        s
+    }
+
+    #[test]
+    fn health_check_results_say_only_what_the_agent_reported() {
+        let mut inst = instance("web.1", true);
+        inst.set_health(&health(None, task::reason::HEALTH_CHECK, 1.0));
+        assert!(inst.health_check_results.is_empty(), "no report, no result");
+
+        inst.set_health(&health(Some(true), task::reason::HEALTH_CHECK, 2.0));
+        let json = serde_json::to_value(&inst).unwrap();
+        assert_eq!(
+            json["healthCheckResults"],
+            serde_json::json!([{"instanceId": "web.1", "alive": true, "consecutiveFailures": 0,
+                                "firstSuccess": "1970-01-01T00:00:02.000Z"}])
+        );
+
+        inst.set_health(&health(Some(false), task::reason::HEALTH_CHECK, 3.0));
+        inst.set_health(&health(Some(true), task::reason::HEALTH_CHECK, 4.0));
+        assert_eq!(inst.health_check_results[0].first_success.as_deref(), Some("1970-01-01T00:00:02.000Z"));
+        inst.set_health(&health(Some(false), task::reason::HEALTH_CHECK, 5.0));
+        let json = serde_json::to_value(&inst).unwrap();
+        assert_eq!(
+            json["healthCheckResults"],
+            serde_json::json!([{"instanceId": "web.1", "alive": false, "firstSuccess": "1970-01-01T00:00:02.000Z"}]),
+            "the number of failures is not reported, so it is not shown"
+        );
+
+        // Known from the store after a restart: the first success was not seen, and a reconciliation
+        // answer carries the time of the answer.
+        let mut inst = instance("web.2", false);
+        inst.set_health(&health(Some(true), task::reason::RECONCILIATION, 9.0));
+        inst.set_health(&health(Some(true), task::reason::HEALTH_CHECK, 10.0));
+        let json = serde_json::to_value(&inst).unwrap();
+        assert_eq!(
+            json["healthCheckResults"],
+            serde_json::json!([{"instanceId": "web.2", "alive": true, "consecutiveFailures": 0}])
+        );
     }
 }

@@ -107,6 +107,8 @@ pub struct InstanceRecord {
     pub host: String,
     pub ports: Vec<u16>,
     pub staged_at: i64,
+    /// The agent's attributes, for placement constraints.
+    pub attributes: Vec<(String, String)>,
 }
 
 impl AppStore {
@@ -134,9 +136,10 @@ impl AppStore {
         let mut tx = self.store.pool().begin().await?;
         for r in records {
             let ports = r.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            let attributes = serde_json::to_string(&r.attributes)?;
             sqlx::query(
-                "INSERT INTO marathon_instances (task_id, app_id, version, agent_id, host, ports, staged_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id) DO NOTHING",
+                "INSERT INTO marathon_instances (task_id, app_id, version, agent_id, host, ports, staged_at, attributes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (task_id) DO NOTHING",
             )
             .bind(&r.task_id)
             .bind(&r.app_id)
@@ -145,6 +148,7 @@ impl AppStore {
             .bind(&r.host)
             .bind(ports)
             .bind(r.staged_at)
+            .bind(attributes)
             .execute(&mut *tx)
             .await?;
         }
@@ -161,12 +165,16 @@ impl AppStore {
     }
 
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError> {
-        let rows = sqlx::query("SELECT task_id, app_id, version, agent_id, host, ports, staged_at FROM marathon_instances ORDER BY task_id")
-            .fetch_all(self.store.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT task_id, app_id, version, agent_id, host, ports, staged_at, attributes FROM marathon_instances \
+             ORDER BY task_id",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
         rows.iter()
             .map(|r| {
                 let ports: String = r.try_get(5)?;
+                let attributes: String = r.try_get(7)?;
                 Ok(InstanceRecord {
                     task_id: r.try_get(0)?,
                     app_id: r.try_get(1)?,
@@ -175,10 +183,24 @@ impl AppStore {
                     host: r.try_get(4)?,
                     ports: ports.split(',').filter_map(|p| p.parse().ok()).collect(),
                     staged_at: r.try_get(6)?,
+                    // Records from before the column existed have none.
+                    attributes: if attributes.is_empty() { Vec::new() } else { serde_json::from_str(&attributes)? },
                 })
             })
             .collect()
     }
+}
+
+/// A new app version: the time now as a [`timestamp`], later than every version this process issued before,
+/// so that two changes within one millisecond do not share a version (the second would overwrite the first
+/// in the history).
+pub fn new_version() -> String {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = keel_core::store::now_millis();
+    let prev = LAST.fetch_max(now, Ordering::SeqCst);
+    let millis = if now > prev { now } else { LAST.fetch_add(1, Ordering::SeqCst) + 1 };
+    timestamp(millis)
 }
 
 /// Milliseconds since the epoch as Marathon's timestamp: `YYYY-MM-DDTHH:MM:SS.sssZ`.
@@ -202,6 +224,12 @@ pub fn timestamp(millis: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::timestamp;
+
+    #[test]
+    fn versions_are_unique_within_a_millisecond() {
+        let versions: Vec<String> = (0..1000).map(|_| super::new_version()).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
 
     #[test]
     fn timestamps_look_like_marathons() {

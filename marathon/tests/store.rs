@@ -2,7 +2,7 @@
 
 use keel_core::store::Store;
 use keel_marathon::app::{AppDefinition, AppId};
-use keel_marathon::store::AppStore;
+use keel_marathon::store::{AppStore, InstanceRecord};
 
 async fn stores() -> Vec<(AppStore, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
@@ -38,5 +38,27 @@ async fn apps_and_versions_round_trip() {
         assert!(!store.delete(&id).await.unwrap());
         assert!(store.get(&id).await.unwrap().is_none());
         assert!(store.versions(&id).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn instances_keep_their_agent_attributes() {
+    for (store, _dir) in stores().await {
+        let record = |task: &str, attributes: &[(&str, &str)]| InstanceRecord {
+            task_id: task.into(),
+            app_id: "/web".into(),
+            version: "2026-01-01T00:00:00.000Z".into(),
+            agent_id: "agent-1".into(),
+            host: "h1".into(),
+            ports: vec![31000, 31001],
+            staged_at: 1_795_398_421_123,
+            attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let with = record("web.1", &[("rack", "r1"), ("zone", "eu,west \"2\"")]);
+        let without = record("web.2", &[]);
+        store.put_instances(&[with.clone(), without.clone()]).await.unwrap();
+        assert_eq!(store.instances().await.unwrap(), vec![with, without]);
+        store.delete_instance("web.1").await.unwrap();
+        assert_eq!(store.instances().await.unwrap().len(), 1);
     }
 }
