@@ -43,7 +43,12 @@ enum Command {
     Execute(execute::ExecuteArgs),
     /// Run the services framework (Marathon-compatible REST API) against a master.
     Marathon(MarathonArgs),
-    /// Run a master, one agent and the services framework in one process on SQLite, for trying Keel out.
+    /// Run the cron jobs framework (Metronome- and Chronos-compatible REST APIs) against a master.
+    ///
+    /// Jobs fire on cron schedules (in any IANA time zone) or Chronos's ISO 8601 repeating intervals, or
+    /// after their parent jobs succeed. Each scheduled instant runs at most once, also across restarts.
+    Chronos(ChronosArgs),
+    /// Run a master, one agent and both frameworks in one process on SQLite, for trying Keel out.
     Dev(DevArgs),
 }
 
@@ -62,6 +67,19 @@ struct MarathonArgs {
     /// the label KEEL_ROLLBACK_ON_FAILURE=true).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     deployment_timeout: Duration,
+}
+
+#[derive(Args)]
+struct ChronosArgs {
+    /// The master's address, such as http://127.0.0.1:5050.
+    #[arg(long, env = "KEEL_MASTER")]
+    master: String,
+    /// Address to serve the REST APIs on.
+    #[arg(long, default_value = "127.0.0.1:4400")]
+    listen: String,
+    /// The store for jobs and run history: postgres://… or sqlite:PATH.
+    #[arg(long, env = "KEEL_DATABASE_URL", default_value = "sqlite:.keel/chronos.db")]
+    database_url: String,
 }
 
 #[derive(Args)]
@@ -210,18 +228,40 @@ impl Started {
     }
 }
 
-/// Starts the services framework on `store` against `master`; returns its REST routes.
+/// Starts the services framework on `store` against `master`; returns its REST routes, with Marathon's
+/// `/metrics` when it has a port of its own (`standalone`; in `keel dev` that path is the master's).
 async fn marathon_routes(
     master: &str,
     store: Store,
     deployment_timeout: Duration,
+    standalone: bool,
     shutdown: &CancellationToken,
 ) -> Result<axum::Router> {
     let apps = keel_marathon::store::AppStore::new(store);
     let handle = keel_marathon::scheduler::start_with(master, apps.clone(), deployment_timeout, shutdown.clone())
         .await
         .context("cannot start the services framework")?;
-    Ok(keel_marathon::api::router(keel_marathon::api::Api { apps, marathon: handle }))
+    let api = keel_marathon::api::Api { apps, marathon: handle };
+    let routes = keel_marathon::api::router(api.clone());
+    Ok(if standalone { routes.merge(keel_marathon::api::metrics_router(api)) } else { routes })
+}
+
+/// Starts the cron jobs framework on `store` against `master`; returns its REST routes.
+async fn chronos_routes(master: &str, store: Store, shutdown: &CancellationToken) -> Result<axum::Router> {
+    let jobs = keel_chronos::store::JobStore::new(store);
+    let clock = keel_chronos::scheduler::Clock::System;
+    let handle = keel_chronos::scheduler::start(master, jobs.clone(), clock, shutdown.clone())
+        .await
+        .context("cannot start the cron jobs framework")?;
+    Ok(keel_chronos::api::router(keel_chronos::api::Api { jobs, chronos: handle }))
+}
+
+/// Opens a framework's own store, creating the directory of a SQLite file.
+async fn open_store(url: &str) -> Result<Store> {
+    if let Some(dir) = url.strip_prefix("sqlite:").and_then(|p| std::path::Path::new(p).parent()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Store::connect(url).await.with_context(|| format!("cannot open the store at {}", redact(url)))
 }
 
 impl ResourceOptions {
@@ -314,18 +354,24 @@ async fn run(command: Command) -> Result<()> {
             started.serve(axum::Router::new(), &shutdown).await??;
         }
         Command::Marathon(args) => {
-            if let Some(dir) = args.database_url.strip_prefix("sqlite:").and_then(|p| std::path::Path::new(p).parent())
-            {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            }
-            let store = Store::connect(&args.database_url)
-                .await
-                .with_context(|| format!("cannot open the store at {}", redact(&args.database_url)))?;
-            let routes = marathon_routes(&args.master, store, args.deployment_timeout, &shutdown).await?;
+            let store = open_store(&args.database_url).await?;
+            let routes = marathon_routes(&args.master, store, args.deployment_timeout, true, &shutdown).await?;
             let listener =
                 TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
             println!("keel marathon listening on http://{}", listener.local_addr()?);
             let graceful = shutdown.clone();
+            axum::serve(listener, routes.fallback(keel_core::master::http::not_found))
+                .with_graceful_shutdown(async move { graceful.cancelled().await })
+                .await?;
+        }
+        Command::Chronos(args) => {
+            let store = open_store(&args.database_url).await?;
+            let routes = chronos_routes(&args.master, store, &shutdown).await?;
+            let listener =
+                TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+            println!("keel chronos listening on http://{}", listener.local_addr()?);
+            let graceful = shutdown.clone();
+            let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             axum::serve(listener, routes.fallback(keel_core::master::http::not_found))
                 .with_graceful_shutdown(async move { graceful.cancelled().await })
                 .await?;
@@ -339,14 +385,16 @@ async fn run(command: Command) -> Result<()> {
             let started = args.master.start(&shutdown).await?;
             let addr = started.addr.clone();
             let timeout = keel_marathon::scheduler::DEFAULT_DEPLOYMENT_TIMEOUT;
-            let routes = marathon_routes(&addr, started.store.clone(), timeout, &shutdown).await?;
-            let server = started.serve(routes, &shutdown);
+            let marathon = marathon_routes(&addr, started.store.clone(), timeout, false, &shutdown).await?;
+            let chronos = chronos_routes(&addr, started.store.clone(), &shutdown).await?;
+            let server = started.serve(marathon.merge(chronos), &shutdown);
             let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
             let containerizer = args.resources.containerizer().await;
             let agent = tokio::spawn(run_agent(config, containerizer, shutdown.clone()));
             println!("Keel is running at http://{addr}");
             println!("  cluster state: http://{addr}/master/state");
             println!("  apps (Marathon API): http://{addr}/v2/apps");
+            println!("  jobs (Metronome API): http://{addr}/v1/jobs  (Chronos API: http://{addr}/scheduler/jobs)");
             println!(
                 "  try:           cargo run -- execute --master http://{addr} --name hello --command 'echo hello'"
             );

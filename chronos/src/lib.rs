@@ -1,1 +1,16 @@
-//! The cron jobs framework (Chronos- and Metronome-compatible). Built in issue 5; nothing here yet.
+//! Keel's cron jobs framework (issue #5): batch jobs on cron schedules or Chronos's ISO 8601 intervals, with
+//! dependencies, retries, deadlines and run history, behind Metronome's `/v1/jobs` and Chronos's
+//! `/scheduler` REST APIs.
+//!
+//! - [`schedule`]: fire times (cron in a time zone, repeating intervals), pure and DST-correct;
+//! - [`job`]: the job and run model, with its rules;
+//! - [`store`]: jobs, runs and counters in PostgreSQL or SQLite;
+//! - [`scheduler`]: the framework actor that fires each tick exactly once;
+//! - [`forms`] and [`api`]: the JSON forms and REST endpoints.
+
+pub mod api;
+pub mod forms;
+pub mod job;
+pub mod schedule;
+pub mod scheduler;
+pub mod store;

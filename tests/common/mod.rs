@@ -426,3 +426,91 @@ pub fn docker_task(id: &str, command: &str) -> TaskSpec {
     t.container = Some(keel_core::task::DockerSpec { image: TEST_IMAGE.into(), ..Default::default() });
     t
 }
+
+/// A framework process (`keel marathon` or `keel chronos`) on a port of its own, killed when dropped, with
+/// its log shown if the test fails.
+pub struct FrameworkProc {
+    child: Child,
+    pub url: String,
+    port: u16,
+    kind: &'static str,
+    master: String,
+    db: String,
+    extra: Vec<String>,
+    log: PathBuf,
+}
+
+impl FrameworkProc {
+    /// Starts `keel KIND --master … --listen … --database-url DB EXTRA…` and waits for it to answer `/ping`.
+    pub async fn start(kind: &'static str, master: &Master, db: &str, extra: &[&str], log: PathBuf) -> FrameworkProc {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_on(kind, free_port(), &master.url(), db, extra, log).await
+    }
+
+    async fn start_on(
+        kind: &'static str,
+        port: u16,
+        master: &str,
+        db: &str,
+        extra: Vec<String>,
+        log: PathBuf,
+    ) -> FrameworkProc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(KEEL)
+            .args([kind, "--master", master, "--listen", &format!("127.0.0.1:{port}"), "--database-url", db])
+            .args(&extra)
+            .env("KEEL_LOG", format!("info,keel_{kind}=debug"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let f = FrameworkProc { child, url, port, kind, master: master.into(), db: db.into(), extra, log };
+        wait_for(&format!("{kind} to answer /ping"), Duration::from_secs(40), || async {
+            reqwest::get(format!("{}/ping", f.url)).await.ok().map(|_| ())
+        })
+        .await;
+        f
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills it, and `down` later starts it again on the same port and store.
+    pub async fn restart_after(&mut self, down: Duration) {
+        self.kill();
+        tokio::time::sleep(down).await;
+        let log = self.log.with_extension("2.log");
+        let (master, db, extra) = (self.master.clone(), self.db.clone(), self.extra.clone());
+        *self = Self::start_on(self.kind, self.port, &master, &db, extra, log).await;
+    }
+
+    /// Sends a request with an optional JSON body; answers the status and the JSON body (null if none).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for FrameworkProc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} ----\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
