@@ -51,11 +51,17 @@ async fn containers_report_exit_codes_logs_memory_kills_and_kill_grace() {
     assert!(hog.message.contains("OOM"), "{}", hog.message);
     assert_eq!(hog.exit_code, Some(137));
 
-    let mut sleeper = docker_task("sleeper", "trap 'echo got TERM; sleep 30' TERM; sleep 60 & wait");
+    let mut sleeper = docker_task("sleeper", "trap 'echo got TERM; sleep 30' TERM; echo ready; sleep 60 & wait");
     sleeper.kill_grace = Some(Duration::from_secs(1));
     sleeper.labels.insert("team".into(), "infra".into());
     fw.launch(sleeper).await;
     fw.wait_state("sleeper", TaskState::Running, LONG).await;
+    // The shell must have installed its trap before the kill, or it would die of TERM
+    // (as PID 1 it would in fact ignore it) without the line this test looks for.
+    wait_for("the trap to be installed", LONG, || async {
+        sandbox_file(&agent, &fw.id(), "sleeper", "stdout").contains("ready").then_some(())
+    })
+    .await;
     let id = containers_of("sleeper");
     assert!(!id.is_empty());
     let labels = docker(&[
