@@ -371,9 +371,13 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
     let (status, _) = marathon.send(Method::PUT, "/v2/apps/svc", Some(broken)).await;
     assert_eq!(status, 200);
     let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + LONG;
     while !seen.contains("deployment_failed") {
-        let chunk =
-            tokio::time::timeout(LONG, events.chunk()).await.expect("no deployment_failed event").unwrap().unwrap();
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("no deployment_failed event")
+            .unwrap()
+            .unwrap();
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(seen.contains("no progress for 4s"), "{seen}");
@@ -405,6 +409,34 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
     let (status, _) = marathon.send(Method::DELETE, &format!("/v2/deployments/{id}"), None).await;
     assert_eq!(status, 200);
     assert_eq!(marathon.app("/svc").await["cpus"], 0.1);
+    // Both a cancelled deployment and one replaced by a forced change end with deployment_failed.
+    let mut stuck = v2.clone();
+    stuck["cpus"] = json!(50);
+    let (_, body) = marathon.send(Method::PUT, "/v2/apps/svc?force=true", Some(stuck)).await;
+    let replaced = body["deploymentId"].as_str().unwrap().to_owned();
+    let mut wider = v2.clone();
+    wider["mem"] = json!(100_000);
+    let (status, body) = marathon.send(Method::PUT, "/v2/apps/svc?force=true", Some(wider)).await;
+    assert_eq!(status, 200, "{body}");
+    let expected = [
+        (id, "cancelled and rolled back".to_owned()),
+        (replaced, format!("replaced by deployment {}", body["deploymentId"].as_str().unwrap())),
+    ];
+    let failed = |seen: &str| -> Vec<(String, String)> {
+        sse_events(seen)
+            .into_iter()
+            .map(|(_, data)| {
+                (data["id"].as_str().unwrap_or("").to_owned(), data["reason"].as_str().unwrap_or("").to_owned())
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + LONG;
+    while !expected.iter().all(|e| failed(&seen).contains(e)) {
+        // The stream's keep-alives arrive as chunks too: the deadline covers the whole wait.
+        let chunk = tokio::time::timeout_at(deadline, events.chunk()).await;
+        let chunk = chunk.unwrap_or_else(|_| panic!("expected {expected:?} in the deployment_failed events: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
     let (status, body) = marathon.send(Method::DELETE, "/v2/deployments/nope", None).await;
     assert_eq!((status, body["message"].as_str()), (404, Some("DeploymentPlan nope does not exist")));
 }

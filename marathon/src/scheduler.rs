@@ -552,6 +552,8 @@ impl Marathon {
                 };
                 let d = self.deployments.remove(&app_id).expect("found above");
                 info!(deployment = %d.id, app_id = %app_id, force, "deployment cancelled");
+                let how = if force { "cancelled" } else { "cancelled and rolled back" };
+                self.announce_failure(&d, how);
                 let _ = reply.send(Some(if force {
                     self.apps.get(&app_id).cloned().map(Box::new)
                 } else {
@@ -862,7 +864,13 @@ impl Marathon {
                         .filter(|i| i.fingerprint == fingerprint && !self.killing.contains_key(&i.id) && self.ready(i))
                         .count();
                     let others = live.len() - ready_new;
-                    (ready_new == app.instances as usize && others == 0, (ready_new, others))
+                    // Progress is more new instances ready or fewer old ones left. New instances that start
+                    // and crash again are churn, not progress: they must not hold off the deadline.
+                    let stale = live
+                        .iter()
+                        .filter(|i| i.fingerprint != fingerprint || self.killing.contains_key(&i.id))
+                        .count();
+                    (ready_new == app.instances as usize && others == 0, (ready_new, stale))
                 }
             };
             let Some(d) = self.deployments.get_mut(&id) else { continue };
@@ -903,26 +911,36 @@ impl Marathon {
                 if waiting.is_empty() { String::new() } else { format!("; offers turned down for {waiting}") },
             );
             warn!(deployment = %d.id, app_id = %id, %reason, "deployment failed");
-            self.events.publish(
-                "deployment_step_failure",
-                serde_json::json!({ "plan": d.plan_json(), "currentStep": d.step_json() }),
-            );
-            self.events.publish(
-                "deployment_failed",
-                serde_json::json!({ "id": d.id, "appId": id, "reason": reason, "plan": d.plan_json() }),
-            );
+            self.announce_failure(&d, &reason);
             if d.rollback_on_failure {
                 self.roll_back(&id, d.previous).await;
             }
         }
     }
 
-    /// Tracks a new deployment (replacing the app's current one, if any) and announces it.
+    /// Tracks a new deployment and announces it. A deployment it replaces (a forced change) ends as
+    /// failed, as Marathon reports a cancelled plan.
     fn begin(&mut self, d: Deployment) {
         info!(app_id = %d.app_id, deployment = %d.id, action = d.action, "deployment started");
         self.events
             .publish("deployment_info", serde_json::json!({ "plan": d.plan_json(), "currentStep": d.step_json() }));
-        self.deployments.insert(d.app_id.clone(), d);
+        let new_id = d.id.clone();
+        if let Some(old) = self.deployments.insert(d.app_id.clone(), d) {
+            info!(deployment = %old.id, replaced_by = %new_id, "deployment replaced by a forced change");
+            self.announce_failure(&old, &format!("replaced by deployment {new_id}"));
+        }
+    }
+
+    /// Publishes the end of a deployment that did not complete.
+    fn announce_failure(&self, d: &Deployment, reason: &str) {
+        self.events.publish(
+            "deployment_step_failure",
+            serde_json::json!({ "plan": d.plan_json(), "currentStep": d.step_json() }),
+        );
+        self.events.publish(
+            "deployment_failed",
+            serde_json::json!({ "id": d.id, "appId": d.app_id, "reason": reason, "plan": d.plan_json() }),
+        );
     }
 
     /// Restores an app's previous definition (or removes an app that was new) as a new deployment.
