@@ -348,11 +348,12 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
     assert!(body["message"].as_str().unwrap().contains("locked by one or more deployments"));
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
+        // Deployments first: an app read after the deployment list shows at least that much progress.
+        let (_, d) = marathon.send(Method::GET, "/v2/deployments", None).await;
         let app = marathon.app("/svc").await;
         let tasks = app["tasks"].as_array().unwrap().clone();
         assert!(tasks.len() <= 3, "over capacity: {tasks:#?}");
         assert!(app["tasksHealthy"].as_u64().unwrap() >= 2 || healthy(&app) >= 2, "capacity dropped: {app:#}");
-        let (_, d) = marathon.send(Method::GET, "/v2/deployments", None).await;
         if d.as_array().unwrap().is_empty() {
             let ids: Vec<&str> = tasks.iter().filter_map(|t| t["id"].as_str()).collect();
             assert!(ids.iter().all(|id| !old.iter().any(|o| o == id)), "old tasks remain: {ids:?}");
@@ -382,8 +383,8 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
     }
     assert!(seen.contains("no progress for 4s"), "{seen}");
     wait_for("the rollback to finish", LONG, || async {
-        let app = marathon.app("/svc").await;
         let (_, d) = marathon.send(Method::GET, "/v2/deployments", None).await;
+        let app = marathon.app("/svc").await;
         (app["cmd"] == "exec sleep 300" && d.as_array()?.is_empty() && app["tasksHealthy"] == 2).then_some(())
     })
     .await;

@@ -319,6 +319,44 @@ impl Deployment {
 /// The label that makes a failed deployment roll back by itself.
 pub const ROLLBACK_LABEL: &str = "KEEL_ROLLBACK_ON_FAILURE";
 
+/// Where one app's rolling upgrade stands: counts of its live instances, old and new.
+#[derive(Clone, Copy, Debug)]
+struct Rollout {
+    instances: usize,
+    /// `(1 + maximumOverCapacity) × instances`, rounded down.
+    max_total: usize,
+    /// `minimumHealthCapacity × instances`, rounded up.
+    min_ready: usize,
+    new: usize,
+    ready_new: usize,
+    old: usize,
+    ready_old: usize,
+    /// Instances being killed: they still run until they end, so they take room like any other.
+    dying: usize,
+}
+
+impl Rollout {
+    /// How many new instances to launch now, and how many ready old ones to kill (unready old ones always
+    /// go). Old instances go only as new ones become ready.
+    fn step(&self) -> (usize, usize) {
+        let n = self.instances;
+        let room = self.max_total.saturating_sub(self.new + self.old + self.dying);
+        let launch = n.saturating_sub(self.new).min(room);
+        if self.ready_new >= n {
+            return (launch, self.ready_old);
+        }
+        let can_kill = (self.ready_new + self.ready_old).saturating_sub(self.min_ready);
+        let in_flight = self.dying > 0 || self.ready_new < self.new;
+        if launch == 0 && can_kill == 0 && self.new < n && !in_flight {
+            // The strategy leaves no room to start a new instance and none may go (minimumHealthCapacity 1
+            // with maximumOverCapacity 0): make room one at a time, as Marathon does. Not while a new
+            // instance is still getting ready or an old one is still ending: that room is already in use.
+            return (launch, 1);
+        }
+        (launch, can_kill)
+    }
+}
+
 /// One convergence step for an app.
 #[derive(Default)]
 struct Plan {
@@ -731,18 +769,22 @@ impl Marathon {
             return Plan { launch: n.saturating_sub(new.len()), kill };
         }
         let strategy = &app.upgrade_strategy;
-        let max_total = n + (n as f64 * strategy.maximum_over_capacity).floor() as usize;
-        let min_ready = (n as f64 * strategy.minimum_health_capacity).ceil() as usize;
-        let launch = n.saturating_sub(new.len()).min(max_total.saturating_sub(new.len() + old.len()));
-        let ready_new = new.iter().filter(|i| self.ready(i)).count();
-        let (ready_old, unready_old): (Vec<&Instance>, Vec<&Instance>) = old.into_iter().partition(|i| self.ready(i));
-        let mut can_kill = (ready_new + ready_old.len()).saturating_sub(min_ready);
-        if ready_new >= n {
-            can_kill = ready_old.len();
-        } else if launch == 0 && can_kill == 0 && new.len() < n {
-            // No room to start a new instance and none may go: make room one at a time anyway.
-            can_kill = 1;
-        }
+        let (ready_old, unready_old): (Vec<&Instance>, Vec<&Instance>) =
+            old.iter().copied().partition(|i| self.ready(i));
+        let rollout = Rollout {
+            instances: n,
+            max_total: n + (n as f64 * strategy.maximum_over_capacity).floor() as usize,
+            min_ready: (n as f64 * strategy.minimum_health_capacity).ceil() as usize,
+            new: new.len(),
+            ready_new: new.iter().filter(|i| self.ready(i)).count(),
+            old: old.len(),
+            ready_old: ready_old.len(),
+            dying: self
+                .of_app(id.as_str())
+                .filter(|i| self.killing.contains_key(&i.id) && !i.state.is_terminal())
+                .count(),
+        };
+        let (launch, can_kill) = rollout.step();
         kill.extend(unready_old.into_iter().cloned());
         kill.extend(ready_old.into_iter().take(can_kill).cloned());
         Plan { launch, kill }
@@ -1333,6 +1375,66 @@ mod tests {
         token.cancel();
         assert_eq!(snapshot.instances.len(), 1);
         assert_eq!(snapshot.instances[0].attributes, vec![("rack".to_owned(), "r2".to_owned())]);
+    }
+
+    /// Plays whole rolling upgrades, applying [`Rollout::step`] after every single event (a new instance
+    /// becoming ready, a killed one ending, or none) in every order, and checks Marathon's bounds.
+    #[test]
+    fn rolling_upgrades_stay_within_their_capacity_bounds() {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        struct World {
+            unready_new: usize,
+            ready_new: usize,
+            old: usize,
+            dying: usize,
+        }
+        for n in 1..=4usize {
+            for (min_health, over) in [(1.0, 0.5), (1.0, 0.0), (0.5, 0.0), (0.0, 0.0), (0.5, 1.0), (1.0, 1.0)] {
+                let max_total = n + (n as f64 * over).floor() as usize;
+                let min_ready = (n as f64 * min_health).ceil() as usize;
+                // With no room at all, one old instance goes first, as in Marathon.
+                let floor = if max_total == min_ready { min_ready.saturating_sub(1) } else { min_ready };
+                let apply = |w: World| {
+                    let r = Rollout {
+                        instances: n,
+                        max_total,
+                        min_ready,
+                        new: w.unready_new + w.ready_new,
+                        ready_new: w.ready_new,
+                        old: w.old,
+                        ready_old: w.old,
+                        dying: w.dying,
+                    };
+                    let (launch, kill) = r.step();
+                    let kill = kill.min(w.old);
+                    World { unready_new: w.unready_new + launch, old: w.old - kill, dying: w.dying + kill, ..w }
+                };
+                let start = World { unready_new: 0, ready_new: 0, old: n, dying: 0 };
+                let mut seen = std::collections::HashSet::new();
+                let mut todo = vec![apply(start)];
+                while let Some(w) = todo.pop() {
+                    if !seen.insert(w) {
+                        continue;
+                    }
+                    let label = format!("n={n} min={min_health} over={over}: {w:?}");
+                    let total = w.unready_new + w.ready_new + w.old + w.dying;
+                    assert!(total <= max_total.max(n), "over capacity, {label}");
+                    assert!(w.ready_new + w.old >= floor.min(n), "capacity dropped, {label}");
+                    // The plan is also made again with nothing new (the next offer, the periodic pass).
+                    let mut next = vec![w];
+                    if w.unready_new > 0 {
+                        next.push(World { unready_new: w.unready_new - 1, ready_new: w.ready_new + 1, ..w });
+                    }
+                    if w.dying > 0 {
+                        next.push(World { dying: w.dying - 1, ..w });
+                    }
+                    if next.len() == 1 && apply(w) == w {
+                        assert_eq!((w.ready_new, w.old), (n, 0), "stuck before the end, {label}");
+                    }
+                    todo.extend(next.into_iter().map(apply));
+                }
+            }
+        }
     }
 
     #[test]
