@@ -1,5 +1,6 @@
 //! End-to-end tests of the cron jobs framework: a real master, agent and `keel chronos` process, driven
-//! through the Metronome and Chronos REST APIs, running real jobs.
+//! through the Metronome and Chronos REST APIs, running real jobs. One test runs the framework in-process on
+//! a test-driven clock instead, to let a minute of the framework's time pass at once.
 
 mod common;
 
@@ -345,4 +346,67 @@ async fn a_docker_job_runs_in_its_image() {
     let (_, job) = chronos.send(Method::GET, "/scheduler/job/in-docker", None).await;
     assert_eq!(job["container"]["image"], TEST_IMAGE);
     assert_eq!(job["successCount"], 1);
+}
+
+/// A run whose agent stays unreachable for 60 s of the scheduler's clock is given up as lost, and its task
+/// is killed when the agent comes back. The master and agent are real; the framework runs in this process on
+/// a test-driven clock, so the minute passes at once.
+#[tokio::test]
+async fn a_run_on_an_agent_unreachable_for_a_minute_fails_and_its_task_is_killed_on_return() {
+    use keel_chronos::job::{Job, JobId, RunStatus};
+    use keel_chronos::scheduler::{self, Clock, ManualClock};
+    use keel_chronos::store::JobStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("keel.db").display());
+    let master = Master::start(dir.path(), &db, "2s").await;
+    let mut agent = Agent::start(&master, &dir.path().join("agent"), AGENT_RESOURCES).await;
+    let chronos_db = format!("sqlite:{}", dir.path().join("chronos.db").display());
+    let jobs = JobStore::new(keel_core::store::Store::connect(&chronos_db).await.unwrap());
+    let clock = ManualClock::new(chrono::Utc::now());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let chronos =
+        scheduler::start(&master.url(), jobs.clone(), Clock::Manual(clock.clone()), shutdown.clone()).await.unwrap();
+    let id = JobId::parse("stranded").unwrap();
+    let mut job = Job::new(id.clone());
+    job.run.cmd = Some("echo $$ > pid; exec sleep 300".into());
+    job.run.cpus = 0.1;
+    job.run.mem = 16.0;
+    chronos.put(job, keel_chronos::scheduler::PutMode::Create).await.unwrap();
+    let run = chronos.run_now(id.clone()).await.unwrap();
+    let running = wait_for("the run to be active", LONG, || async {
+        let runs = jobs.runs(&id, 10).await.ok()?;
+        runs.into_iter().find(|r| r.id == run.id && r.status == RunStatus::Active)
+    })
+    .await;
+    let pid = task_pid(&agent, &running.task_ids[0]).await;
+
+    agent.proc.kill();
+    wait_for("the master to find the agent unreachable", LONG, || async {
+        (master.state().await["agents"][0]["status"] == "unreachable").then_some(())
+    })
+    .await;
+    // The update reaches the framework right after; a round trip through its actor lets it in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    chronos.view(None).await;
+    let mut waited = Duration::ZERO;
+    let failed = loop {
+        let r = jobs.runs(&id, 10).await.unwrap().into_iter().find(|r| r.id == run.id).unwrap();
+        if r.status != RunStatus::Active {
+            break r;
+        }
+        assert!(waited <= Duration::from_secs(120), "still {:?} after {waited:?}: {r:#?}", r.status);
+        clock.advance(Duration::from_secs(30));
+        waited += Duration::from_secs(30);
+        chronos.view(None).await;
+        chronos.view(None).await;
+    };
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:#?}");
+    assert!(failed.message.contains("unreachable for 60 s"), "{}", failed.message);
+    assert!(waited >= Duration::from_secs(60), "given up after only {waited:?}");
+    assert!(alive(pid), "the task outlives its agent");
+
+    agent.restart(&master).await;
+    wait_for("the lost task to be killed", LONG, || async { (!alive(pid)).then_some(()) }).await;
+    shutdown.cancel();
 }
