@@ -357,6 +357,9 @@ async fn a_run_on_an_agent_unreachable_for_a_minute_fails_and_its_task_is_killed
     use keel_chronos::scheduler::{self, Clock, ManualClock};
     use keel_chronos::store::JobStore;
 
+    // The framework logs into the test's output, shown if it fails.
+    let _ =
+        tracing_subscriber::fmt().with_env_filter("keel_chronos=debug,keel_core=debug").with_test_writer().try_init();
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite:{}", dir.path().join("keel.db").display());
     let master = Master::start(dir.path(), &db, "2s").await;

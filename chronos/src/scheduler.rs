@@ -122,6 +122,44 @@ impl Clock {
     }
 }
 
+/// Explicit reconciliation answers still to come, per task. The master handles a framework's calls in order
+/// and answers each task asked about once (or not at all, for an agent it is still waiting for), so the
+/// answers to requests sent before a task's launch come first; an `UNKNOWN` among them only says that the
+/// master had not seen the launch yet.
+#[derive(Debug, Default)]
+struct PendingAnswers {
+    asked: HashMap<String, u32>,
+    /// Of `asked`, those sent before the task was launched.
+    before_launch: HashMap<String, u32>,
+}
+
+impl PendingAnswers {
+    fn asked(&mut self, task: &str) {
+        *self.asked.entry(task.to_owned()).or_default() += 1;
+    }
+
+    fn launched(&mut self, task: &str) {
+        match self.asked.get(task) {
+            Some(n) => self.before_launch.insert(task.to_owned(), *n),
+            None => self.before_launch.remove(task),
+        };
+    }
+
+    /// Counts an answer about `task` as received; true if it answers a request sent before the launch.
+    fn answered(&mut self, task: &str) -> bool {
+        fn take(counts: &mut HashMap<String, u32>, task: &str) -> bool {
+            let Some(n) = counts.get_mut(task) else { return false };
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(task);
+            }
+            true
+        }
+        take(&mut self.asked, task);
+        take(&mut self.before_launch, task)
+    }
+}
+
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -354,6 +392,8 @@ struct Chronos {
     /// Runs whose task's agent became unreachable, and since when (milliseconds).
     unreachable: HashMap<Key, i64>,
     next_reconcile: DateTime<Utc>,
+    /// Reconciliation answers still to come on this connection.
+    answers: PendingAnswers,
     /// Set when the store failed to record ticks: they are tried again then.
     store_retry_at: Option<DateTime<Utc>>,
 }
@@ -404,6 +444,7 @@ pub async fn start(
         retry_children: BTreeSet::new(),
         unreachable: HashMap::new(),
         next_reconcile: now + TimeDelta::from_std(RECONCILE_EVERY).unwrap_or_default(),
+        answers: PendingAnswers::default(),
         store_retry_at: None,
     };
     c.recover(now).await?;
@@ -726,7 +767,7 @@ impl Chronos {
         }
         if !tasks.is_empty() {
             debug!(tasks = tasks.len(), "reconciling tasks not known to be running");
-            self.call(Call::Reconcile { tasks }).await;
+            self.reconcile(tasks).await;
         }
         // Kills asked for and not yet answered (one sent while disconnected is lost): send them again.
         let stopping: Vec<String> = self
@@ -1061,6 +1102,7 @@ impl Chronos {
     /// Books a task just launched for its run.
     fn started(&mut self, key: Key, task: String, attempt: u32, sent: i64) {
         self.pending.remove(&key);
+        self.answers.launched(&task);
         self.by_task.insert(task.clone(), key.clone());
         let Some(run) = self.runs.get_mut(&key) else { return };
         run.status = run.status.transition(RunStatus::Starting).unwrap_or(run.status);
@@ -1113,6 +1155,14 @@ impl Chronos {
         }
     }
 
+    /// Asks the master about these tasks, counting the answers to come.
+    async fn reconcile(&mut self, tasks: Vec<(TaskId, Option<AgentId>)>) {
+        for (t, _) in &tasks {
+            self.answers.asked(t.as_str());
+        }
+        self.call(Call::Reconcile { tasks }).await;
+    }
+
     async fn call(&self, call: Call) {
         if let Err(e) = self.driver.call(call).await {
             // Launches, kills and reconciliations are sent again by later passes; see `reconcile_unsure`.
@@ -1132,8 +1182,9 @@ impl Chronos {
                 // Learn the real state of every task an open run may have started.
                 let known: Vec<(TaskId, Option<AgentId>)> =
                     self.by_task.keys().filter_map(|t| TaskId::parse(t).ok()).map(|t| (t, None)).collect();
+                self.answers = PendingAnswers::default();
                 if !known.is_empty() {
-                    self.call(Call::Reconcile { tasks: known }).await;
+                    self.reconcile(known).await;
                 }
                 self.call(Call::Reconcile { tasks: vec![] }).await;
                 self.suppressed = false;
@@ -1163,6 +1214,11 @@ impl Chronos {
                 task_id: status.task_id.clone(),
                 uuid: uuid.clone(),
             });
+        }
+        let is_answer = status.reason.as_deref() == Some(keel_core::task::reason::RECONCILIATION);
+        if is_answer && self.answers.answered(status.task_id.as_str()) && status.state == TaskState::Unknown {
+            debug!(task_id = %status.task_id, "ignoring an answer to a reconciliation asked before the launch");
+            return;
         }
         let tid = status.task_id.to_string();
         let Some(key) = self.by_task.get(&tid).cloned() else {
@@ -1726,6 +1782,30 @@ fn task_spec(job: &Job, run: &Run, attempt: u32) -> Result<TaskSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconciliation_answers_asked_before_a_launch_are_told_apart() {
+        let mut a = PendingAnswers::default();
+        // Asked twice before the launch (on subscribing, then in a periodic pass), once after it.
+        a.asked("j.r.1");
+        a.asked("j.r.1");
+        a.launched("j.r.1");
+        a.asked("j.r.1");
+        assert_eq!([a.answered("j.r.1"), a.answered("j.r.1"), a.answered("j.r.1")], [true, true, false]);
+        assert!(!a.answered("j.r.1"), "an answer nobody asked for is not stale");
+        // A task never asked about before its launch: every answer counts.
+        a.launched("j.r.2");
+        a.asked("j.r.2");
+        assert!(!a.answered("j.r.2"));
+        // A relaunch under the same id (a recovered run fired after its answer) starts afresh.
+        a.asked("j.r.3");
+        a.launched("j.r.3");
+        assert!(a.answered("j.r.3"));
+        a.launched("j.r.3");
+        a.asked("j.r.3");
+        assert!(!a.answered("j.r.3"));
+        assert!(a.asked.is_empty() && a.before_launch.is_empty(), "{a:?}");
+    }
 
     #[test]
     fn an_interval_without_a_start_starts_at_the_next_second_in_its_zone() {
