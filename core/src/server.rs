@@ -1,14 +1,32 @@
 //! One listening port for everything, as Mesos serves everything on 5050: gRPC (scheduler and agent
 //! services) and HTTP (the operator API, and whatever routes the binary adds, such as frameworks' REST
 //! APIs and the console) share it. HTTP/1 and HTTP/2 are told apart per connection.
+//!
+//! The accept loop is Keel's own rather than `axum::serve`, because that has no timeouts: a client that
+//! connects and sends nothing, or half a request, would hold its connection (and a file descriptor)
+//! forever. Here:
+//! - a connection must show which protocol it speaks within [`Limits::header_read`];
+//! - an HTTP/1 request's headers must arrive within the same time, also between keep-alive requests, so an
+//!   idle connection is closed after it;
+//! - a REST request must be read and answered within [`Limits::request`] (streams, whose bodies are the
+//!   point, are exempt: gRPC streams and SSE answer at once and then stream);
+//! - HTTP/2 connections (gRPC) are pinged, and closed when the peer stops answering;
+//! - at most [`Limits::max_connections`] connections are open at once; more wait in the kernel's backlog.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::master::grpc::{AgentService, SchedulerService};
 use crate::master::{MasterHandle, http};
@@ -18,29 +36,306 @@ use crate::proto::scheduler_server::SchedulerServer;
 /// How long open streams get to finish after shutdown is asked for before connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The bounds the server puts on its clients.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once; the accept loop waits for one to close beyond this.
+    pub max_connections: usize,
+    /// Time to send the protocol preface or an HTTP/1 request's headers, and the most an HTTP/1
+    /// connection may sit idle between requests.
+    pub header_read: Duration,
+    /// Time to send a REST request's body and get the answer's head.
+    pub request: Duration,
+    /// Interval of HTTP/2 pings, and how long an unanswered one is waited for.
+    pub h2_keepalive: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: default_max_connections(),
+            header_read: Duration::from_secs(10),
+            request: Duration::from_secs(60),
+            h2_keepalive: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one and keeps a quarter of it for everything that is
+/// not a client connection (the store, agents' files, task pipes): at most 16,384 connections.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            1024
+        } else {
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+            lim.rlim_cur
+        }
+    };
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    (soft / 4 * 3).clamp(64, 16_384)
+}
+
 /// Builds the router for a master: gRPC services, the operator API and `extra` routes.
 pub fn router(master: MasterHandle, extra: Router) -> Router {
+    router_with(master, extra, http::Extras::default(), Limits::default())
+}
+
+/// [`router`], with the operator API's `extras` and the request time limit of `limits` on the REST routes.
+pub fn router_with(master: MasterHandle, extra: Router, extras: http::Extras, limits: Limits) -> Router {
     let grpc = tonic::service::Routes::new(
         SchedulerServer::new(SchedulerService::new(master.clone())).max_decoding_message_size(64 << 20),
     )
     .add_service(AgentServiceServer::new(AgentService::new(master.clone())).max_decoding_message_size(64 << 20))
     .into_axum_router();
-    http::router(master).merge(extra).merge(grpc).fallback(http::not_found)
+    let rest = http::router_with(master, extras).merge(extra);
+    rest_limits(rest, limits).merge(grpc).fallback(http::not_found)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// Puts the REST time limit on `router`: a request whose body does not arrive, or whose answer does not
+/// start, within [`Limits::request`] answers 408 with a JSON message.
+pub fn rest_limits(router: Router, limits: Limits) -> Router {
+    let limit = limits.request;
+    router.layer(axum::middleware::from_fn(move |req: Request, next: Next| async move {
+        match tokio::time::timeout(limit, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => request_timeout(limit),
+        }
+    }))
+}
+
+fn request_timeout(limit: Duration) -> Response {
+    let body = serde_json::json!({ "message": format!("the request was not received and answered within {limit:?}") });
+    (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, with the default [`Limits`].
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_with(listener, router, Limits::default(), shutdown).await
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` is cancelled.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    info!(%addr, "listening (gRPC and HTTP)");
-    let graceful = shutdown.clone();
-    // Scheduler and agent streams carry many small messages; Nagle's algorithm would hold each one back.
-    let listener = listener.tap_io(|tcp| {
+    info!(%addr, max_connections = limits.max_connections, "listening (gRPC and HTTP)");
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut saturated = false;
+    loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => {
+                saturated = false;
+                p
+            }
+            Err(_) => {
+                if !saturated {
+                    warn!(max_connections = limits.max_connections, "connection limit reached: new ones wait");
+                    saturated = true;
+                }
+                tokio::select! {
+                    p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted: not fatal.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        // Scheduler and agent streams carry many small messages; Nagle's algorithm would hold each one back.
         let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await });
-    tokio::select! {
-        r = server => r,
-        // Long-lived streams would hold a graceful shutdown open forever.
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => Ok(()),
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_connection(tcp, router, limits, shutdown).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+    Ok(())
+}
+
+/// The first bytes every HTTP/2 connection sends.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads (without consuming) until the connection has shown whether it starts with the HTTP/2 preface.
+async fn is_http2(tcp: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A partial preface: wait for more without spinning.
+        tcp.readable().await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let h2 = match tokio::time::timeout(limits.header_read, is_http2(&tcp)).await {
+        Ok(r) => r?,
+        Err(_) => return Err("no request within the header read timeout".into()),
+    };
+    let service = TowerToHyperService::new(router);
+    let io = TokioIo::new(tcp);
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(limits.h2_keepalive)
+            .keep_alive_timeout(limits.h2_keepalive)
+            .max_concurrent_streams(1024);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r?,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read).keep_alive(true);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r?,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = rest_limits(
+            Router::new()
+                .route("/ping", axum::routing::get(|| async { "pong" }))
+                .route("/echo", axum::routing::post(|body: axum::body::Bytes| async move { body })),
+            limits,
+        );
+        let token = CancellationToken::new();
+        tokio::spawn(serve_with(listener, router, limits, token.clone()));
+        (addr, token)
+    }
+
+    fn quick() -> Limits {
+        Limits {
+            max_connections: 4,
+            header_read: Duration::from_millis(300),
+            request: Duration::from_millis(300),
+            h2_keepalive: Duration::from_secs(5),
+        }
+    }
+
+    async fn get_ping(addr: std::net::SocketAddr) -> String {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out)).await.unwrap().unwrap();
+        out
+    }
+
+    /// Idle, silent and half-sent connections are closed, and do not keep others out.
+    #[tokio::test]
+    async fn idle_and_half_sent_connections_are_closed_and_free_their_slot() {
+        let (addr, token) = start(quick()).await;
+        // Fill every slot with connections that send nothing or half a request.
+        let mut idle = Vec::new();
+        for i in 0..4 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            if i % 2 == 1 {
+                c.write_all(b"GET /ping HTTP/1.1\r\nhost:").await.unwrap();
+            }
+            idle.push(c);
+        }
+        // The server closes each of them by itself.
+        for mut c in idle {
+            let mut buf = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+            assert!(r.is_ok(), "an idle connection was left open");
+        }
+        assert!(get_ping(addr).await.ends_with("pong"));
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_comes_answers_408_in_json() {
+        let (addr, token) = start(quick()).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nabc").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out)).await.unwrap().unwrap();
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(out.contains("\"message\""), "{out}");
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_slot() {
+        let limits = Limits { header_read: Duration::from_secs(30), ..quick() };
+        let (addr, token) = start(limits).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 256];
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).contains("pong"));
+            held.push(c);
+        }
+        let waiting = tokio::spawn(get_ping(addr));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a fifth connection was served past the limit of 4");
+        drop(held.pop());
+        let out = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert!(out.ends_with("pong"));
+        token.cancel();
     }
 }

@@ -1,4 +1,8 @@
 //! The operator HTTP API: `/master/state`, `/health` and `/metrics`.
+//!
+//! `/metrics` is Prometheus text, unless the caller asks for JSON (`Accept: application/json`) and the
+//! binary has plugged in a JSON answer (in `keel dev`, the services framework's Marathon metrics, which
+//! Marathon clients read there). `/health` names every registered part of the process and its state.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -10,16 +14,41 @@ use serde_json::json;
 use axum::extract::{Path, Query};
 
 use super::{FileRequest, MasterError, MasterHandle};
+use crate::health::Health;
 use crate::ids::{FrameworkId, TaskId};
+
+/// Answers `/metrics` for callers that accept only JSON.
+pub type JsonMetrics =
+    std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, Response> + Send + Sync + 'static>;
+
+/// What the operator routes need besides the master.
+#[derive(Clone, Default)]
+pub struct Extras {
+    /// The parts of the process `/health` reports on, besides the master's actor.
+    pub health: Health,
+    /// The JSON answer of `/metrics`, if the binary has one.
+    pub json_metrics: Option<JsonMetrics>,
+}
+
+#[derive(Clone)]
+struct Ops {
+    master: MasterHandle,
+    extras: Extras,
+}
 
 /// The operator routes, to be merged into the server's router.
 pub fn router(master: MasterHandle) -> Router {
+    router_with(master, Extras::default())
+}
+
+/// [`router`], with the health probes and JSON metrics of `extras`.
+pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
+    let ops = Ops { master: master.clone(), extras };
     Router::new()
         .route("/master/state", get(state))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .route("/master/tasks/{task_id}/files/{file}", get(read_file))
         .with_state(master)
+        .merge(Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(ops))
 }
 
 /// A JSON error body: `{"message": "..."}` with a status code.
@@ -73,15 +102,48 @@ async fn state(State(master): State<MasterHandle>) -> Result<impl IntoResponse, 
     Ok(Json(master.state().await?))
 }
 
-async fn health(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
+/// How long `/health` waits for the master's actor before calling it wedged.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /health`: 200 when every part runs, 503 otherwise; both name every part and its state.
+async fn health(State(ops): State<Ops>) -> Response {
     // Asking the actor proves it is alive and not wedged.
-    let state = master.state().await?;
-    Ok(Json(json!({ "status": "ok", "agents": state.agents.len(), "frameworks": state.frameworks.len() })))
+    let master = tokio::time::timeout(HEALTH_WAIT, ops.master.state()).await;
+    let (master_up, counts) = match &master {
+        Ok(Ok(state)) => (true, json!({ "agents": state.agents.len(), "frameworks": state.frameworks.len() })),
+        Ok(Err(e)) => (false, json!({ "error": e.to_string() })),
+        Err(_) => (false, json!({ "error": format!("no answer within {HEALTH_WAIT:?}") })),
+    };
+    let mut components = vec![json!({ "name": "master", "state": if master_up { "running" } else { "stopped" } })];
+    let mut all_up = master_up;
+    for (name, up) in ops.extras.health.check() {
+        all_up &= up;
+        components.push(json!({ "name": name, "state": if up { "running" } else { "stopped" } }));
+    }
+    let mut body = json!({ "status": if all_up { "ok" } else { "failing" }, "components": components });
+    if let (Some(obj), Some(counts)) = (body.as_object_mut(), counts.as_object()) {
+        obj.extend(counts.clone());
+    }
+    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
-async fn metrics(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
-    let text = master.metrics().await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+/// Whether the caller wants JSON: it asked for `application/json` and not for text, or it sent no
+/// `Accept` at all, as Chronos's and Marathon's Python clients do. Prometheus always names its text formats,
+/// and curl sends `*/*`: both get text.
+fn wants_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return true };
+    accept.contains("application/json") && !accept.contains("text/plain") && !accept.contains("openmetrics")
+}
+
+async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
+    if wants_json(&headers)
+        && let Some(json_metrics) = &ops.extras.json_metrics
+    {
+        return Ok(json_metrics().await);
+    }
+    let text = ops.master.metrics().await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// The JSON 404 for any path nobody serves.

@@ -174,6 +174,13 @@ pub struct MasterHandle {
     tx: mpsc::Sender<Command>,
 }
 
+impl MasterHandle {
+    /// Whether the master's actor still runs.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+}
+
 /// A subscribed framework connection: its id, and the events the master sends it.
 pub struct Subscription {
     pub framework_id: FrameworkId,
