@@ -21,30 +21,105 @@ impl Place<'_> {
     }
 }
 
+/// The operators a constraint may use.
+pub const OPERATORS: [&str; 7] = ["UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER", "IS"];
+
+/// How big a compiled LIKE/UNLIKE pattern may get, so that a hostile pattern cannot take the memory.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// A constraint checked once, at validation: its operator known, its number parsed and its pattern
+/// compiled (with the `regex` crate, which matches in linear time, however the pattern is written).
+#[derive(Clone, Debug)]
+pub struct Constraint {
+    field: String,
+    op: Op,
+    value: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Unique,
+    Cluster,
+    GroupBy(usize),
+    Like(regex::Regex),
+    Unlike(regex::Regex),
+    MaxPer(usize),
+    Is,
+}
+
+impl Constraint {
+    /// Parses Marathon's `[field, OPERATOR, value?]`.
+    pub fn parse(c: &[String]) -> Result<Constraint, String> {
+        let (Some(field), Some(op)) = (c.first(), c.get(1)) else {
+            return Err(format!(
+                "a constraint is [field, operator, value?]; operator must be one of {}",
+                OPERATORS.join(", ")
+            ));
+        };
+        if c.len() > 3 {
+            return Err(format!("{op} takes a field and at most one value"));
+        }
+        let value = c.get(2).cloned();
+        let need = |what: &str| value.clone().ok_or_else(|| format!("{op} takes a field and {what}"));
+        let number =
+            |v: &str| v.parse::<u32>().map(|n| n as usize).map_err(|_| format!("{op} takes a whole number, got '{v}'"));
+        let pattern = |v: &str| {
+            regex::RegexBuilder::new(&format!("^(?:{v})$"))
+                .size_limit(PATTERN_SIZE_LIMIT)
+                .build()
+                .map_err(|e| format!("{op} takes a regular expression: {e}"))
+        };
+        let op = match op.as_str() {
+            "UNIQUE" => Op::Unique,
+            "CLUSTER" => Op::Cluster,
+            "GROUP_BY" => Op::GroupBy(value.as_deref().map(number).transpose()?.unwrap_or(0)),
+            "LIKE" => Op::Like(pattern(&need("a value")?)?),
+            "UNLIKE" => Op::Unlike(pattern(&need("a value")?)?),
+            "MAX_PER" => Op::MaxPer(number(&need("a value")?)?),
+            "IS" => {
+                need("a value")?;
+                Op::Is
+            }
+            _ => return Err(format!("constraint operator must be one of {}", OPERATORS.join(", "))),
+        };
+        Ok(Constraint { field: field.clone(), op, value })
+    }
+
+    /// Parses every constraint of an app, which validation has already accepted; any that fail are left
+    /// out, with the reason logged.
+    pub fn parse_all(constraints: &[Vec<String>]) -> Vec<Constraint> {
+        constraints
+            .iter()
+            .filter_map(|c| {
+                Constraint::parse(c)
+                    .inspect_err(|e| tracing::warn!(constraint = ?c, error = %e, "stored constraint ignored"))
+                    .ok()
+            })
+            .collect()
+    }
+}
+
 /// Whether an instance may be placed at `candidate`, given the places of the app's current instances.
 /// Returns the first violated constraint, for "why is my app waiting".
-pub fn check(constraints: &[Vec<String>], candidate: &Place<'_>, existing: &[Place<'_>]) -> Result<(), String> {
+pub fn check(constraints: &[Constraint], candidate: &Place<'_>, existing: &[Place<'_>]) -> Result<(), String> {
     for c in constraints {
-        let (Some(field), Some(op)) = (c.first(), c.get(1)) else { continue };
-        let value = c.get(2).map(String::as_str);
+        let field = c.field.as_str();
+        let value = c.value.as_deref();
         let here = candidate.field(field);
-        let describe = || format!("{field}:{op}{}", value.map(|v| format!(":{v}")).unwrap_or_default());
-        let full_match = |pattern: &str, s: &str| whole_match(pattern, s);
-        let ok = match op.as_str() {
-            "UNIQUE" => here.is_some_and(|h| existing.iter().all(|e| e.field(field) != Some(h))),
-            "CLUSTER" => match (here, value) {
+        let ok = match &c.op {
+            Op::Unique => here.is_some_and(|h| existing.iter().all(|e| e.field(field) != Some(h))),
+            Op::Cluster => match (here, value) {
                 (Some(h), Some(v)) => h == v,
                 (Some(h), None) => existing.iter().all(|e| e.field(field) == Some(h)),
                 (None, _) => false,
             },
-            "IS" => here.is_some_and(|h| Some(h) == value),
-            "LIKE" => here.is_some_and(|h| value.is_some_and(|v| full_match(v, h))),
-            "UNLIKE" => here.is_none_or(|h| value.is_none_or(|v| !full_match(v, h))),
-            "MAX_PER" => {
-                let max: usize = value.and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-                here.is_some_and(|h| existing.iter().filter(|e| e.field(field) == Some(h)).count() < max)
+            Op::Is => here.is_some_and(|h| Some(h) == value),
+            Op::Like(re) => here.is_some_and(|h| re.is_match(h)),
+            Op::Unlike(re) => here.is_none_or(|h| !re.is_match(h)),
+            Op::MaxPer(max) => {
+                here.is_some_and(|h| existing.iter().filter(|e| e.field(field) == Some(h)).count() < *max)
             }
-            "GROUP_BY" => match here {
+            Op::GroupBy(groups) => match here {
                 None => false,
                 Some(h) => {
                     // Spread evenly: place here only if this value has no more instances than the least used
@@ -56,8 +131,7 @@ pub fn check(constraints: &[Vec<String>], candidate: &Place<'_>, existing: &[Pla
                         }
                     }
                     let here_count = counts.get(h).copied().unwrap_or(0);
-                    let groups: usize = value.and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let min = if counts.len() < groups || counts.is_empty() {
+                    let min = if counts.len() < *groups || counts.is_empty() {
                         0
                     } else {
                         counts.values().copied().min().unwrap_or(0)
@@ -65,80 +139,29 @@ pub fn check(constraints: &[Vec<String>], candidate: &Place<'_>, existing: &[Pla
                     here_count <= min
                 }
             },
-            _ => true,
         };
         if !ok {
-            return Err(describe());
+            let op = match &c.op {
+                Op::Unique => "UNIQUE",
+                Op::Cluster => "CLUSTER",
+                Op::GroupBy(_) => "GROUP_BY",
+                Op::Like(_) => "LIKE",
+                Op::Unlike(_) => "UNLIKE",
+                Op::MaxPer(_) => "MAX_PER",
+                Op::Is => "IS",
+            };
+            return Err(format!("{field}:{op}{}", value.map(|v| format!(":{v}")).unwrap_or_default()));
         }
     }
     Ok(())
-}
-
-/// A small regular-expression matcher for LIKE/UNLIKE covering what constraints use in practice: literals,
-/// `.`, `*` after an atom, alternation with `|` at the top level, and character classes like `[a-z]`. The
-/// whole value must match.
-fn whole_match(pattern: &str, s: &str) -> bool {
-    pattern.split('|').any(|alt| matches_here(alt.as_bytes(), s.as_bytes()))
-}
-
-fn atom_len(p: &[u8]) -> usize {
-    if p.first() == Some(&b'[') { p.iter().position(|&c| c == b']').map_or(1, |i| i + 1) } else { 1 }
-}
-
-fn atom_matches(atom: &[u8], c: u8) -> bool {
-    match atom {
-        [b'.'] => true,
-        [b'[', inner @ .., b']'] => {
-            let mut i = 0;
-            while i < inner.len() {
-                if i + 2 < inner.len() && inner[i + 1] == b'-' {
-                    if inner[i] <= c && c <= inner[i + 2] {
-                        return true;
-                    }
-                    i += 3;
-                } else {
-                    if inner[i] == c {
-                        return true;
-                    }
-                    i += 1;
-                }
-            }
-            false
-        }
-        [a] => *a == c,
-        _ => false,
-    }
-}
-
-fn matches_here(p: &[u8], s: &[u8]) -> bool {
-    if p.is_empty() {
-        return s.is_empty();
-    }
-    let n = atom_len(p);
-    let atom = &p[..n];
-    if p.get(n) == Some(&b'*') {
-        let rest = &p[n + 1..];
-        let mut i = 0;
-        loop {
-            if matches_here(rest, &s[i..]) {
-                return true;
-            }
-            if i < s.len() && atom_matches(atom, s[i]) {
-                i += 1;
-            } else {
-                return false;
-            }
-        }
-    }
-    !s.is_empty() && atom_matches(atom, s[0]) && matches_here(&p[n..], &s[1..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn c(parts: &[&str]) -> Vec<String> {
-        parts.iter().map(|s| s.to_string()).collect()
+    fn c(parts: &[&str]) -> Constraint {
+        Constraint::parse(&parts.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
     fn attrs(rack: &str) -> Vec<(String, String)> {
@@ -181,5 +204,23 @@ mod tests {
         let on_r2 = Place { hostname: "c", attributes: &r2 };
         assert!(check(&[c(&["rack", "GROUP_BY", "2"])], &on_r1, &existing).is_err());
         assert!(check(&[c(&["rack", "GROUP_BY", "2"])], &on_r2, &existing).is_ok());
+    }
+
+    /// A pattern that makes a backtracking matcher take exponential time (and recurse once per `*`)
+    /// matches in linear time here, and bad or oversized patterns are refused at validation.
+    #[test]
+    fn patterns_are_compiled_once_and_match_in_linear_time() {
+        let evil = format!("{}b", "a*".repeat(500));
+        let host = "a".repeat(10_000);
+        let p = Place { hostname: &host, attributes: &[] };
+        let started = std::time::Instant::now();
+        assert!(check(&[c(&["hostname", "LIKE", &evil])], &p, &[]).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+        let parse = |v: &[&str]| Constraint::parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(parse(&["hostname", "LIKE", "web-[0-9"]).unwrap_err().contains("regular expression"));
+        assert!(parse(&["hostname", "LIKE", &"(a{100}){100}".repeat(10)]).is_err(), "an oversized pattern");
+        assert!(parse(&["hostname", "LIKE"]).is_err());
+        assert!(parse(&["rack", "MAX_PER", "two"]).unwrap_err().contains("whole number"));
+        assert!(parse(&["rack", "SOMETIMES"]).unwrap_err().contains("must be one of"));
     }
 }
