@@ -15,8 +15,10 @@ use axum::extract::RawQuery;
 use axum::routing::{delete, post};
 use keel_core::task::TaskState;
 
-use crate::app::{AppDefinition, AppId, VersionInfo, Violation};
-use crate::scheduler::{Instance, MarathonHandle, Snapshot};
+use crate::app::{AppDefinition, AppId, Violation};
+use crate::callbacks::{CallbackError, Callbacks};
+use crate::edit::{AppChange, ChangeError};
+use crate::scheduler::{ChangeOutcome, Instance, MarathonHandle, Snapshot, Stopped};
 use crate::store::{AppStore, AppStoreError};
 
 /// A JSON error answer.
@@ -49,6 +51,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<Stopped> for ApiError {
+    fn from(e: Stopped) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> ApiError {
+        match e {
+            ChangeError::NotFound(_) | ChangeError::NoVersion(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            ChangeError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            ChangeError::Locked(ref d) => ApiError {
+                status: StatusCode::CONFLICT,
+                body: json!({ "message": e.to_string(), "deployments": [{ "id": d }] }),
+            },
+            ChangeError::Invalid(details) => ApiError::invalid(details),
+            ChangeError::Store(e) => e.into(),
+            ChangeError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
 impl From<AppStoreError> for ApiError {
     fn from(e: AppStoreError) -> ApiError {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "app store failure");
@@ -61,6 +87,19 @@ impl From<AppStoreError> for ApiError {
 pub struct Api {
     pub apps: AppStore,
     pub marathon: MarathonHandle,
+    /// The HTTP callback subscriptions.
+    pub callbacks: Callbacks,
+    /// Where this framework serves, for `/v2/info` and `/v2/leader`.
+    pub info: ServiceInfo,
+}
+
+/// Where the services framework serves and which master it uses.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceInfo {
+    /// `host:port` of the REST API, as Marathon reports its leader.
+    pub leader: String,
+    /// The master's URL.
+    pub master: String,
 }
 
 /// Marathon's `/v2` routes (apps, tasks, queue delay, info) and `/ping`.
@@ -68,7 +107,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v2/apps", get(list).post(create).put(replace_many).patch(patch_many))
         .route("/v2/groups", get(groups).post(create_group))
-        .route("/v2/groups/{*rest}", get(groups_at).delete(delete_group))
+        .route("/v2/groups/{*rest}", get(groups_at).put(update_group).delete(delete_group))
         .route("/v2/apps/{*rest}", get(show).put(replace).patch(patch).delete(remove).post(restart))
         .route("/v2/tasks", get(all_tasks))
         .route("/v2/tasks/delete", post(delete_tasks))
@@ -78,6 +117,7 @@ pub fn router(api: Api) -> Router {
         .route("/v2/deployments", get(deployments))
         .route("/v2/deployments/{id}", delete(cancel_deployment))
         .route("/v2/info", get(info))
+        .route("/v2/eventSubscriptions", get(list_subscriptions).post(subscribe).delete(unsubscribe))
         .route("/v2/leader", get(leader))
         .route("/ping", get(|| async { "pong" }))
         .with_state(api)
@@ -124,16 +164,10 @@ async fn check_locked(api: &Api, id: &AppId, force: bool) -> Result<(), ApiError
     if force {
         return Ok(());
     }
-    if let Some(d) = api.marathon.deployment_of(id.clone()).await {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            body: json!({
-                "message": format!("App is locked by one or more deployments. Override with the option '?force=true'. View details at '/v2/deployments/{d}'."),
-                "deployments": [{ "id": d }],
-            }),
-        });
+    match api.marathon.deployment_of(id.clone()).await? {
+        Some(d) => Err(ChangeError::Locked(d).into()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The time now, also used as a new version: unique within this process.
@@ -141,39 +175,25 @@ fn now() -> String {
     crate::store::new_version()
 }
 
-/// Parses a body, telling malformed JSON (400) from well-formed JSON of the wrong shape (422).
+/// Parses a body, telling malformed JSON (400) from well-formed JSON of the wrong shape (422). Duplicate
+/// keys are refused, so that a proxy in front of Keel cannot read a different value than Keel stores.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::invalid(vec![Violation { path: "/".into(), errors: vec![e.to_string()] }])
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}"))
-        }
-    })
+    let value = keel_core::json::parse_strict(body).map_err(|e| match e {
+        keel_core::json::StrictError::Syntax(e) => ApiError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}")),
+        e => ApiError::invalid(vec![Violation { path: "/".into(), errors: vec![e.to_string()] }]),
+    })?;
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::invalid(vec![Violation { path: "/".into(), errors: vec![e.to_string()] }]))
 }
 
 fn parse_id(raw: &str) -> Result<AppId, ApiError> {
     AppId::parse(raw).map_err(|e| ApiError::invalid(vec![Violation { path: "/id".into(), errors: vec![e] }]))
 }
 
-/// Validates and stamps a definition with a new version, and with `versionInfo` carried over from
-/// `previous`: a change of scale alone keeps `lastConfigChangeAt`.
-fn prepare(mut app: AppDefinition, id: &AppId, previous: Option<&AppDefinition>) -> Result<AppDefinition, ApiError> {
-    app.id = id.to_string();
-    let problems = app.validate();
-    if !problems.is_empty() {
-        return Err(ApiError::invalid(problems));
-    }
-    let version = now();
-    let config_changed_at = match previous {
-        Some(p) if p.same_config(&app) => {
-            p.version_info.as_ref().map_or_else(|| version.clone(), |i| i.last_config_change_at.clone())
-        }
-        _ => version.clone(),
-    };
-    app.version_info = Some(VersionInfo { last_scaling_at: version.clone(), last_config_change_at: config_changed_at });
-    app.version = Some(version);
-    Ok(app)
+/// `{"version": …, "deploymentId": …}`, as Marathon answers a change.
+fn changed(outcome: &ChangeOutcome) -> Value {
+    let version = outcome.app.as_ref().and_then(|a| a.version.clone()).unwrap_or_else(now);
+    json!({ "version": version, "deploymentId": outcome.deployment })
 }
 
 /// Marathon's `label` filter: `key`, `key==value` or `key!=value`.
@@ -192,7 +212,7 @@ async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Valu
     let with_tasks = q.iter().any(|(k, v)| k == "embed" && (v == "apps.tasks" || v == "app.tasks"));
     let (id, cmd, label) = (param(&q, "id"), param(&q, "cmd"), param(&q, "label"));
     let all = api.apps.list().await?;
-    let snapshot = api.marathon.snapshot().await;
+    let snapshot = api.marathon.snapshot().await?;
     let chosen: Vec<Value> = all
         .iter()
         .filter(|a| id.is_none_or(|id| a.id.contains(id)))
@@ -204,20 +224,12 @@ async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Valu
 }
 
 async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
-    let apps = &api.apps;
-    let app: AppDefinition = parse_body(&body)?;
-    let id = parse_id(&app.id)?;
-    let app = prepare(app, &id, None)?;
-    if apps.get(&id).await?.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("An app with id [{id}] already exists.")));
-    }
-    apps.put(&id, &app).await?;
-    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
-    api.marathon.publish("api_post_event", json!({ "uri": "/v2/apps", "appDefinition": app }));
-    tracing::info!(app_id = %id, version = ?app.version, "app created");
-    let mut app = serde_json::to_value(&app).unwrap_or_default();
+    let raw: Value = parse_body(&body)?;
+    let id = parse_id(raw.get("id").and_then(Value::as_str).unwrap_or_default())?;
+    let outcome = api.marathon.change(id.clone(), AppChange::Create(raw), false).await?;
+    let mut app = serde_json::to_value(&outcome.app).unwrap_or_default();
     if let Some(obj) = app.as_object_mut() {
-        obj.insert("deployments".into(), json!([{ "id": deployment }]));
+        obj.insert("deployments".into(), json!([{ "id": outcome.deployment }]));
     }
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v2/apps{id}")) {
@@ -257,11 +269,11 @@ async fn show(State(api): State<Api>, Path(rest): Path<String>) -> Result<Json<V
     match target(&rest)? {
         Target::App(id) => {
             let app = apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-            Ok(Json(json!({ "app": enrich(&app, &api.marathon.snapshot().await, true) })))
+            Ok(Json(json!({ "app": enrich(&app, &api.marathon.snapshot().await?, true) })))
         }
         Target::Tasks(id) => {
             apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-            let snapshot = api.marathon.snapshot().await;
+            let snapshot = api.marathon.snapshot().await?;
             let tasks: Vec<&Instance> = snapshot.instances.iter().filter(|i| i.app_id == id.as_str()).collect();
             Ok(Json(json!({ "tasks": tasks })))
         }
@@ -291,44 +303,8 @@ fn app_target(rest: &str) -> Result<AppId, ApiError> {
     }
 }
 
-/// Stores a new definition of `id` (replacing it, or with `partial` merging the fields given into the
-/// current one) and starts its deployment. Returns whether the app existed, its new version and the
-/// deployment id.
-async fn apply(
-    api: &Api,
-    id: &AppId,
-    mut raw: Value,
-    partial: bool,
-    force: bool,
-) -> Result<(bool, AppDefinition, String), ApiError> {
-    check_locked(api, id, force).await?;
-    let current = api.apps.get(id).await?;
-    if partial {
-        let Value::Object(changes) = raw else {
-            return Err(ApiError::invalid(vec![Violation {
-                path: "/".into(),
-                errors: vec!["expected a JSON object".into()],
-            }]));
-        };
-        let current = current.clone().ok_or_else(|| ApiError::no_app(id))?;
-        let mut merged = serde_json::to_value(current).unwrap_or_default();
-        if let Some(obj) = merged.as_object_mut() {
-            obj.extend(changes);
-        }
-        raw = merged;
-    }
-    if let Some(obj) = raw.as_object_mut() {
-        obj.insert("id".into(), Value::String(id.to_string()));
-    }
-    let app = prepare(parse_body(raw.to_string().as_bytes())?, id, current.as_ref())?;
-    api.apps.put(id, &app).await?;
-    let deployment = api.marathon.app_changed(id.clone(), Some(app.clone())).await;
-    api.marathon.publish("api_post_event", json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
-    tracing::info!(app_id = %id, version = ?app.version, existed = current.is_some(), "app definition changed");
-    Ok((current.is_some(), app, deployment))
-}
-
-/// `PUT /v2/apps/{id}`: creates the app (201) or replaces its definition with a new version (200).
+/// `PUT /v2/apps/{id}?partialUpdate=&force=`: creates the app (201) or changes it (200). As in Marathon,
+/// the fields given are merged into the current definition unless `partialUpdate=false`.
 async fn replace(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -336,10 +312,13 @@ async fn replace(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = app_target(&rest)?;
-    let force = flag(&pairs(q.as_deref()), "force")?;
-    let (existed, app, deployment) = apply(&api, &id, parse_body(&body)?, false, force).await?;
-    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "version": app.version, "deploymentId": deployment }))).into_response())
+    let q = pairs(q.as_deref());
+    let force = flag(&q, "force")?;
+    let partial = param(&q, "partialUpdate").is_none() || flag(&q, "partialUpdate")?;
+    let raw: Value = parse_body(&body)?;
+    let outcome = api.marathon.change(id, AppChange::Put { raw, partial }, force).await?;
+    let status = if outcome.existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(changed(&outcome))).into_response())
 }
 
 /// `PATCH /v2/apps/{id}`: changes only the fields given.
@@ -351,8 +330,9 @@ async fn patch(
 ) -> Result<Json<Value>, ApiError> {
     let id = app_target(&rest)?;
     let force = flag(&pairs(q.as_deref()), "force")?;
-    let (_, app, deployment) = apply(&api, &id, parse_body(&body)?, true, force).await?;
-    Ok(Json(json!({ "version": app.version, "deploymentId": deployment })))
+    let raw: Value = parse_body(&body)?;
+    let outcome = api.marathon.change(id, AppChange::Patch(raw), force).await?;
+    Ok(Json(changed(&outcome)))
 }
 
 /// `POST /v2/apps/{id}/restart?force=`: replaces every instance (as a rolling upgrade) with the same
@@ -367,15 +347,9 @@ async fn restart(
         .strip_suffix("/restart")
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: POST /v2/apps/{rest}")))?;
     let id = parse_id(id)?;
-    check_locked(&api, &id, flag(&pairs(q.as_deref()), "force")?).await?;
-    let mut app = api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-    let version = now();
-    app.version = Some(version.clone());
-    app.version_info = Some(VersionInfo { last_scaling_at: version.clone(), last_config_change_at: version.clone() });
-    api.apps.put(&id, &app).await?;
-    let deployment = api.marathon.app_changed(id.clone(), Some(app)).await;
-    tracing::info!(app_id = %id, "app restart");
-    Ok(Json(json!({ "version": version, "deploymentId": deployment })))
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let outcome = api.marathon.change(id, AppChange::Restart, force).await?;
+    Ok(Json(changed(&outcome)))
 }
 
 /// `PUT` or `PATCH /v2/apps` with a list: every app in it, each by its own `id`. All are validated before
@@ -396,26 +370,37 @@ async fn change_many(api: Api, q: Option<String>, body: Bytes, partial: bool) ->
     for (id, _) in &targets {
         check_locked(&api, id, force).await?;
     }
-    let mut version = None;
+    let mut last = None;
     let mut deployments = Vec::new();
     for (id, raw) in targets {
-        let (_, app, deployment) = apply(&api, &id, raw, partial, true).await?;
-        version = app.version;
-        deployments.push(deployment);
+        let outcome = api.marathon.change(id, AppChange::Put { raw, partial }, true).await?;
+        deployments.push(outcome.deployment.clone());
+        last = Some(outcome);
     }
+    let version = last.as_ref().and_then(|o| o.app.as_ref()).and_then(|a| a.version.clone());
     Ok(Json(json!({ "version": version, "deploymentId": deployments.first() })))
 }
 
+/// `PUT /v2/apps` with a list: as for one app, partial unless `partialUpdate=false`.
 async fn replace_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
-    change_many(api, q, body, false).await
+    let qp = pairs(q.as_deref());
+    let partial = param(&qp, "partialUpdate").is_none() || flag(&qp, "partialUpdate")?;
+    change_many(api, q, body, partial).await
 }
 
 async fn patch_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
     change_many(api, q, body, true).await
 }
 
-/// A group as Marathon shows it: its apps, and its subgroups, built from the apps' path ids.
+/// A group as Marathon shows it: its apps, and its subgroups, built from the apps' path ids. Only apps
+/// whose ids parse are placed, so the recursion is at most [`crate::app::MAX_DEPTH`] deep, whatever is
+/// stored.
 fn group_tree(id: &str, apps: &[AppDefinition], snapshot: &Snapshot) -> Value {
+    let valid: Vec<AppDefinition> = apps.iter().filter(|a| AppId::parse(&a.id).is_ok()).cloned().collect();
+    group_level(id, &valid, snapshot)
+}
+
+fn group_level(id: &str, apps: &[AppDefinition], snapshot: &Snapshot) -> Value {
     let prefix = if id == "/" { "/".to_owned() } else { format!("{id}/") };
     let mut direct = Vec::new();
     let mut children: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -427,13 +412,13 @@ fn group_tree(id: &str, apps: &[AppDefinition], snapshot: &Snapshot) -> Value {
             }
         }
     }
-    let groups: Vec<Value> = children.iter().map(|c| group_tree(c, apps, snapshot)).collect();
+    let groups: Vec<Value> = children.iter().map(|c| group_level(c, apps, snapshot)).collect();
     json!({ "id": id, "apps": direct, "groups": groups, "dependencies": [], "version": now() })
 }
 
 async fn groups(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let apps = api.apps.list().await?;
-    Ok(Json(group_tree("/", &apps, &api.marathon.snapshot().await)))
+    Ok(Json(group_tree("/", &apps, &api.marathon.snapshot().await?)))
 }
 
 async fn groups_at(State(api): State<Api>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -442,7 +427,7 @@ async fn groups_at(State(api): State<Api>, Path(rest): Path<String>) -> Result<J
     if !apps.iter().any(|a| AppId::parse(&a.id).is_ok_and(|a| a.is_in(id.as_str()))) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Group '{id}' does not exist")));
     }
-    Ok(Json(group_tree(id.as_str(), &apps, &api.marathon.snapshot().await)))
+    Ok(Json(group_tree(id.as_str(), &apps, &api.marathon.snapshot().await?)))
 }
 
 #[derive(Deserialize)]
@@ -468,11 +453,73 @@ async fn create_group(State(api): State<Api>, body: Bytes) -> Result<Response, A
     let mut deployment = None;
     let mut version = None;
     for (id, raw) in created {
-        let (_, app, d) = apply(&api, &id, raw, false, false).await?;
-        deployment.get_or_insert(d);
-        version = app.version;
+        let outcome = api.marathon.change(id, AppChange::Create(raw), false).await?;
+        deployment.get_or_insert(outcome.deployment);
+        version = outcome.app.and_then(|a| a.version);
     }
     Ok((StatusCode::CREATED, Json(json!({ "version": version, "deploymentId": deployment }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct GroupUpdate {
+    #[serde(default)]
+    apps: Option<Vec<Value>>,
+    #[serde(default, rename = "scaleBy")]
+    scale_by: Option<f64>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// `PUT /v2/groups/{id}?force=`: creates or updates the group's `apps` (ids relative to the group are made
+/// absolute; fields given are merged into existing apps), or with `scaleBy` multiplies the instances of
+/// every app in the group and its subgroups.
+async fn update_group(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let gid = parse_id(&rest)?;
+    let force = flag(&pairs(q.as_deref()), "force")?;
+    let update: GroupUpdate = parse_body(&body)?;
+    if update.version.is_some() {
+        return Err(ApiError::invalid(vec![Violation {
+            path: "/version".into(),
+            errors: vec!["Keel rolls back apps one at a time: PUT /v2/apps/{id} with {\"version\": V}".into()],
+        }]));
+    }
+    let mut changes: Vec<(AppId, Value)> = Vec::new();
+    if let Some(factor) = update.scale_by {
+        if !(factor.is_finite() && (0.0..=1000.0).contains(&factor)) {
+            return Err(ApiError::invalid(vec![Violation {
+                path: "/scaleBy".into(),
+                errors: vec![format!("got {factor}, expected a number from 0 to 1000")],
+            }]));
+        }
+        for app in api.apps.list().await? {
+            let Ok(id) = AppId::parse(&app.id) else { continue };
+            if id.is_in(gid.as_str()) {
+                let n = (f64::from(app.instances) * factor).round().min(f64::from(crate::app::MAX_INSTANCES));
+                changes.push((id, json!({ "instances": n as u32 })));
+            }
+        }
+    }
+    for raw in update.apps.unwrap_or_default() {
+        let rel = raw.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let id = if rel.starts_with('/') { parse_id(&rel)? } else { parse_id(&format!("{gid}/{rel}"))? };
+        changes.push((id, raw));
+    }
+    for (id, _) in &changes {
+        check_locked(&api, id, force).await?;
+    }
+    let mut deployment = None;
+    let mut version = None;
+    for (id, raw) in changes {
+        let outcome = api.marathon.change(id, AppChange::Put { raw, partial: true }, true).await?;
+        deployment.get_or_insert(outcome.deployment);
+        version = outcome.app.and_then(|a| a.version);
+    }
+    Ok(Json(json!({ "version": version.unwrap_or_else(now), "deploymentId": deployment })))
 }
 
 /// `DELETE /v2/groups/{id}`: deletes every app in the group.
@@ -499,10 +546,8 @@ async fn delete_group(
     }
     let mut deployment = None;
     for id in ids {
-        api.apps.delete(&id).await?;
-        let d = api.marathon.app_changed(id.clone(), None).await;
-        deployment.get_or_insert(d);
-        api.marathon.publish("app_terminated_event", json!({ "appId": id }));
+        let outcome = api.marathon.change(id, AppChange::Delete, true).await?;
+        deployment.get_or_insert(outcome.deployment);
     }
     Ok(Json(json!({ "version": now(), "deploymentId": deployment })))
 }
@@ -515,46 +560,46 @@ async fn remove(
     let q = pairs(q.as_deref());
     match target(&rest)? {
         Target::App(id) => {
-            if api.apps.get(&id).await?.is_none() {
-                return Err(ApiError::no_app(&id));
-            }
-            check_locked(&api, &id, flag(&q, "force")?).await?;
-            api.apps.delete(&id).await?;
-            let deployment = api.marathon.app_changed(id.clone(), None).await;
-            api.marathon.publish("app_terminated_event", json!({ "appId": id }));
-            tracing::info!(app_id = %id, "app deleted");
-            Ok(Json(json!({ "version": now(), "deploymentId": deployment })))
+            let outcome = api.marathon.change(id, AppChange::Delete, flag(&q, "force")?).await?;
+            Ok(Json(changed(&outcome)))
         }
         Target::Task(id, task) => {
             let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
-            let snapshot = api.marathon.snapshot().await;
+            let snapshot = api.marathon.snapshot().await?;
             if !snapshot.instances.iter().any(|i| i.id == task && i.app_id == id.as_str()) {
                 return Err(ApiError::new(StatusCode::NOT_FOUND, format!("Task '{task}' does not exist")));
             }
-            let killed = api.marathon.kill(vec![task], scale, wipe).await;
-            Ok(Json(json!({ "task": killed.first() })))
+            let (killed, scaled) = api.marathon.kill(vec![task], scale, wipe).await?;
+            // As Marathon: a kill that scales answers with the deployment that scales.
+            Ok(Json(match scaled {
+                Some(outcome) => changed(&outcome),
+                None => json!({ "task": killed.first() }),
+            }))
         }
         Target::Tasks(id) => {
             api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
             let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
             let host = param(&q, "host");
-            let snapshot = api.marathon.snapshot().await;
+            let snapshot = api.marathon.snapshot().await?;
             let ids: Vec<String> = snapshot
                 .instances
                 .iter()
                 .filter(|i| i.app_id == id.as_str() && host.is_none_or(|h| i.host == h))
                 .map(|i| i.id.clone())
                 .collect();
-            let killed = api.marathon.kill(ids, scale, wipe).await;
-            Ok(Json(json!({ "tasks": killed })))
+            let (killed, scaled) = api.marathon.kill(ids, scale, wipe).await?;
+            Ok(Json(match scaled {
+                Some(outcome) => changed(&outcome),
+                None => json!({ "tasks": killed }),
+            }))
         }
         _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "versions cannot be deleted")),
     }
 }
 
-async fn all_tasks(State(api): State<Api>) -> Json<Value> {
-    let snapshot = api.marathon.snapshot().await;
-    Json(json!({ "tasks": snapshot.instances }))
+async fn all_tasks(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let snapshot = api.marathon.snapshot().await?;
+    Ok(Json(json!({ "tasks": snapshot.instances })))
 }
 
 #[derive(Deserialize)]
@@ -567,14 +612,17 @@ async fn delete_tasks(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes
     let q = pairs(q.as_deref());
     let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
     let TaskIds { ids } = parse_body(&body)?;
-    let killed = api.marathon.kill(ids, scale, wipe).await;
-    Ok(Json(json!({ "tasks": killed })))
+    let (killed, scaled) = api.marathon.kill(ids, scale, wipe).await?;
+    Ok(Json(match scaled {
+        Some(outcome) => changed(&outcome),
+        None => json!({ "tasks": killed }),
+    }))
 }
 
 /// `GET /v2/queue`: apps with instances still to launch, their backoff, and why offers were turned down
 /// ("why is my app waiting").
 async fn queue(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let snapshot = api.marathon.snapshot().await;
+    let snapshot = api.marathon.snapshot().await?;
     let mut items = Vec::new();
     for (id, entry) in &snapshot.queue {
         let Ok(app_id) = AppId::parse(id) else { continue };
@@ -588,6 +636,8 @@ async fn queue(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
         items.push(json!({
             "app": app,
             "count": entry.count,
+            // When the app last changed, which is when its instances started waiting.
+            "since": app.version,
             "delay": { "timeLeftSeconds": entry.delay_left.ceil() as u64, "overdue": entry.delay_left <= 0.0 },
             "processedOffersSummary": {
                 "processedOffersCount": entry.waiting.processed,
@@ -607,13 +657,13 @@ async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "use /v2/queue/{appId}/delay"))?;
     let id = parse_id(id)?;
     api.apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-    api.marathon.reset_delay(id).await;
+    api.marathon.reset_delay(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v2/deployments`: changes being rolled out, in Marathon's shape.
-async fn deployments(State(api): State<Api>) -> Json<Value> {
-    let snapshot = api.marathon.snapshot().await;
+async fn deployments(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let snapshot = api.marathon.snapshot().await?;
     let list: Vec<Value> = snapshot
         .deployments
         .iter()
@@ -631,7 +681,7 @@ async fn deployments(State(api): State<Api>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!(list))
+    Ok(Json(json!(list)))
 }
 
 /// `DELETE /v2/deployments/{id}`: without `force`, rolls the app back to its previous definition (a new
@@ -642,30 +692,12 @@ async fn cancel_deployment(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let force = flag(&pairs(q.as_deref()), "force")?;
-    let snapshot = api.marathon.snapshot().await;
-    let Some(d) = snapshot.deployments.iter().find(|d| d.id == id) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("DeploymentPlan {id} does not exist")));
-    };
-    let app_id = d.app_id.clone();
-    let Some(restore) = api.marathon.cancel_deployment(id.clone(), force).await else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("DeploymentPlan {id} does not exist")));
-    };
-    if force {
-        return Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response());
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("DeploymentPlan {id} does not exist"));
+    match api.marathon.cancel_deployment(id.clone(), force).await? {
+        None => Err(not_found()),
+        Some(None) => Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response()),
+        Some(Some(outcome)) => Ok((StatusCode::OK, Json(changed(&outcome))).into_response()),
     }
-    let version = now();
-    let deployment = match restore {
-        Some(mut previous) => {
-            previous.version = Some(version.clone());
-            api.apps.put(&app_id, &previous).await?;
-            api.marathon.app_changed(app_id, Some(previous)).await
-        }
-        None => {
-            api.apps.delete(&app_id).await?;
-            api.marathon.app_changed(app_id, None).await
-        }
-    };
-    Ok((StatusCode::OK, Json(json!({ "deploymentId": deployment, "version": version }))).into_response())
 }
 
 /// `GET /v2/events`: Server-Sent Events in Marathon's format, optionally only the `event_type`s asked for.
@@ -684,16 +716,95 @@ async fn events(State(api): State<Api>, RawQuery(q): RawQuery) -> impl IntoRespo
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-async fn info() -> Json<Value> {
-    Json(json!({
+/// `GET /v2/info`, in Marathon's shape: marathon-python needs `marathon_config`, `zookeeper_config` and
+/// `http_config` to be objects. Keel keeps its state in its database, so there is no ZooKeeper to name.
+async fn info(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let framework_id = api.apps.framework_id().await?;
+    let callbacks = api.callbacks.list().await?;
+    let port = api.info.leader.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+    let hostname = api.info.leader.rsplit_once(':').map(|(h, _)| h.to_owned());
+    let mut body = json!({
         "name": "marathon",
         "version": env!("CARGO_PKG_VERSION"),
+        "buildref": "keel",
         "elected": true,
-        "frameworkId": null,
-        "leader": null,
-        "http_config": {},
-        "marathon_config": { "framework_name": "marathon" },
-    }))
+        "leader": api.info.leader,
+        "frameworkId": framework_id,
+        "marathon_config": {
+            "master": api.info.master,
+            "framework_name": "marathon",
+            "failover_timeout": 7 * 24 * 3600,
+            "checkpoint": true,
+            "ha": false,
+            "hostname": hostname,
+            "local_port_min": crate::edit::SERVICE_PORTS.start(),
+            "local_port_max": crate::edit::SERVICE_PORTS.end(),
+            "executor": "//cmd",
+            "mesos_role": "*",
+            "task_launch_timeout": 300000,
+            "reconciliation_initial_delay": 15000,
+            "reconciliation_interval": 600000,
+            "features": [],
+        },
+        "zookeeper_config": {},
+        "http_config": { "http_port": port },
+    });
+    if !callbacks.is_empty()
+        && let Some(obj) = body.as_object_mut()
+    {
+        obj.insert("event_subscriber".into(), json!({ "type": "http_callback", "http_endpoints": callbacks }));
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v2/eventSubscriptions`: `{"callbackUrls": [...]}`.
+async fn list_subscriptions(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "callbackUrls": api.callbacks.list().await? })))
+}
+
+fn callback_url(q: Option<&str>) -> Result<String, ApiError> {
+    param(&pairs(q), "callbackUrl")
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "query parameter callbackUrl is required"))
+}
+
+impl From<CallbackError> for ApiError {
+    fn from(e: CallbackError) -> ApiError {
+        match e {
+            CallbackError::BadUrl(_) => {
+                ApiError::invalid(vec![Violation { path: "/callbackUrl".into(), errors: vec![e.to_string()] }])
+            }
+            CallbackError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The answer to a subscription change, which is also the event Marathon publishes for it.
+fn subscription_event(api: &Api, event_type: &'static str, url: &str) -> Value {
+    let event = json!({
+        "callbackUrl": url,
+        "clientIp": null,
+        "eventType": event_type,
+        "timestamp": crate::store::new_version(),
+    });
+    api.marathon.publish(event_type, event.clone());
+    event
+}
+
+/// `POST /v2/eventSubscriptions?callbackUrl=`: every event from now on is POSTed to the URL.
+async fn subscribe(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+    let url = callback_url(q.as_deref())?;
+    api.callbacks.subscribe(&url).await?;
+    Ok(Json(subscription_event(&api, "subscribe_event", &url)))
+}
+
+/// `DELETE /v2/eventSubscriptions?callbackUrl=`.
+async fn unsubscribe(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+    let url = callback_url(q.as_deref())?;
+    if !api.callbacks.unsubscribe(&url).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no subscription for callbackUrl {url}")));
+    }
+    Ok(Json(subscription_event(&api, "unsubscribe_event", &url)))
 }
 
 /// When this process started serving, for `marathon.uptime.gauge.seconds`.
@@ -708,7 +819,7 @@ pub fn metrics_router(api: Api) -> Router {
 
 /// The gauges Keel can fill truthfully, under Marathon's names.
 async fn gauges(api: &Api) -> Result<Vec<(&'static str, f64)>, ApiError> {
-    let snapshot = api.marathon.snapshot().await;
+    let snapshot = api.marathon.snapshot().await?;
     let apps = api.apps.list().await?;
     let mut groups = std::collections::BTreeSet::new();
     for app in &apps {
@@ -730,6 +841,12 @@ async fn gauges(api: &Api) -> Result<Vec<(&'static str, f64)>, ApiError> {
         ("marathon.instances.staged.gauge", count(&|i| matches!(i.state, TaskState::Staging | TaskState::Starting))),
         ("marathon.uptime.gauge.seconds", STARTED.get().map_or(0.0, |t| t.elapsed().as_secs_f64())),
     ])
+}
+
+/// Marathon's JSON metrics, for a binary that serves them on a shared `/metrics` by content negotiation.
+pub async fn json_metrics(api: Api) -> Response {
+    STARTED.get_or_init(std::time::Instant::now);
+    metrics(State(api)).await.into_response()
 }
 
 async fn metrics(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
@@ -754,8 +871,8 @@ async fn metrics_prometheus(State(api): State<Api>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], out).into_response())
 }
 
-async fn leader() -> Json<Value> {
-    Json(json!({ "leader": "keel" }))
+async fn leader(State(api): State<Api>) -> Json<Value> {
+    Json(json!({ "leader": api.info.leader }))
 }
 
 #[cfg(test)]
@@ -774,8 +891,10 @@ mod tests {
             keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap();
         let apps = AppStore::new(store);
         let token = tokio_util::sync::CancellationToken::new();
-        let marathon = crate::scheduler::start("http://127.0.0.1:1", apps.clone(), token).await.unwrap();
-        (Api { apps, marathon }, dir)
+        let marathon = crate::scheduler::start("http://127.0.0.1:1", apps.clone(), token.clone()).await.unwrap();
+        let callbacks = Callbacks::start(apps.clone(), &marathon, token).await.unwrap();
+        let info = ServiceInfo { leader: "127.0.0.1:8080".into(), master: "http://127.0.0.1:1".into() };
+        (Api { apps, marathon, callbacks, info }, dir)
     }
 
     async fn app_router() -> (Router, tempfile::TempDir) {
@@ -968,5 +1087,175 @@ mod tests {
         assert_eq!(body["message"], "query parameter wipe must be true or false, got 'maybe'");
         let (status, _, body) = call(&r, "DELETE", "/v2/apps/dev/tasks?wipe=True&scale=false", "").await;
         assert_eq!((status, &body["tasks"]), (StatusCode::OK, &json!([])));
+    }
+
+    #[tokio::test]
+    async fn put_scales_partially_and_refuses_duplicate_keys_and_bad_ids() {
+        let (r, _dir) = app_router().await;
+        let (status, _, _) = call(&r, "POST", "/v2/apps", r#"{"id": "/web", "cmd": "sleep 100", "mem": 32}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _, body) = call(&r, "PUT", "/v2/apps/web?force=true", r#"{"instances": 3}"#).await;
+        assert_eq!(status, StatusCode::OK, "PUT is a partial update by default: {body}");
+        let (_, _, app) = call(&r, "GET", "/v2/apps/web", "").await;
+        assert_eq!((app["app"]["instances"].as_u64(), app["app"]["mem"].as_f64()), (Some(3), Some(32.0)));
+        let (status, _, body) =
+            call(&r, "PUT", "/v2/apps/web?force=true&partialUpdate=false", r#"{"instances": 3}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "a full replacement needs a cmd: {body}");
+
+        for (method, uri) in
+            [("PUT", "/v2/apps/web?force=true"), ("PATCH", "/v2/apps/web?force=true"), ("POST", "/v2/apps")]
+        {
+            let (status, _, body) = call(&r, method, uri, r#"{"id": "/web", "cmd": "a", "cmd": "b"}"#).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{method} {uri}: {body}");
+            assert!(body["details"][0]["errors"][0].as_str().unwrap().contains("duplicate key 'cmd'"), "{body}");
+        }
+        let deep = format!(r#"{{"id": "{}", "cmd": "x"}}"#, "/a".repeat(3000));
+        let (status, _, body) = call(&r, "POST", "/v2/apps", &deep).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let long = format!(r#"{{"id": "/{}", "cmd": "x"}}"#, "a".repeat(100_000));
+        let (status, _, _) = call(&r, "POST", "/v2/apps", &long).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _, body) =
+            call(&r, "POST", "/v2/apps", r#"{"id": "/huge", "cmd": "x", "backoffSeconds": 1e308}"#).await;
+        assert_eq!(
+            (status, body["details"][0]["path"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("/backoffSeconds"))
+        );
+        let (status, _, _) = call(&r, "GET", "/v2/groups", "").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn ports_default_and_get_unique_service_ports() {
+        let (r, _dir) = app_router().await;
+        let (_, _, a) = call(&r, "POST", "/v2/apps", r#"{"id": "/a", "cmd": "x"}"#).await;
+        assert_eq!(a["portDefinitions"], json!([{"port": 10000, "protocol": "tcp", "name": "default"}]));
+        let (_, _, b) = call(
+            &r,
+            "POST",
+            "/v2/apps",
+            r#"{"id": "/b", "cmd": "x", "portDefinitions": [{"port": 0, "name": "http"}]}"#,
+        )
+        .await;
+        assert_eq!(b["portDefinitions"][0]["port"], 10001);
+        let (_, _, b) = call(&r, "GET", "/v2/apps/b", "").await;
+        assert_eq!(b["app"]["portDefinitions"][0]["port"], 10001, "the port is stored, not recomputed");
+    }
+
+    /// Racing changes all pass through the actor: none is lost.
+    #[tokio::test]
+    async fn fifty_racing_patches_lose_no_update() {
+        let (r, _dir) = app_router().await;
+        let (status, _, _) = call(&r, "POST", "/v2/apps", r#"{"id": "/race", "cmd": "x", "instances": 0}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let patches = (0..50).map(|i| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let body = format!(r#"{{"labels": {{"k{i}": "v"}}, "env": {{}}}}"#);
+                // Each patch adds one label to what is there: a lost update drops a label.
+                let (_, _, cur) = call(&r, "GET", "/v2/apps/race", "").await;
+                let mut labels = cur["app"]["labels"].as_object().cloned().unwrap_or_default();
+                labels.insert(format!("k{i}"), json!("v"));
+                let _ = body;
+                let body = json!({ "labels": labels }).to_string();
+                call(&r, "PATCH", "/v2/apps/race?force=true", &body).await.0
+            })
+        });
+        for p in patches {
+            assert_eq!(p.await.unwrap(), StatusCode::OK);
+        }
+        let (_, _, versions) = call(&r, "GET", "/v2/apps/race/versions", "").await;
+        assert_eq!(versions["versions"].as_array().unwrap().len(), 51, "every patch is its own version");
+        let (_, _, stored) = call(&r, "GET", "/v2/apps/race", "").await;
+        let (_, _, latest) =
+            call(&r, "GET", &format!("/v2/apps/race/versions/{}", stored["app"]["version"].as_str().unwrap()), "")
+                .await;
+        assert_eq!(stored["app"]["labels"], latest["labels"], "the store and the actor agree on the last write");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_scheduler_answers_503_not_empty_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap();
+        let apps = AppStore::new(store);
+        let token = tokio_util::sync::CancellationToken::new();
+        let marathon = crate::scheduler::start("http://127.0.0.1:1", apps.clone(), token.clone()).await.unwrap();
+        let callbacks = Callbacks::start(apps.clone(), &marathon, token.clone()).await.unwrap();
+        let api = Api { apps, marathon: marathon.clone(), callbacks, info: ServiceInfo::default() };
+        let r = router(api);
+        token.cancel();
+        for _ in 0..100 {
+            if !marathon.is_running() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!marathon.is_running());
+        for uri in ["/v2/apps", "/v2/tasks", "/v2/queue", "/v2/deployments", "/v2/groups"] {
+            let (status, _, body) = call(&r, "GET", uri, "").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+            assert_eq!(body["message"], "the services framework is not running");
+        }
+        let (status, _, _) = call(&r, "POST", "/v2/apps", r#"{"id": "/x", "cmd": "x"}"#).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn info_and_event_subscriptions_deliver_events_to_callbacks() {
+        let (api, _dir) = test_api().await;
+        let r = router(api);
+        let (_, _, info) = call(&r, "GET", "/v2/info", "").await;
+        for key in ["marathon_config", "zookeeper_config", "http_config"] {
+            assert!(info[key].is_object(), "{key}: {info}");
+        }
+        assert_eq!(
+            (info["leader"].as_str(), info["http_config"]["http_port"].as_u64()),
+            (Some("127.0.0.1:8080"), Some(8080))
+        );
+
+        // A receiver on loopback that records what it is sent.
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+        let sink = got.clone();
+        let receiver = Router::new().route(
+            "/hook",
+            axum::routing::post(move |Json(v): Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push(v);
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, receiver).await });
+
+        let (status, _, body) = call(&r, "POST", &format!("/v2/eventSubscriptions?callbackUrl={url}"), "").await;
+        assert_eq!((status, body["eventType"].as_str()), (StatusCode::OK, Some("subscribe_event")), "{body}");
+        let (_, _, list) = call(&r, "GET", "/v2/eventSubscriptions", "").await;
+        assert_eq!(list["callbackUrls"], json!([url]));
+        let (status, _, _) = call(&r, "POST", "/v2/eventSubscriptions?callbackUrl=file:///etc/passwd", "").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        call(&r, "POST", "/v2/apps", r#"{"id": "/hooked", "cmd": "x", "instances": 0}"#).await;
+        let mut seen = false;
+        for _ in 0..200 {
+            if got
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e["eventType"] == "api_post_event" && e["appDefinition"]["id"] == "/hooked")
+            {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(seen, "the callback got no api_post_event: {:?}", got.lock().unwrap());
+        let (status, _, body) = call(&r, "DELETE", &format!("/v2/eventSubscriptions?callbackUrl={url}"), "").await;
+        assert_eq!((status, body["eventType"].as_str()), (StatusCode::OK, Some("unsubscribe_event")));
+        let (status, _, _) = call(&r, "DELETE", &format!("/v2/eventSubscriptions?callbackUrl={url}"), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

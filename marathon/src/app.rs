@@ -11,6 +11,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest app id: a task id is the id (less its first slash), a dot and a 36-character UUID, and the
+/// core takes task ids of up to 200 characters.
+pub const MAX_ID_LEN: usize = 150;
+/// The most path segments (groups and the app's name) an id may have.
+pub const MAX_DEPTH: usize = 16;
+/// The longest path segment, as Marathon's names.
+pub const MAX_SEGMENT_LEN: usize = 63;
+
 /// A hierarchical app id such as `/prod/web`: absolute, with segments of lowercase letters, digits, dots and
 /// inner hyphens. Duplicate slashes collapse, as clients build paths like `/v2/apps//prod/web`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -18,11 +26,19 @@ use serde::{Deserialize, Serialize};
 pub struct AppId(String);
 
 impl AppId {
-    /// Parses an id, relative ids being taken as absolute.
+    /// Parses an id, relative ids being taken as absolute. Ids are bounded as Marathon bounds names: a
+    /// segment of at most [`MAX_SEGMENT_LEN`] characters, at most [`MAX_DEPTH`] segments and
+    /// [`MAX_ID_LEN`] characters in all, so that every task id derived from it fits the core's limit.
     pub fn parse(raw: &str) -> Result<AppId, String> {
+        if raw.len() > 4 * MAX_ID_LEN {
+            return Err(format!("the id is {} characters long; at most {MAX_ID_LEN} are allowed", raw.len()));
+        }
         let segments: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
         if segments.is_empty() {
             return Err("the id must not be empty".into());
+        }
+        if segments.len() > MAX_DEPTH {
+            return Err(format!("the id has {} path segments; at most {MAX_DEPTH} are allowed", segments.len()));
         }
         for s in &segments {
             let ok_chars = s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
@@ -32,8 +48,15 @@ impl AppId {
                     "path segment '{s}' must consist of lowercase letters, digits, hyphens and dots, and start and end with a letter or digit"
                 ));
             }
+            if s.len() > MAX_SEGMENT_LEN {
+                return Err(format!("path segment '{s}' is longer than {MAX_SEGMENT_LEN} characters"));
+            }
         }
-        Ok(AppId(format!("/{}", segments.join("/"))))
+        let id = format!("/{}", segments.join("/"));
+        if id.len() > MAX_ID_LEN {
+            return Err(format!("the id is {} characters long; at most {MAX_ID_LEN} are allowed", id.len()));
+        }
+        Ok(AppId(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -301,7 +324,28 @@ impl Violation {
     }
 }
 
-const OPERATORS: [&str; 7] = ["UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER", "IS"];
+/// The most instances one app may ask for.
+pub const MAX_INSTANCES: u32 = 100_000;
+/// The longest delay, timeout or grace period an app may set, in seconds (a year): anything longer is a
+/// mistake, and would overflow a clock.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// The steepest backoff growth an app may ask for.
+pub const MAX_BACKOFF_FACTOR: f64 = 100.0;
+/// The most of any one resource an app's instance may ask for (cpus, MiB of memory or disk).
+pub const MAX_RESOURCE: f64 = 1e9;
+
+/// Whether an amount of cpus, mem or disk can be placed: finite, not negative, at most [`MAX_RESOURCE`],
+/// and either 0 or at least the smallest unit the core counts in (0.001).
+fn check_resource(value: f64) -> Result<(), String> {
+    if !(value.is_finite() && (0.0..=MAX_RESOURCE).contains(&value)) {
+        return Err(format!("got {value}, expected a number from 0 to {MAX_RESOURCE}"));
+    }
+    match keel_core::resources::Scalar::from_f64(value) {
+        Ok(s) if s.milli() == 0 && value > 0.0 => Err(format!("got {value}, below the smallest unit, 0.001")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 impl AppDefinition {
     /// Everything wrong with the definition; empty when it is valid.
@@ -320,29 +364,35 @@ impl AppDefinition {
                 "AppDefinition must either contain one of 'cmd' or 'args', and/or a 'container'.",
             ));
         }
-        if !(self.cpus.is_finite() && self.cpus >= 0.0) {
-            v.push(Violation::new("/cpus", "got a negative or invalid number, expected 0 or more"));
-        }
-        if !(self.mem.is_finite() && self.mem >= 0.0) {
-            v.push(Violation::new("/mem", "got a negative or invalid number, expected 0 or more"));
-        }
-        if !(self.disk.is_finite() && self.disk >= 0.0) {
-            v.push(Violation::new("/disk", "got a negative or invalid number, expected 0 or more"));
+        for (path, value) in [("/cpus", self.cpus), ("/mem", self.mem), ("/disk", self.disk)] {
+            if let Err(e) = check_resource(value) {
+                v.push(Violation::new(path, e));
+            }
         }
         if self.cpus == 0.0 && self.mem == 0.0 {
             v.push(Violation::new("/cpus", "an app needs some cpus or mem"));
         }
+        if self.gpus > 0 {
+            v.push(Violation::new("/gpus", "Keel's agents offer no GPUs"));
+        }
+        if self.instances > MAX_INSTANCES {
+            v.push(Violation::new("/instances", format!("got {}, expected at most {MAX_INSTANCES}", self.instances)));
+        }
         if self.accepted_resource_roles.as_ref().is_some_and(|r| r.is_empty() || r.iter().any(|r| r.is_empty())) {
             v.push(Violation::new("/acceptedResourceRoles", "must name at least one role, and no empty one"));
         }
-        if !(self.backoff_factor.is_finite() && self.backoff_factor >= 1.0) {
-            v.push(Violation::new("/backoffFactor", "got a number below 1.0, expected 1.0 or more"));
+        if !(self.backoff_factor.is_finite() && (1.0..=MAX_BACKOFF_FACTOR).contains(&self.backoff_factor)) {
+            v.push(Violation::new(
+                "/backoffFactor",
+                format!("got {}, expected a number from 1.0 to {MAX_BACKOFF_FACTOR}", self.backoff_factor),
+            ));
         }
-        if !(self.backoff_seconds.is_finite() && self.backoff_seconds >= 0.0) {
-            v.push(Violation::new("/backoffSeconds", "got a negative number, expected 0 or more"));
-        }
-        if !(self.max_launch_delay_seconds.is_finite() && self.max_launch_delay_seconds >= 0.0) {
-            v.push(Violation::new("/maxLaunchDelaySeconds", "got a negative number, expected 0 or more"));
+        for (path, value) in
+            [("/backoffSeconds", self.backoff_seconds), ("/maxLaunchDelaySeconds", self.max_launch_delay_seconds)]
+        {
+            if !(value.is_finite() && (0.0..=MAX_SECONDS as f64).contains(&value)) {
+                v.push(Violation::new(path, format!("got {value}, expected 0 to {MAX_SECONDS} seconds")));
+            }
         }
         let us = &self.upgrade_strategy;
         for (name, value) in
@@ -356,31 +406,53 @@ impl AppDefinition {
             v.push(Violation::new("/killSelection", "must be YOUNGEST_FIRST or OLDEST_FIRST"));
         }
         let un = &self.unreachable_strategy;
+        for (name, value) in
+            [("inactiveAfterSeconds", un.inactive_after_seconds), ("expungeAfterSeconds", un.expunge_after_seconds)]
+        {
+            if value > MAX_SECONDS {
+                v.push(Violation::new(
+                    &format!("/unreachableStrategy/{name}"),
+                    format!("got {value}, expected at most {MAX_SECONDS}"),
+                ));
+            }
+        }
         if un.expunge_after_seconds < un.inactive_after_seconds {
             v.push(Violation::new("/unreachableStrategy/expungeAfterSeconds", "must be at least inactiveAfterSeconds"));
         }
+        if let Some(grace) = self.task_kill_grace_period_seconds.filter(|g| *g > MAX_SECONDS) {
+            v.push(Violation::new(
+                "/taskKillGracePeriodSeconds",
+                format!("got {grace}, expected at most {MAX_SECONDS}"),
+            ));
+        }
         for (i, c) in self.constraints.iter().enumerate() {
-            let path = format!("/constraints({i})");
-            match c.get(1).map(String::as_str) {
-                Some(op) if OPERATORS.contains(&op) => {
-                    let needs_value = matches!(op, "LIKE" | "UNLIKE" | "MAX_PER" | "IS" | "CLUSTER");
-                    if c.len() < 2 || c.len() > 3 || (needs_value && op != "CLUSTER" && c.len() != 3) {
+            if let Err(e) = crate::placement::Constraint::parse(c) {
+                v.push(Violation::new(&format!("/constraints({i})"), e));
+            }
+        }
+        for (i, p) in self.port_definitions.iter().flatten().enumerate() {
+            if p.port > 65535 {
+                v.push(Violation::new(
+                    &format!("/portDefinitions({i})/port"),
+                    format!("got {}, expected 0 to 65535", p.port),
+                ));
+            }
+        }
+        if let Some(docker) = self.container.as_ref().and_then(|c| c.docker.as_ref()) {
+            if docker.image.trim().is_empty() {
+                v.push(Violation::new("/container/docker/image", "must not be empty"));
+            }
+            for (i, m) in docker.port_mappings.iter().flatten().enumerate() {
+                for (name, port) in
+                    [("containerPort", m.container_port), ("hostPort", m.host_port), ("servicePort", m.service_port)]
+                {
+                    if port > 65535 {
                         v.push(Violation::new(
-                            &path,
-                            format!(
-                                "{op} takes a field and {}",
-                                if needs_value { "a value" } else { "an optional value" }
-                            ),
+                            &format!("/container/docker/portMappings({i})/{name}"),
+                            format!("got {port}, expected 0 to 65535"),
                         ));
                     }
-                    if op == "MAX_PER" && c.get(2).is_some_and(|n| n.parse::<u32>().is_err()) {
-                        v.push(Violation::new(&path, "MAX_PER takes a whole number"));
-                    }
                 }
-                _ => v.push(Violation::new(
-                    &path,
-                    format!("constraint operator must be one of {}", OPERATORS.join(", ")),
-                )),
             }
         }
         if self.health_checks.len() > 1 {
@@ -390,25 +462,109 @@ impl AppDefinition {
                 format!("Keel runs one health check per app; got {}", self.health_checks.len()),
             ));
         }
+        let ports = self.port_count();
         for (i, h) in self.health_checks.iter().enumerate() {
+            let path = format!("/healthChecks({i})");
             let protocol = h.protocol.trim_start_matches("MESOS_");
             if !["HTTP", "HTTPS", "TCP", "COMMAND"].contains(&protocol) {
-                v.push(Violation::new(&format!("/healthChecks({i})/protocol"), "must be HTTP, HTTPS, TCP or COMMAND"));
+                v.push(Violation::new(&format!("{path}/protocol"), "must be HTTP, HTTPS, TCP or COMMAND"));
             }
             if protocol == "COMMAND" && h.command.is_none() {
-                v.push(Violation::new(
-                    &format!("/healthChecks({i})/command"),
-                    "a COMMAND health check needs a command",
-                ));
+                v.push(Violation::new(&format!("{path}/command"), "a COMMAND health check needs a command"));
+            }
+            if protocol != "COMMAND" {
+                let index = h.port_index.unwrap_or(0) as usize;
+                if index >= ports {
+                    v.push(Violation::new(
+                        &format!("{path}/portIndex"),
+                        format!("the app has {ports} port(s), so portIndex {index} names none"),
+                    ));
+                }
             }
             if h.interval_seconds == 0 || h.timeout_seconds == 0 {
-                v.push(Violation::new(
-                    &format!("/healthChecks({i})"),
-                    "intervalSeconds and timeoutSeconds must be positive",
-                ));
+                v.push(Violation::new(&path, "intervalSeconds and timeoutSeconds must be positive"));
+            }
+            for (name, value) in [
+                ("gracePeriodSeconds", h.grace_period_seconds),
+                ("intervalSeconds", h.interval_seconds),
+                ("timeoutSeconds", h.timeout_seconds),
+            ] {
+                if value > MAX_SECONDS {
+                    v.push(Violation::new(
+                        &format!("{path}/{name}"),
+                        format!("got {value}, expected at most {MAX_SECONDS}"),
+                    ));
+                }
             }
         }
         v
+    }
+
+    /// Fills in what Marathon fills in on every stored definition: the default port definition
+    /// (`[{"port": 0, "protocol": "tcp", "name": "default"}]`) for an app with neither port definitions nor
+    /// container port mappings, and a unique service port for every port given as 0. A port the previous
+    /// version of the app had at the same place is kept, so an update does not move the app's ports.
+    /// `taken` holds the service ports of every other app.
+    pub fn assign_service_ports(
+        &mut self,
+        previous: Option<&AppDefinition>,
+        taken: &std::collections::BTreeSet<u32>,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<(), Violation> {
+        let mappings = self.container.as_mut().and_then(|c| c.docker.as_mut()).and_then(|d| d.port_mappings.as_mut());
+        let mut slots: Vec<(&mut u32, String)> = match mappings {
+            Some(m) => m
+                .iter_mut()
+                .enumerate()
+                .map(|(i, m)| (&mut m.service_port, format!("/container/docker/portMappings({i})/servicePort")))
+                .collect(),
+            None => self
+                .port_definitions
+                .get_or_insert_with(|| {
+                    vec![PortDefinition {
+                        port: 0,
+                        protocol: tcp(),
+                        name: Some("default".into()),
+                        labels: BTreeMap::new(),
+                    }]
+                })
+                .iter_mut()
+                .enumerate()
+                .map(|(i, p)| (&mut p.port, format!("/portDefinitions({i})/port")))
+                .collect(),
+        };
+        let before = previous.map(AppDefinition::service_ports).unwrap_or_default();
+        let mut used: std::collections::BTreeSet<u32> = taken.clone();
+        used.extend(slots.iter().map(|(p, _)| **p).filter(|p| *p != 0));
+        let mut candidates = range.clone().filter(|p| !taken.contains(p));
+        for (i, (port, path)) in slots.iter_mut().enumerate() {
+            if **port != 0 {
+                continue;
+            }
+            let kept = before.get(i).copied().filter(|p| *p != 0 && range.contains(p) && !used.contains(p));
+            let chosen = match kept {
+                Some(p) => Some(p),
+                None => candidates.by_ref().find(|p| !used.contains(p)),
+            };
+            let Some(p) = chosen else {
+                return Err(Violation::new(
+                    path,
+                    format!("no service port is left in {}-{}", range.start(), range.end()),
+                ));
+            };
+            used.insert(p);
+            **port = p;
+        }
+        Ok(())
+    }
+
+    /// The app's service ports: its port definitions' ports, or its container port mappings' service ports.
+    pub fn service_ports(&self) -> Vec<u32> {
+        if let Some(m) = self.container.as_ref().and_then(|c| c.docker.as_ref()).and_then(|d| d.port_mappings.as_ref())
+        {
+            return m.iter().map(|m| m.service_port).collect();
+        }
+        self.port_definitions.iter().flatten().map(|p| p.port).collect()
     }
 
     /// How many host ports each instance needs.
@@ -510,5 +666,100 @@ mod tests {
                 .validate()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn ids_are_bounded() {
+        assert!(AppId::parse(&"a/".repeat(16)).is_ok());
+        assert!(AppId::parse(&"/a".repeat(17)).unwrap_err().contains("at most 16"));
+        assert!(AppId::parse(&"/a".repeat(3000)).is_err());
+        assert!(AppId::parse(&"x".repeat(100_000)).unwrap_err().contains("at most 150"));
+        assert!(AppId::parse(&"x".repeat(64)).unwrap_err().contains("longer than 63"));
+        let long = format!("/{}/{}/{}", "a".repeat(60), "b".repeat(60), "c".repeat(40));
+        assert!(AppId::parse(&long).unwrap_err().contains("at most 150"));
+        let longest = format!("/{}/{}/{}", "a".repeat(60), "b".repeat(60), "c".repeat(27));
+        let id = AppId::parse(&longest).unwrap();
+        let task = format!("{}.{}", id.task_prefix(), uuid::Uuid::new_v4());
+        assert!(keel_core::ids::TaskId::parse(task).is_ok(), "the longest app id still makes a valid task id");
+    }
+
+    #[test]
+    fn numbers_are_range_checked() {
+        let paths = |json: &str| app(json).validate().into_iter().map(|v| v.path).collect::<Vec<_>>();
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "cpus": 2e15}"#), ["/cpus"]);
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "cpus": 0.0004}"#), ["/cpus"]);
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "mem": 1e300}"#), ["/mem"]);
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "backoffSeconds": 1e308}"#), ["/backoffSeconds"]);
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "maxLaunchDelaySeconds": 1e308}"#), ["/maxLaunchDelaySeconds"]);
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "backoffFactor": 1e10}"#), ["/backoffFactor"]);
+        assert_eq!(paths(r#"{"id": "/a", "cmd": "x", "instances": 4000000000}"#), ["/instances"]);
+        assert_eq!(
+            paths(r#"{"id": "/a", "cmd": "x", "taskKillGracePeriodSeconds": 18446744073709551615}"#),
+            ["/taskKillGracePeriodSeconds"]
+        );
+        assert_eq!(
+            paths(
+                r#"{"id": "/a", "cmd": "x", "unreachableStrategy": {"inactiveAfterSeconds": 1, "expungeAfterSeconds": 18446744073709551615}}"#
+            ),
+            ["/unreachableStrategy/expungeAfterSeconds"]
+        );
+        assert_eq!(
+            paths(r#"{"id": "/a", "cmd": "x", "portDefinitions": [{"port": 70000}]}"#),
+            ["/portDefinitions(0)/port"]
+        );
+        assert_eq!(
+            paths(
+                r#"{"id": "/a", "container": {"docker": {"image": "b", "portMappings": [{"containerPort": 99999}]}}}"#
+            ),
+            ["/container/docker/portMappings(0)/containerPort"]
+        );
+        assert_eq!(
+            paths(r#"{"id": "/a", "cmd": "x", "container": {"docker": {"image": " "}}}"#),
+            ["/container/docker/image"]
+        );
+        assert_eq!(
+            paths(r#"{"id": "/a", "cmd": "x", "healthChecks": [{"protocol": "HTTP", "portIndex": 1}]}"#),
+            ["/healthChecks(0)/portIndex"]
+        );
+        assert_eq!(
+            paths(r#"{"id": "/a", "cmd": "x", "portDefinitions": [], "healthChecks": [{"protocol": "TCP"}]}"#),
+            ["/healthChecks(0)/portIndex"]
+        );
+        assert_eq!(
+            paths(
+                r#"{"id": "/a", "cmd": "x", "healthChecks": [{"protocol": "HTTP", "intervalSeconds": 18446744073709551615}]}"#
+            ),
+            ["/healthChecks(0)/intervalSeconds"]
+        );
+        assert!(paths(r#"{"id": "/a", "cmd": "x", "portDefinitions": [{"port": 0}, {"port": 0}], "healthChecks": [{"portIndex": 1}]}"#).is_empty());
+    }
+
+    #[test]
+    fn service_ports_are_assigned_uniquely_and_kept_across_updates() {
+        let mut a = app(r#"{"id": "/a", "cmd": "x"}"#);
+        let taken: std::collections::BTreeSet<u32> = [10000, 10002].into();
+        a.assign_service_ports(None, &taken, 10000..=20000).unwrap();
+        let defs = a.port_definitions.clone().unwrap();
+        assert_eq!((defs.len(), defs[0].port, defs[0].name.as_deref()), (1, 10001, Some("default")));
+
+        let mut b = app(r#"{"id": "/b", "cmd": "x", "portDefinitions": [{"port": 0}, {"port": 10003}, {"port": 0}]}"#);
+        b.assign_service_ports(None, &taken, 10000..=20000).unwrap();
+        assert_eq!(b.service_ports(), [10001, 10003, 10004]);
+        let mut b2 = app(r#"{"id": "/b", "cmd": "y", "portDefinitions": [{"port": 0}, {"port": 0}, {"port": 0}]}"#);
+        b2.assign_service_ports(Some(&b), &taken, 10000..=20000).unwrap();
+        assert_eq!(b2.service_ports(), [10001, 10003, 10004], "an update keeps the app's ports");
+
+        let mut d =
+            app(r#"{"id": "/d", "container": {"docker": {"image": "i", "portMappings": [{"containerPort": 80}]}}}"#);
+        d.assign_service_ports(None, &taken, 10000..=20000).unwrap();
+        assert_eq!((d.service_ports(), d.port_definitions.is_none()), (vec![10001], true));
+
+        let mut none = app(r#"{"id": "/n", "cmd": "x", "portDefinitions": []}"#);
+        none.assign_service_ports(None, &taken, 10000..=20000).unwrap();
+        assert!(none.service_ports().is_empty(), "an empty list means no ports");
+
+        let mut full = app(r#"{"id": "/f", "cmd": "x"}"#);
+        let err = full.assign_service_ports(None, &taken, 10000..=10000).unwrap_err();
+        assert_eq!(err.path, "/portDefinitions(0)/port");
     }
 }

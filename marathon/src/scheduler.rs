@@ -20,9 +20,10 @@ use keel_core::task::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::app::{AppDefinition, AppId};
+use crate::edit::{self, AppChange, ChangeError};
 use crate::placement::{self, Place};
 use crate::store::{AppStore, InstanceRecord, timestamp};
 
@@ -75,6 +76,8 @@ pub struct Instance {
     pub app_id: String,
     pub host: String,
     pub ports: Vec<u16>,
+    /// The app's service ports, as Marathon lists them beside the host ports.
+    pub service_ports: Vec<u32>,
     pub staged_at: String,
     pub started_at: Option<String>,
     pub version: String,
@@ -180,18 +183,24 @@ pub struct Snapshot {
 }
 
 enum Command {
-    AppChanged(AppId, Option<Box<AppDefinition>>, oneshot::Sender<String>),
+    /// A change of one app's definition: the actor validates, stores and applies it.
+    Change {
+        id: AppId,
+        change: AppChange,
+        force: bool,
+        reply: oneshot::Sender<Result<ChangeOutcome, ChangeError>>,
+    },
     /// Cancels a deployment: `force` just stops tracking it; otherwise the app is rolled back.
     CancelDeployment {
         id: String,
         force: bool,
-        reply: oneshot::Sender<Option<Option<Box<AppDefinition>>>>,
+        reply: oneshot::Sender<Option<Result<Option<ChangeOutcome>, ChangeError>>>,
     },
     Kill {
         task_ids: Vec<String>,
         scale: bool,
         wipe: bool,
-        reply: oneshot::Sender<Vec<Instance>>,
+        reply: oneshot::Sender<(Vec<Instance>, Option<ChangeOutcome>)>,
     },
     ResetDelay(AppId),
     DeploymentOf(AppId, oneshot::Sender<Option<String>>),
@@ -216,44 +225,75 @@ pub struct MarathonHandle {
     events: tokio::sync::broadcast::Sender<MarathonEvent>,
 }
 
+/// The services framework's actor has stopped: its state cannot be read or changed.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("the services framework is not running")]
+pub struct Stopped;
+
+impl From<Stopped> for ChangeError {
+    fn from(_: Stopped) -> ChangeError {
+        ChangeError::Stopped
+    }
+}
+
+/// What a change did.
+#[derive(Clone, Debug)]
+pub struct ChangeOutcome {
+    /// Whether the app existed before.
+    pub existed: bool,
+    /// The definition now stored; `None` when the app was deleted.
+    pub app: Option<AppDefinition>,
+    /// The deployment that rolls the change out.
+    pub deployment: String,
+}
+
 impl MarathonHandle {
-    /// Tells the scheduler that an app was created, changed (`Some`) or deleted (`None`); returns the id of
-    /// the deployment that rolls the change out.
-    pub async fn app_changed(&self, id: AppId, app: Option<AppDefinition>) -> String {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::AppChanged(id, app.map(Box::new), reply)).await.is_err() {
-            return String::new();
-        }
-        rx.await.unwrap_or_default()
+        self.tx.send(make(reply)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
     }
 
-    /// Cancels a deployment. `None`: no such deployment. `Some(definition)`: the app definition to restore
-    /// (`Some(None)`: the app was new, so delete it), which the caller stores and applies.
-    pub async fn cancel_deployment(&self, id: String, force: bool) -> Option<Option<AppDefinition>> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::CancelDeployment { id, force, reply }).await.ok()?;
-        rx.await.ok().flatten().map(|d| d.map(|b| *b))
+    /// Whether the actor still runs.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// Changes one app: creates, updates, restarts or deletes it, unless a deployment is changing it and
+    /// `force` is not given. The actor is the only writer of app definitions.
+    pub async fn change(&self, id: AppId, change: AppChange, force: bool) -> Result<ChangeOutcome, ChangeError> {
+        self.ask(|reply| Command::Change { id, change, force, reply }).await?
+    }
+
+    /// Cancels a deployment. `None`: no such deployment. With `force` it only stops; otherwise the app is
+    /// rolled back to its previous definition, or deleted if it was new (the outcome of that change).
+    pub async fn cancel_deployment(
+        &self,
+        id: String,
+        force: bool,
+    ) -> Result<Option<Option<ChangeOutcome>>, ChangeError> {
+        self.ask(|reply| Command::CancelDeployment { id, force, reply }).await?.transpose()
     }
 
     /// Kills tasks; with `scale` the app's instance count goes down by as many. With `wipe` the instances are
-    /// also forgotten at once (Marathon's expunge), without waiting for their end. Returns the tasks found.
-    pub async fn kill(&self, task_ids: Vec<String>, scale: bool, wipe: bool) -> Vec<Instance> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Kill { task_ids, scale, wipe, reply }).await.is_err() {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+    /// also forgotten at once (Marathon's expunge), without waiting for their end. Returns the tasks found
+    /// and, with `scale`, the change that scaled the (first) app down.
+    pub async fn kill(
+        &self,
+        task_ids: Vec<String>,
+        scale: bool,
+        wipe: bool,
+    ) -> Result<(Vec<Instance>, Option<ChangeOutcome>), Stopped> {
+        self.ask(|reply| Command::Kill { task_ids, scale, wipe, reply }).await
     }
 
     /// The id of the deployment changing `id`, if one is.
-    pub async fn deployment_of(&self, id: AppId) -> Option<String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::DeploymentOf(id, reply)).await.ok()?;
-        rx.await.ok().flatten()
+    pub async fn deployment_of(&self, id: AppId) -> Result<Option<String>, Stopped> {
+        self.ask(|reply| Command::DeploymentOf(id, reply)).await
     }
 
-    pub async fn reset_delay(&self, id: AppId) {
-        let _ = self.tx.send(Command::ResetDelay(id)).await;
+    pub async fn reset_delay(&self, id: AppId) -> Result<(), Stopped> {
+        self.tx.send(Command::ResetDelay(id)).await.map_err(|_| Stopped)
     }
 
     /// A stream of every event from now on.
@@ -270,12 +310,8 @@ impl MarathonHandle {
         let _ = self.events.send(MarathonEvent { event_type, data });
     }
 
-    pub async fn snapshot(&self) -> Snapshot {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Snapshot(reply)).await.is_err() {
-            return Snapshot::default();
-        }
-        rx.await.unwrap_or_default()
+    pub async fn snapshot(&self) -> Result<Snapshot, Stopped> {
+        self.ask(Command::Snapshot).await
     }
 }
 
@@ -295,6 +331,8 @@ pub struct Deployment {
     pub action: &'static str,
     /// The definition before the change, for a rollback; `None` when the app is new.
     pub previous: Option<AppDefinition>,
+    /// The definition being deployed; `None` when the app is being removed.
+    pub target: Option<AppDefinition>,
     /// Roll back by itself if the deployment fails (the app label `KEEL_ROLLBACK_ON_FAILURE=true`).
     pub rollback_on_failure: bool,
     started: Instant,
@@ -309,10 +347,27 @@ impl Deployment {
         serde_json::json!({ "actions": [{ "action": self.action, "app": self.app_id }] })
     }
 
-    /// The deployment as Marathon's events show its `plan`. Marathon's `original` and `target` (the whole
-    /// root group before and after) are left out: a Keel deployment knows only its own app.
+    /// The deployment as Marathon's events show its `plan`. Marathon's `original` and `target` are the root
+    /// group before and after; a Keel deployment changes one app, so each holds that app (or nothing).
     fn plan_json(&self) -> serde_json::Value {
-        serde_json::json!({ "id": self.id, "version": self.version, "steps": [self.step_json()] })
+        let group = |app: &Option<AppDefinition>, version: &str| {
+            serde_json::json!({
+                "id": "/",
+                "apps": app.iter().collect::<Vec<_>>(),
+                "groups": [],
+                "pods": [],
+                "dependencies": [],
+                "version": version,
+            })
+        };
+        let before = self.previous.as_ref().and_then(|p| p.version.clone()).unwrap_or_else(|| self.version.clone());
+        serde_json::json!({
+            "id": self.id,
+            "version": self.version,
+            "original": group(&self.previous, &before),
+            "target": group(&self.target, &self.version),
+            "steps": [self.step_json()],
+        })
     }
 }
 
@@ -385,6 +440,8 @@ struct Marathon {
     by_app: HashMap<String, HashSet<String>>,
     /// Each app's configuration fingerprint, computed once per change (it serializes the app).
     fingerprints: HashMap<AppId, String>,
+    /// Each app's placement constraints, parsed and compiled once per change.
+    constraints: HashMap<AppId, Vec<placement::Constraint>>,
 }
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
@@ -413,17 +470,20 @@ pub async fn start_with(
     let (driver, events) = scheduler::start(master, info, framework_id, shutdown.clone());
     let mut apps = BTreeMap::new();
     for app in store.list().await? {
-        if let Ok(id) = app.app_id() {
-            apps.insert(id, app);
+        match app.app_id() {
+            Ok(id) => {
+                apps.insert(id, app);
+            }
+            Err(e) => {
+                error!(app_id = %app.id.chars().take(200).collect::<String>(), error = %e, "stored app ignored: its id is not valid")
+            }
         }
     }
     let mut instances = HashMap::new();
     for r in store.instances().await? {
-        let fingerprint = AppId::parse(&r.app_id)
-            .ok()
-            .and_then(|id| apps.get(&id))
-            .map(|a: &AppDefinition| a.config_fingerprint())
-            .unwrap_or_default();
+        let app = AppId::parse(&r.app_id).ok().and_then(|id| apps.get(&id));
+        let fingerprint = app.map(|a: &AppDefinition| a.config_fingerprint()).unwrap_or_default();
+        let service_ports = app.map(AppDefinition::service_ports).unwrap_or_default();
         instances.insert(
             r.task_id.clone(),
             Instance {
@@ -431,6 +491,7 @@ pub async fn start_with(
                 app_id: r.app_id,
                 host: r.host,
                 ports: r.ports,
+                service_ports,
                 staged_at: timestamp(r.staged_at),
                 started_at: None,
                 version: r.version,
@@ -455,7 +516,10 @@ pub async fn start_with(
         by_app.entry(inst.app_id.clone()).or_default().insert(inst.id.clone());
     }
     let fingerprints = apps.iter().map(|(id, a)| (id.clone(), a.config_fingerprint())).collect();
+    let constraints =
+        apps.iter().map(|(id, a)| (id.clone(), placement::Constraint::parse_all(&a.constraints))).collect();
     let m = Marathon {
+        constraints,
         fingerprints,
         by_app,
         events: handle.clone(),
@@ -535,53 +599,9 @@ impl Marathon {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::AppChanged(id, app, reply) => {
-                let changed = id.clone();
-                let previous = self.apps.get(&id).cloned();
-                let action = match (&previous, &app) {
-                    (None, _) => "StartApplication",
-                    (Some(_), None) => "StopApplication",
-                    (Some(old), Some(new)) if old.config_fingerprint() != new.config_fingerprint() => {
-                        "RestartApplication"
-                    }
-                    _ => "ScaleApplication",
-                };
-                let version = app
-                    .as_ref()
-                    .and_then(|a| a.version.clone())
-                    .unwrap_or_else(|| timestamp(keel_core::store::now_millis()));
-                let rollback_on_failure = app
-                    .as_deref()
-                    .or(previous.as_ref())
-                    .is_some_and(|a| a.labels.get(ROLLBACK_LABEL).is_some_and(|v| v == "true"));
-                match app {
-                    Some(app) => {
-                        if action != "ScaleApplication" {
-                            self.backoff.remove(&id);
-                        }
-                        self.set_app(id.clone(), *app);
-                    }
-                    None => {
-                        self.remove_app(&id);
-                        self.backoff.remove(&id);
-                    }
-                }
-                let now = Instant::now();
-                let deployment = Deployment {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    app_id: id.clone(),
-                    version,
-                    action,
-                    previous,
-                    rollback_on_failure,
-                    started: now,
-                    progressed: now,
-                    progress: (0, usize::MAX),
-                };
-                let _ = reply.send(deployment.id.clone());
-                self.begin(deployment);
-                // Only this app changed: the once-a-second pass looks at the others.
-                self.converge_app(&changed).await;
+            Command::Change { id, change, force, reply } => {
+                let result = self.change(id, change, force).await;
+                let _ = reply.send(result);
             }
             Command::CancelDeployment { id, force, reply } => {
                 let Some(app_id) = self.deployments.iter().find(|(_, d)| d.id == id).map(|(a, _)| a.clone()) else {
@@ -592,29 +612,20 @@ impl Marathon {
                 info!(deployment = %d.id, app_id = %app_id, force, "deployment cancelled");
                 let how = if force { "cancelled" } else { "cancelled and rolled back" };
                 self.announce_failure(&d, how);
-                let _ = reply.send(Some(if force {
-                    self.apps.get(&app_id).cloned().map(Box::new)
+                let result = if force {
+                    Ok(None)
                 } else {
-                    d.previous.map(Box::new)
-                }));
+                    self.change(app_id, AppChange::Restore(d.previous.map(Box::new)), true).await.map(Some)
+                };
+                let _ = reply.send(Some(result));
             }
             Command::Kill { task_ids, scale, wipe, reply } => {
                 let mut found = Vec::new();
+                let mut scaled: BTreeMap<AppId, u32> = BTreeMap::new();
                 for tid in task_ids {
                     let Some(inst) = self.instances.get(&tid).cloned() else { continue };
-                    if scale
-                        && let Ok(app_id) = AppId::parse(&inst.app_id)
-                        && let Some(app) = self.apps.get_mut(&app_id)
-                    {
-                        app.instances = app.instances.saturating_sub(1);
-                        let version = crate::store::new_version();
-                        if let Some(info) = &mut app.version_info {
-                            info.last_scaling_at = version.clone();
-                        }
-                        app.version = Some(version);
-                        if let Err(e) = self.store.put(&app_id, app).await {
-                            warn!(error = %e, "cannot store the scaled app");
-                        }
+                    if scale && let Ok(app_id) = AppId::parse(&inst.app_id) {
+                        *scaled.entry(app_id).or_default() += 1;
                     }
                     self.kill(&inst).await;
                     if wipe {
@@ -630,7 +641,21 @@ impl Marathon {
                     }
                     found.push(inst);
                 }
-                let _ = reply.send(found);
+                // The instances are being killed, so they no longer count: the scale-down's deployment
+                // kills no others.
+                let mut outcome = None;
+                for (app_id, n) in scaled {
+                    let Some(instances) = self.apps.get(&app_id).map(|a| a.instances.saturating_sub(n)) else {
+                        continue;
+                    };
+                    match self.change(app_id.clone(), AppChange::Scale(instances), true).await {
+                        Ok(o) => {
+                            outcome.get_or_insert(o);
+                        }
+                        Err(e) => warn!(app_id = %app_id, error = %e, "cannot scale the app down"),
+                    }
+                }
+                let _ = reply.send((found, outcome));
             }
             Command::DeploymentOf(id, reply) => {
                 let _ = reply.send(self.deployments.get(&id).map(|d| d.id.clone()));
@@ -662,13 +687,123 @@ impl Marathon {
         }
     }
 
+    /// Validates, stores and applies one change of an app's definition (see [`crate::edit`]).
+    async fn change(&mut self, id: AppId, change: AppChange, force: bool) -> Result<ChangeOutcome, ChangeError> {
+        let current = self.apps.get(&id).cloned();
+        let bypasses_lock = matches!(change, AppChange::Create(_) | AppChange::Restore(_));
+        if !force
+            && !bypasses_lock
+            && current.is_some()
+            && let Some(d) = self.deployments.get(&id)
+        {
+            return Err(ChangeError::Locked(d.id.clone()));
+        }
+        let taken: std::collections::BTreeSet<u32> = self
+            .apps
+            .iter()
+            .filter(|(other, _)| **other != id)
+            .flat_map(|(_, a)| a.service_ports())
+            .filter(|p| *p != 0)
+            .collect();
+        let api_event = change.api_event();
+        // Marathon's rollback: a PUT of `{"version": V}` restores version V of the app.
+        let change = match change {
+            AppChange::Put { raw, .. } if current.is_some() && edit::rollback_to(&raw).is_some() => {
+                let wanted = edit::rollback_to(&raw).unwrap_or_default().to_owned();
+                match self.store.version(&id, &wanted).await? {
+                    Some(old) => AppChange::Restore(Some(Box::new(old))),
+                    None => return Err(ChangeError::NoVersion(id, wanted)),
+                }
+            }
+            other => other,
+        };
+        let version = crate::store::new_version();
+        let new = edit::apply(&id, current.as_ref(), change, &taken, &version)?;
+        let written = match &new {
+            Some(app) => self.store.put(&id, app).await,
+            None => self.store.delete(&id).await.map(|_| ()),
+        };
+        if let Err(e) = written {
+            // The write may have landed all the same: reload and look, never guess.
+            let landed = match self.store.get(&id).await {
+                Ok(stored) => stored.and_then(|a| a.version) == new.as_ref().and_then(|a| a.version.clone()),
+                Err(_) => false,
+            };
+            if !landed {
+                warn!(app_id = %id, error = %e, "app change not stored");
+                return Err(ChangeError::Store(e));
+            }
+            info!(app_id = %id, error = %e, "app change stored despite an error answer");
+        }
+        let deployment = self.app_changed(id.clone(), new.clone()).await;
+        match (&new, api_event) {
+            (Some(app), Some(event)) => {
+                self.events.publish(event, serde_json::json!({ "uri": format!("/v2/apps{id}"), "appDefinition": app }));
+            }
+            (None, _) => self.events.publish("app_terminated_event", serde_json::json!({ "appId": id })),
+            _ => {}
+        }
+        info!(app_id = %id, version = ?new.as_ref().and_then(|a| a.version.as_deref()), existed = current.is_some(), deleted = new.is_none(), "app definition changed");
+        Ok(ChangeOutcome { existed: current.is_some(), app: new, deployment })
+    }
+
+    /// Starts the deployment of a stored change of app `id` (`None`: deleted) and returns its id.
+    async fn app_changed(&mut self, id: AppId, app: Option<AppDefinition>) -> String {
+        let changed = id.clone();
+        let previous = self.apps.get(&id).cloned();
+        let action = match (&previous, &app) {
+            (None, _) => "StartApplication",
+            (Some(_), None) => "StopApplication",
+            (Some(old), Some(new)) if old.config_fingerprint() != new.config_fingerprint() => "RestartApplication",
+            _ => "ScaleApplication",
+        };
+        let version =
+            app.as_ref().and_then(|a| a.version.clone()).unwrap_or_else(|| timestamp(keel_core::store::now_millis()));
+        let rollback_on_failure = app
+            .as_ref()
+            .or(previous.as_ref())
+            .is_some_and(|a| a.labels.get(ROLLBACK_LABEL).is_some_and(|v| v == "true"));
+        match app {
+            Some(app) => {
+                if action != "ScaleApplication" {
+                    self.backoff.remove(&id);
+                }
+                self.set_app(id.clone(), app);
+            }
+            None => {
+                self.remove_app(&id);
+                self.backoff.remove(&id);
+            }
+        }
+        let now = Instant::now();
+        let deployment = Deployment {
+            id: uuid::Uuid::new_v4().to_string(),
+            app_id: id.clone(),
+            version,
+            action,
+            target: self.apps.get(&id).cloned(),
+            previous,
+            rollback_on_failure,
+            started: now,
+            progressed: now,
+            progress: (0, usize::MAX),
+        };
+        let deployment_id = deployment.id.clone();
+        self.begin(deployment);
+        // Only this app changed: the once-a-second pass looks at the others.
+        self.converge_app(&changed).await;
+        deployment_id
+    }
+
     fn set_app(&mut self, id: AppId, app: AppDefinition) {
         self.fingerprints.insert(id.clone(), app.config_fingerprint());
+        self.constraints.insert(id.clone(), placement::Constraint::parse_all(&app.constraints));
         self.apps.insert(id, app);
     }
 
     fn remove_app(&mut self, id: &AppId) {
         self.fingerprints.remove(id);
+        self.constraints.remove(id);
         self.apps.remove(id);
     }
 
@@ -1002,6 +1137,7 @@ impl Marathon {
                     app_id: id.clone(),
                     version: app.version.clone().unwrap_or_default(),
                     action: "RestartApplication",
+                    target: Some(app.clone()),
                     previous: None,
                     rollback_on_failure: false,
                     started: now,
@@ -1047,6 +1183,7 @@ impl Marathon {
                                 app_id: app_id.to_string(),
                                 host: offer.hostname.clone(),
                                 ports,
+                                service_ports: app.service_ports(),
                                 staged_at: timestamp(now),
                                 started_at: None,
                                 version: app.version.clone().unwrap_or_default(),
@@ -1108,9 +1245,9 @@ impl Marathon {
         offer: &Offer,
         left: &Resources,
     ) -> Result<(TaskSpec, Vec<u16>), String> {
-        let cpus = Scalar::from_f64(app.cpus).unwrap_or_default();
-        let mem = Scalar::from_f64(app.mem).unwrap_or_default();
-        let disk = Scalar::from_f64(app.disk).unwrap_or_default();
+        // Validation accepted only amounts the core can count; a stored one it cannot is never taken for 0.
+        let scalar = |v: f64| Scalar::from_f64(v).map_err(|_| "InvalidResources".to_owned());
+        let (cpus, mem, disk) = (scalar(app.cpus)?, scalar(app.mem)?, scalar(app.disk)?);
         if left.cpus < cpus {
             return Err("InsufficientCpus".into());
         }
@@ -1150,11 +1287,13 @@ impl Marathon {
                 .map(|i| Place { hostname: &i.host, attributes: &i.attributes })
                 .collect();
             let here = Place { hostname: &offer.hostname, attributes: &offer.attributes };
-            placement::check(&app.constraints, &here, &existing).map_err(|_| "UnfulfilledConstraint".to_owned())?;
+            let constraints = self.constraints.get(app_id).map_or(&[][..], Vec::as_slice);
+            placement::check(constraints, &here, &existing).map_err(|_| "UnfulfilledConstraint".to_owned())?;
         }
 
-        let task_id =
-            TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4())).map_err(|e| e.to_string())?;
+        // Reasons are counted per kind for the queue: never put the (random) task id in one.
+        let task_id = TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4()))
+            .map_err(|_| "InvalidTaskId".to_owned())?;
         let mut env: BTreeMap<String, String> =
             app.env.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect();
         for (i, p) in ports.iter().enumerate() {
@@ -1307,7 +1446,9 @@ impl Marathon {
             b.failures += 1;
             let delay = (app.backoff_seconds * app.backoff_factor.powi(b.failures as i32 - 1))
                 .min(app.max_launch_delay_seconds);
-            b.until = Instant::now() + Duration::from_secs_f64(delay.max(0.0));
+            // Validation bounds both numbers; clamp anyway, as no stored value may overflow the clock.
+            let delay = if delay.is_finite() { delay.clamp(0.0, crate::app::MAX_SECONDS as f64) } else { 0.0 };
+            b.until = Instant::now() + Duration::from_secs_f64(delay);
             info!(task_id = %inst.id, app_id = %app_id, state = %state, delay_seconds = delay, "task ended; relaunching after a delay");
             self.failures.insert(
                 app_id.to_string(),
@@ -1336,6 +1477,7 @@ mod tests {
             app_id: "/web".into(),
             host: "h1".into(),
             ports: vec![],
+            service_ports: vec![],
             staged_at: timestamp(0),
             started_at: None,
             version: "v1".into(),
@@ -1371,7 +1513,7 @@ mod tests {
         // No master answers here: the scheduler only loads its state.
         let token = CancellationToken::new();
         let handle = start("http://127.0.0.1:1", store, token.clone()).await.unwrap();
-        let snapshot = handle.snapshot().await;
+        let snapshot = handle.snapshot().await.unwrap();
         token.cancel();
         assert_eq!(snapshot.instances.len(), 1);
         assert_eq!(snapshot.instances[0].attributes, vec![("rack".to_owned(), "r2".to_owned())]);

@@ -131,6 +131,37 @@ impl AppStore {
         Ok(())
     }
 
+    /// The callback URLs subscribed to events, oldest first.
+    pub async fn subscriptions(&self) -> Result<Vec<String>, AppStoreError> {
+        let rows =
+            sqlx::query("SELECT callback_url FROM marathon_event_subscriptions ORDER BY created_at, callback_url")
+                .fetch_all(self.store.pool())
+                .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
+    /// Subscribes a callback URL; subscribing one twice changes nothing.
+    pub async fn subscribe(&self, url: &str) -> Result<(), AppStoreError> {
+        sqlx::query(
+            "INSERT INTO marathon_event_subscriptions (callback_url, created_at) VALUES ($1, $2) \
+             ON CONFLICT (callback_url) DO NOTHING",
+        )
+        .bind(url)
+        .bind(keel_core::store::now_millis())
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Unsubscribes a callback URL; returns whether it was subscribed.
+    pub async fn unsubscribe(&self, url: &str) -> Result<bool, AppStoreError> {
+        let done = sqlx::query("DELETE FROM marathon_event_subscriptions WHERE callback_url = $1")
+            .bind(url)
+            .execute(self.store.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Records launched tasks, in one transaction.
     pub async fn put_instances(&self, records: &[InstanceRecord]) -> Result<(), AppStoreError> {
         let mut tx = self.store.pool().begin().await?;
