@@ -159,8 +159,15 @@ fn number(pairs: &[(String, String)], key: &str, default: usize, max: usize) -> 
     }
 }
 
+/// Parses a body strictly: a key repeated in an object is refused (422), so that a proxy in front of Keel
+/// cannot read a different job than Keel stores.
 fn json_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    keel_core::json::parse_strict(body).map_err(|e| match e {
+        keel_core::json::StrictError::Syntax(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
+        }
+        e => ApiError::invalid("/", e.to_string()),
+    })
 }
 
 fn job_id(s: &str) -> Result<JobId, ApiError> {
@@ -169,7 +176,7 @@ fn job_id(s: &str) -> Result<JobId, ApiError> {
 }
 
 async fn view(api: &Api, id: &JobId) -> Result<JobView, ApiError> {
-    api.chronos.view(Some(id.clone())).await.pop().ok_or_else(|| ApiError::no_job(id.as_str()))
+    api.chronos.view(Some(id.clone())).await?.pop().ok_or_else(|| ApiError::no_job(id.as_str()))
 }
 
 fn ok(status: StatusCode, v: Value) -> ApiResult {
@@ -186,11 +193,11 @@ fn embeds(pairs: &[(String, String)]) -> Result<Vec<String>, ApiError> {
         .flat_map(|(_, v)| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect::<Vec<_>>())
         .collect();
     if let Some(bad) =
-        names.iter().find(|n| !["activeRuns", "schedules", "history", "historySummary"].contains(&n.as_str()))
+        names.iter().find(|n| !["activeRuns", "schedules", "history", "historySummary", "keel"].contains(&n.as_str()))
     {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("unknown embed '{bad}': use activeRuns, schedules, history or historySummary"),
+            format!("unknown embed '{bad}': use activeRuns, schedules, history, historySummary or keel"),
         ));
     }
     Ok(names)
@@ -203,6 +210,7 @@ async fn job_json(api: &Api, v: &JobView, embeds: &[String]) -> Result<Value, Ap
             "activeRuns" => out["activeRuns"] = v.active_runs.iter().map(forms::metronome_run_json).collect(),
             "schedules" => out["schedules"] = schedules_json(v),
             "historySummary" => out["historySummary"] = forms::metronome_history_summary(&v.stats),
+            "keel" => out["keel"] = forms::keel_job_extras(&v.job),
             "history" => {
                 let runs = api.jobs.runs(&v.job.id, 100).await?;
                 out["history"] = forms::metronome_history(&v.stats, &runs);
@@ -220,7 +228,7 @@ fn schedules_json(v: &JobView) -> Value {
 async fn list_jobs(State(api): State<Api>, RawQuery(q): RawQuery) -> ApiResult {
     let embeds = embeds(&pairs(q.as_deref()))?;
     let mut out = Vec::new();
-    for v in api.chronos.view(None).await {
+    for v in api.chronos.view(None).await? {
         out.push(job_json(&api, &v, &embeds).await?);
     }
     ok(StatusCode::OK, Value::Array(out))
@@ -429,7 +437,7 @@ async fn preview(RawQuery(q): RawQuery) -> ApiResult {
 
 async fn chronos_jobs(State(api): State<Api>) -> ApiResult {
     let jobs: Vec<Value> =
-        api.chronos.view(None).await.iter().map(|v| forms::chronos_job_json(&v.job, &v.stats)).collect();
+        api.chronos.view(None).await?.iter().map(|v| forms::chronos_job_json(&v.job, &v.stats)).collect();
     ok(StatusCode::OK, Value::Array(jobs))
 }
 
@@ -442,7 +450,7 @@ async fn chronos_search(State(api): State<Api>, RawQuery(q): RawQuery) -> ApiRes
     let jobs: Vec<Value> = api
         .chronos
         .view(None)
-        .await
+        .await?
         .iter()
         .filter(|v| {
             let n = v.job.id.as_str().to_lowercase();
@@ -548,7 +556,7 @@ fn text(body: String) -> ApiResult {
 }
 
 async fn chronos_dot(State(api): State<Api>) -> ApiResult {
-    let views = api.chronos.view(None).await;
+    let views = api.chronos.view(None).await?;
     let index: std::collections::HashMap<&JobId, usize> =
         views.iter().enumerate().map(|(i, v)| (&v.job.id, i + 1)).collect();
     let mut out = String::from("digraph G {\n");
@@ -567,7 +575,7 @@ async fn chronos_dot(State(api): State<Api>) -> ApiResult {
 }
 
 async fn chronos_csv(State(api): State<Api>) -> ApiResult {
-    let views = api.chronos.view(None).await;
+    let views = api.chronos.view(None).await?;
     let mut out = String::new();
     for v in &views {
         let last = match (v.stats.last_success, v.stats.last_error) {

@@ -219,12 +219,8 @@ pub fn metronome_job(body: &Value) -> Result<(Job, Option<Vec<ScheduleSpec>>), I
     };
     job.retries = retries;
     job.active_deadline_seconds = deadline;
-    job.parents = m
-        .dependencies
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| JobId::parse(d.id).map_err(|e| Invalid::new(format!("/dependencies({i})/id"), e.to_string())))
-        .collect::<Result<_, _>>()?;
+    let parents: Vec<String> = m.dependencies.into_iter().map(|d| d.id).collect();
+    job.parents = parent_ids(&parents, "/dependencies")?;
     let schedules = m
         .schedules
         .map(|list| {
@@ -288,14 +284,16 @@ pub fn metronome_schedule_json(s: &ScheduleSpec, next: Option<DateTime<Utc>>) ->
     v
 }
 
-/// A job as Metronome shows it (without embeds).
+/// A job as Metronome shows it (without embeds): exactly the fields of Metronome's JobSpec and RunSpec,
+/// as strict clients (dcos-metronome parses with protobuf) refuse any other. What Keel adds is in
+/// [`keel_job_extras`].
 pub fn metronome_job_json(job: &Job) -> Value {
     let r = &job.run;
     let mut run = json!({
-        "cpus": r.cpus, "mem": r.mem, "disk": r.disk, "gpus": 0,
+        "cpus": r.cpus, "mem": r.mem, "disk": r.disk,
         "env": r.env,
         "placement": {"constraints": []},
-        "artifacts": [], "volumes": [], "secrets": {}, "networks": [],
+        "artifacts": [], "volumes": [],
         "maxLaunchDelay": r.max_launch_delay_seconds,
         "restart": {"policy": if job.retries == Some(0) { "NEVER" } else { "ON_FAILURE" }},
     });
@@ -306,21 +304,29 @@ pub fn metronome_job_json(job: &Job) -> Value {
         run["args"] = json!(r.args);
     }
     if let Some(d) = &r.docker {
-        run["docker"] =
-            json!({"image": d.image, "forcePullImage": d.force_pull_image, "privileged": false, "parameters": []});
+        run["docker"] = json!({"image": d.image});
     }
     if let Some(d) = job.active_deadline_seconds {
         run["restart"]["activeDeadlineSeconds"] = json!(d);
-    }
-    if let Some(g) = r.task_kill_grace_period_seconds {
-        run["taskKillGracePeriodSeconds"] = json!(g);
     }
     let mut v = json!({"id": job.id, "labels": job.labels, "run": run});
     if !job.description.is_empty() {
         v["description"] = json!(job.description);
     }
-    if !job.parents.is_empty() {
-        v["dependencies"] = job.parents.iter().map(|p| json!({"id": p})).collect();
+    v
+}
+
+/// What Keel keeps of a job beyond Metronome's JobSpec, shown with `embed=keel`: parents
+/// (`dependencies`), Docker's `forcePullImage` and the kill grace period.
+pub fn keel_job_extras(job: &Job) -> Value {
+    let mut v = json!({
+        "dependencies": job.parents.iter().map(|p| json!({"id": p})).collect::<Vec<_>>(),
+    });
+    if let Some(d) = &job.run.docker {
+        v["forcePullImage"] = json!(d.force_pull_image);
+    }
+    if let Some(g) = job.run.task_kill_grace_period_seconds {
+        v["taskKillGracePeriodSeconds"] = json!(g);
     }
     v
 }
@@ -337,8 +343,8 @@ fn task_status(run: &Run, i: usize) -> &'static str {
     }
 }
 
-/// A run as Metronome shows it, with Keel's additions (`scheduledAt`, `startedAt`, `attempts`, `exitCode`,
-/// `message`, `trigger`) after Metronome's fields.
+/// A run as Metronome shows it: exactly Metronome's JobRun fields. Keel's additions (scheduled time, start,
+/// attempts, exit code, message, trigger, outcome) are at `/keel/v1/jobs/{id}/runs`.
 pub fn metronome_run_json(run: &Run) -> Value {
     let completed = run.finished_at.map(metronome_time);
     let tasks: Vec<Value> = run
@@ -363,21 +369,17 @@ pub fn metronome_run_json(run: &Run) -> Value {
         RunStatus::Missed | RunStatus::Skipped => "FAILED",
         s => s.name(),
     };
-    json!({
+    let mut v = json!({
         "id": run.id,
         "jobId": run.job_id,
         "status": status,
         "createdAt": metronome_time(run.created_at),
-        "completedAt": completed,
         "tasks": tasks,
-        "scheduledAt": metronome_time(run.scheduled_at),
-        "startedAt": run.started_at.map(metronome_time),
-        "attempts": run.attempts,
-        "exitCode": run.exit_code,
-        "message": run.message,
-        "trigger": run.trigger.encode(),
-        "outcome": run.status.name(),
-    })
+    });
+    if let Some(c) = completed {
+        v["completedAt"] = json!(c);
+    }
+    v
 }
 
 /// A run with everything Keel records, for `/keel/v1/jobs/{id}/runs`.
@@ -498,6 +500,26 @@ const CHRONOS_CPUS: f64 = 0.1;
 const CHRONOS_MEM: f64 = 128.0;
 const CHRONOS_DISK: f64 = 256.0;
 
+/// The most parents a job may have.
+pub const MAX_PARENTS: usize = 100;
+
+/// Parses a job's parents: valid ids, each once, at most [`MAX_PARENTS`].
+fn parent_ids(raw: &[String], path: &str) -> Result<Vec<JobId>, Invalid> {
+    if raw.len() > MAX_PARENTS {
+        return Err(Invalid::new(path, format!("{} parents given; at most {MAX_PARENTS} are allowed", raw.len())));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, p) in raw.iter().enumerate() {
+        let id = JobId::parse(p).map_err(|e| Invalid::new(format!("{path}({i})"), e.to_string()))?;
+        if !seen.insert(id.as_str().to_owned()) {
+            return Err(Invalid::new(format!("{path}({i})"), format!("parent '{id}' is named twice")));
+        }
+        out.push(id);
+    }
+    Ok(out)
+}
+
 /// Parses a Chronos job. `dependent` is true for `/scheduler/dependency`, which needs parents.
 pub fn chronos_job(body: &Value, dependent: bool) -> Result<Job, Invalid> {
     let c: ChronosJob = serde_json::from_value(body.clone()).map_err(serde_invalid)?;
@@ -558,11 +580,7 @@ pub fn chronos_job(body: &Value, dependent: bool) -> Result<Job, Invalid> {
         if c.parents.is_empty() {
             return Err(Invalid::new("/parents", "a dependent job needs at least one parent"));
         }
-        job.parents = c
-            .parents
-            .iter()
-            .map(|p| JobId::parse(p).map_err(|e| Invalid::new("/parents", e.to_string())))
-            .collect::<Result<_, _>>()?;
+        job.parents = parent_ids(&c.parents, "/parents")?;
     } else {
         // A job with no schedule runs once, now (Chronos's "R1//PT24H").
         let schedule = c.schedule.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "R1//PT24H".into());

@@ -262,13 +262,16 @@ impl ChronosHandle {
         self.ask(|reply| Command::KillAll { id, reply }).await
     }
 
-    /// Every job, or the one named.
-    pub async fn view(&self, id: Option<JobId>) -> Vec<JobView> {
+    /// Every job, or the one named. An error only when the actor has stopped: never an empty list then.
+    pub async fn view(&self, id: Option<JobId>) -> Result<Vec<JobView>, ChangeError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::View { id, reply }).await.is_err() {
-            return vec![];
-        }
-        rx.await.unwrap_or_default()
+        self.tx.send(Command::View { id, reply }).await.map_err(|_| ChangeError::Stopped)?;
+        rx.await.map_err(|_| ChangeError::Stopped)
+    }
+
+    /// Whether the actor still runs.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
     }
 }
 
@@ -836,10 +839,30 @@ impl Chronos {
             Ok(inserted) => {
                 for (r, new) in runs.into_iter().zip(inserted) {
                     let key = (r.job_id.clone(), r.id.clone());
-                    if !new || self.runs.contains_key(&key) {
-                        // Two schedules of one job at the same instant, or a tick recorded before a restart.
+                    if self.runs.contains_key(&key) {
+                        // Two schedules of one job at the same instant.
                         debug!(job_id = %r.job_id, run_id = %r.id, "tick already recorded");
                         continue;
+                    }
+                    if !new {
+                        // Recorded before: by an earlier pass whose commit landed although the store answered
+                        // an error, or before a restart. Reload and look, never guess: a run that never
+                        // started is this tick's, and fires now; one that did is not fired twice.
+                        match self.store.run(&r.job_id, &r.id).await {
+                            Ok(Some(stored)) if stored.status == RunStatus::Initial => {
+                                info!(job_id = %r.job_id, run_id = %r.id, "tick found recorded by an earlier try; firing it");
+                            }
+                            Ok(_) => {
+                                debug!(job_id = %r.job_id, run_id = %r.id, "tick already recorded");
+                                continue;
+                            }
+                            Err(e) => {
+                                // Cannot look: put the tick back so that the next pass asks again.
+                                warn!(job_id = %r.job_id, run_id = %r.id, error = %e, "cannot read a recorded tick; retrying");
+                                self.store_retry_at = Some(now + TimeDelta::from_std(STORE_RETRY).unwrap_or_default());
+                                continue;
+                            }
+                        }
                     }
                     self.by_task.insert(r.task_id(1), key.clone());
                     self.to_fire.insert(key.clone(), r.scheduled_at);

@@ -25,8 +25,8 @@ async fn advance(clock: &ManualClock, chronos: &ChronosHandle, by: Duration) {
         clock.advance(step);
         done += step;
         // Two round trips through the actor: the second is answered after a full pass at the new time.
-        chronos.view(None).await;
-        chronos.view(None).await;
+        chronos.view(None).await.unwrap();
+        chronos.view(None).await.unwrap();
     }
 }
 
@@ -63,7 +63,7 @@ async fn ticks_follow_the_injected_clock_through_a_dst_gap_and_a_restart() {
     minutely.id = JobId::parse("minutely").unwrap();
     minutely.schedules[0].expr = ScheduleExpr::Cron("* * * * *".into());
     chronos.put(minutely, PutMode::Create).await.unwrap();
-    let view = chronos.view(Some(id.clone())).await;
+    let view = chronos.view(Some(id.clone())).await.unwrap();
     // 02:30 does not exist that night: the tick is at the first instant after the gap, 03:00 CEST.
     assert_eq!(view[0].next_runs, vec![Some(utc("2026-03-29T01:00:00Z"))]);
 
@@ -81,7 +81,7 @@ async fn ticks_follow_the_injected_clock_through_a_dst_gap_and_a_restart() {
     // Three hours of a job every minute: every tick counted, the history pruned to about 100 runs (it is
     // pruned every 10 minutes), the latest tick kept.
     let minutely = JobId::parse("minutely").unwrap();
-    let stats = chronos.view(Some(minutely.clone())).await[0].stats.clone();
+    let stats = chronos.view(Some(minutely.clone())).await.unwrap()[0].stats.clone();
     assert!((178..=180).contains(&stats.missed_count), "{stats:?}");
     let kept = jobs.runs(&minutely, 1000).await.unwrap();
     assert!((100..=111).contains(&kept.len()), "{} runs kept", kept.len());
@@ -97,7 +97,7 @@ async fn ticks_follow_the_injected_clock_through_a_dst_gap_and_a_restart() {
     ticks.sort_unstable();
     // The next night is an ordinary 02:30 CEST; the night before is not run again.
     assert_eq!(ticks, [utc("2026-03-29T01:00:00Z").timestamp_millis(), utc("2026-03-30T00:30:00Z").timestamp_millis()]);
-    assert_eq!(chronos.view(Some(id)).await[0].stats.missed_count, 2);
+    assert_eq!(chronos.view(Some(id)).await.unwrap()[0].stats.missed_count, 2);
     assert!(jobs.runs(&JobId::parse("paused").unwrap(), 100).await.unwrap().is_empty());
     shutdown.cancel();
 }
