@@ -29,7 +29,11 @@ fn main() {
         let store = keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("m.db").display())).await.unwrap();
         let apps_store = keel_marathon::store::AppStore::new(store);
         let handle = keel_marathon::scheduler::start(&master.url, apps_store.clone(), shutdown.clone()).await.unwrap();
-        let router = keel_marathon::api::router(keel_marathon::api::Api { apps: apps_store, marathon: handle.clone() });
+        let callbacks =
+            keel_marathon::callbacks::Callbacks::start(apps_store.clone(), &handle, shutdown.clone()).await.unwrap();
+        let info = keel_marathon::api::ServiceInfo::default();
+        let api = keel_marathon::api::Api { apps: apps_store, marathon: handle.clone(), callbacks, info };
+        let router = keel_marathon::api::router(api);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -45,7 +49,7 @@ fn main() {
         println!("PUT /v2/apps with {apps} apps answered after {:?}", started.elapsed());
         let total = apps * per_app;
         loop {
-            let running = handle.snapshot().await.instances.iter().filter(|i| i.state == TaskState::Running).count();
+            let running = handle.snapshot().await.unwrap().instances.iter().filter(|i| i.state == TaskState::Running).count();
             if running >= total {
                 break;
             }

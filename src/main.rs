@@ -222,39 +222,123 @@ struct Started {
 }
 
 impl Started {
-    fn serve(self, extra: axum::Router, shutdown: &CancellationToken) -> tokio::task::JoinHandle<std::io::Result<()>> {
-        let router = keel_core::server::router(self.master, extra);
-        tokio::spawn(keel_core::server::serve(self.listener, router, shutdown.clone()))
+    fn serve(
+        self,
+        extra: axum::Router,
+        extras: keel_core::master::http::Extras,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let master = self.master.clone();
+        extras.health.register("master", move || master.is_running());
+        let limits = keel_core::server::Limits::default();
+        let router = keel_core::server::router_with(self.master, extra, extras, limits);
+        tokio::spawn(keel_core::server::serve_with(self.listener, router, limits, shutdown.clone()))
     }
 }
 
-/// Starts the services framework on `store` against `master`; returns its REST routes, with Marathon's
-/// `/metrics` when it has a port of its own (`standalone`; in `keel dev` that path is the master's).
+/// Starts the services framework on `store` against `master`; returns its REST routes and its API (for
+/// Marathon's JSON metrics, which `keel dev` serves on the shared `/metrics`). `listen` is where its REST
+/// API is reached, as `/v2/info` and `/v2/leader` report it.
 async fn marathon_routes(
     master: &str,
+    listen: &str,
     store: Store,
     deployment_timeout: Duration,
-    standalone: bool,
+    health: &keel_core::health::Health,
     shutdown: &CancellationToken,
-) -> Result<axum::Router> {
+) -> Result<(axum::Router, keel_marathon::api::Api)> {
     let apps = keel_marathon::store::AppStore::new(store);
     let handle = keel_marathon::scheduler::start_with(master, apps.clone(), deployment_timeout, shutdown.clone())
         .await
         .context("cannot start the services framework")?;
-    let api = keel_marathon::api::Api { apps, marathon: handle };
-    let routes = keel_marathon::api::router(api.clone());
-    Ok(if standalone { routes.merge(keel_marathon::api::metrics_router(api)) } else { routes })
+    let callbacks = keel_marathon::callbacks::Callbacks::start(apps.clone(), &handle, shutdown.clone())
+        .await
+        .context("cannot load the event subscriptions")?;
+    let probe = handle.clone();
+    health.register("marathon", move || probe.is_running());
+    let info = keel_marathon::api::ServiceInfo { leader: listen.to_owned(), master: master.to_owned() };
+    let api = keel_marathon::api::Api { apps, marathon: handle, callbacks, info };
+    Ok((keel_marathon::api::router(api.clone()), api))
 }
 
 /// Starts the cron jobs framework on `store` against `master`; returns its REST routes.
-async fn chronos_routes(master: &str, store: Store, shutdown: &CancellationToken) -> Result<axum::Router> {
+async fn chronos_routes(
+    master: &str,
+    store: Store,
+    health: &keel_core::health::Health,
+    shutdown: &CancellationToken,
+) -> Result<axum::Router> {
     let jobs = keel_chronos::store::JobStore::new(store);
     let clock = keel_chronos::scheduler::Clock::System;
     let handle = keel_chronos::scheduler::start(master, jobs.clone(), clock, shutdown.clone())
         .await
         .context("cannot start the cron jobs framework")?;
+    let probe = handle.clone();
+    health.register("chronos", move || probe.is_running());
     Ok(keel_chronos::api::router(keel_chronos::api::Api { jobs, chronos: handle }))
 }
+
+/// Serves a framework's routes alone on `listen`, with `/health` for its parts and the same connection
+/// limits as the master's port.
+async fn serve_framework(
+    listen: &str,
+    name: &str,
+    routes: axum::Router,
+    health: keel_core::health::Health,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    println!("keel {name} listening on http://{}", listener.local_addr()?);
+    let limits = keel_core::server::Limits::default();
+    let health_route = axum::routing::get(move || {
+        let health = health.clone();
+        async move {
+            let parts = health.check();
+            let up = parts.iter().all(|(_, up)| *up);
+            let components: Vec<serde_json::Value> = parts
+                .iter()
+                .map(|(n, up)| serde_json::json!({ "name": n, "state": if *up { "running" } else { "stopped" } }))
+                .collect();
+            let status = if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+            let body = serde_json::json!({ "status": if up { "ok" } else { "failing" }, "components": components });
+            (status, axum::Json(body))
+        }
+    });
+    let routes = routes.route("/health", health_route).fallback(keel_core::master::http::not_found);
+    let routes = keel_core::server::rest_limits(routes, limits);
+    keel_core::server::serve_with(listener, routes, limits, shutdown.clone()).await?;
+    Ok(())
+}
+
+/// Exits the process, non-zero, once a part of it has stopped without being asked to: its supervisor
+/// (systemd, a container runtime) then restarts it, and it recovers from the store. `/health` names the
+/// part, and its APIs answer 503, for the moment before the exit.
+fn exit_when_a_part_stops(health: keel_core::health::Health, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let stopped = health.stopped();
+            if stopped.is_empty() || shutdown.is_cancelled() {
+                continue;
+            }
+            tracing::error!(parts = ?stopped, "a part of this process stopped: exiting so that it is restarted");
+            tokio::time::sleep(EXIT_GRACE).await;
+            if !shutdown.is_cancelled() {
+                eprintln!("error: {} stopped unexpectedly", stopped.join(", "));
+                std::process::exit(EXIT_PART_STOPPED);
+            }
+        }
+    });
+}
+
+/// How long `/health` shows a stopped part before the process exits.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// The exit code when a part stopped on its own (EX_SOFTWARE).
+const EXIT_PART_STOPPED: i32 = 70;
 
 /// Opens a framework's own store, creating the directory of a SQLite file.
 async fn open_store(url: &str) -> Result<Store> {
@@ -351,30 +435,26 @@ async fn run(command: Command) -> Result<()> {
         Command::Master(args) => {
             let started = args.master.start(&shutdown).await?;
             println!("keel master listening on http://{}", started.addr);
-            started.serve(axum::Router::new(), &shutdown).await??;
+            let extras = keel_core::master::http::Extras::default();
+            exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
+            started.serve(axum::Router::new(), extras, &shutdown).await??;
         }
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
-            let routes = marathon_routes(&args.master, store, args.deployment_timeout, true, &shutdown).await?;
-            let listener =
-                TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-            println!("keel marathon listening on http://{}", listener.local_addr()?);
-            let graceful = shutdown.clone();
-            axum::serve(listener, routes.fallback(keel_core::master::http::not_found))
-                .with_graceful_shutdown(async move { graceful.cancelled().await })
-                .await?;
+            let health = keel_core::health::Health::default();
+            let (routes, api) =
+                marathon_routes(&args.master, &args.listen, store, args.deployment_timeout, &health, &shutdown).await?;
+            let routes = routes.merge(keel_marathon::api::metrics_router(api));
+            exit_when_a_part_stops(health.clone(), shutdown.clone());
+            serve_framework(&args.listen, "marathon", routes, health, &shutdown).await?;
         }
         Command::Chronos(args) => {
             let store = open_store(&args.database_url).await?;
-            let routes = chronos_routes(&args.master, store, &shutdown).await?;
-            let listener =
-                TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-            println!("keel chronos listening on http://{}", listener.local_addr()?);
-            let graceful = shutdown.clone();
+            let health = keel_core::health::Health::default();
+            let routes = chronos_routes(&args.master, store, &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
-            axum::serve(listener, routes.fallback(keel_core::master::http::not_found))
-                .with_graceful_shutdown(async move { graceful.cancelled().await })
-                .await?;
+            exit_when_a_part_stops(health.clone(), shutdown.clone());
+            serve_framework(&args.listen, "chronos", routes, health, &shutdown).await?;
         }
         Command::Agent(args) => {
             let config = args.resources.agent_config(&args.master, args.work_dir)?;
@@ -385,12 +465,27 @@ async fn run(command: Command) -> Result<()> {
             let started = args.master.start(&shutdown).await?;
             let addr = started.addr.clone();
             let timeout = keel_marathon::scheduler::DEFAULT_DEPLOYMENT_TIMEOUT;
-            let marathon = marathon_routes(&addr, started.store.clone(), timeout, false, &shutdown).await?;
-            let chronos = chronos_routes(&addr, started.store.clone(), &shutdown).await?;
-            let server = started.serve(marathon.merge(chronos), &shutdown);
+            let mut extras = keel_core::master::http::Extras::default();
+            let (marathon, api) =
+                marathon_routes(&addr, &addr, started.store.clone(), timeout, &extras.health, &shutdown).await?;
+            let chronos = chronos_routes(&addr, started.store.clone(), &extras.health, &shutdown).await?;
+            // Marathon clients read Marathon's JSON metrics at `/metrics`; Prometheus gets the master's text.
+            extras.json_metrics = Some(std::sync::Arc::new(move || {
+                Box::pin(keel_marathon::api::json_metrics(api.clone())) as futures::future::BoxFuture<'static, _>
+            }));
             let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
             let containerizer = args.resources.containerizer().await;
-            let agent = tokio::spawn(run_agent(config, containerizer, shutdown.clone()));
+            let agent_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let agent_flag = agent_up.clone();
+            extras.health.register("agent", move || agent_flag.load(std::sync::atomic::Ordering::SeqCst));
+            exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
+            let server = started.serve(marathon.merge(chronos), extras, &shutdown);
+            let agent_shutdown = shutdown.clone();
+            let agent = tokio::spawn(async move {
+                let result = run_agent(config, containerizer, agent_shutdown).await;
+                agent_up.store(false, std::sync::atomic::Ordering::SeqCst);
+                result
+            });
             println!("Keel is running at http://{addr}");
             println!("  cluster state: http://{addr}/master/state");
             println!("  apps (Marathon API): http://{addr}/v2/apps");

@@ -391,7 +391,7 @@ async fn a_run_on_an_agent_unreachable_for_a_minute_fails_and_its_task_is_killed
     .await;
     // The update reaches the framework right after; a round trip through its actor lets it in.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    chronos.view(None).await;
+    chronos.view(None).await.unwrap();
     let mut waited = Duration::ZERO;
     let failed = loop {
         let r = jobs.runs(&id, 10).await.unwrap().into_iter().find(|r| r.id == run.id).unwrap();
@@ -401,8 +401,8 @@ async fn a_run_on_an_agent_unreachable_for_a_minute_fails_and_its_task_is_killed
         assert!(waited <= Duration::from_secs(120), "still {:?} after {waited:?}: {r:#?}", r.status);
         clock.advance(Duration::from_secs(30));
         waited += Duration::from_secs(30);
-        chronos.view(None).await;
-        chronos.view(None).await;
+        chronos.view(None).await.unwrap();
+        chronos.view(None).await.unwrap();
     };
     assert_eq!(failed.status, RunStatus::Failed, "{failed:#?}");
     assert!(failed.message.contains("unreachable for 60 s"), "{}", failed.message);

@@ -151,8 +151,7 @@ async fn a_restarted_agent_reattaches_to_its_containers_and_removes_orphans() {
         .await;
     assert_eq!(containers_of("svc"), id, "the task's container was neither restarted nor replaced");
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &id]), "true");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    fw.pump_until("nothing", Duration::from_millis(300), |_| true).await;
+    fw.drain_for(Duration::from_secs(2)).await;
     assert!(
         fw.updates[updates_before..].iter().all(|u| u.state == TaskState::Running),
         "{:#?}",

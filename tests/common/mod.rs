@@ -280,6 +280,15 @@ impl Framework {
         }
     }
 
+    /// Records every event that arrives within `window`, so that a test can assert on what did (or did
+    /// not) happen in it.
+    pub async fn drain_for(&mut self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            self.record(event.expect("driver stopped")).await;
+        }
+    }
+
     async fn record(&mut self, event: DriverEvent) {
         match event {
             DriverEvent::Event(Event::Subscribed { .. }) => {
