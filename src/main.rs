@@ -483,6 +483,9 @@ async fn run(command: Command) -> Result<()> {
             let agent_shutdown = shutdown.clone();
             let agent = tokio::spawn(async move {
                 let result = run_agent(config, containerizer, agent_shutdown).await;
+                if let Err(e) = &result {
+                    tracing::error!("the agent stopped: {e:#}");
+                }
                 agent_up.store(false, std::sync::atomic::Ordering::SeqCst);
                 result
             });

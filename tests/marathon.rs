@@ -231,7 +231,8 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
 
     // Dropping the constraint lets it run; the event stream reports it. (The stuck deployment is
     // overridden with force.)
-    let fixed = json!({"cmd": "sleep 300", "cpus": 0.1, "mem": 16});
+    // PUT merges what it is given, as Marathon's does: the constraint is dropped by naming none.
+    let fixed = json!({"cmd": "sleep 300", "cpus": 0.1, "mem": 16, "constraints": []});
     assert_eq!(marathon.send(Method::PUT, "/v2/apps/stuck", Some(fixed.clone())).await.0, 409);
     let (status, body) = marathon.send(Method::PUT, "/v2/apps/stuck?force=True", Some(fixed)).await;
     assert_eq!(status, 200);
@@ -494,7 +495,7 @@ async fn tasks_of_a_lost_agent_move_to_another() {
     assert_eq!(entry["count"], 1);
 
     // Without the constraint, the lost task moves to host-b.
-    let moved = json!({"cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 2,
+    let moved = json!({"cmd": "exec sleep 300", "cpus": 0.1, "mem": 16, "instances": 2, "constraints": [],
                        "unreachableStrategy": {"inactiveAfterSeconds": 1, "expungeAfterSeconds": 600}});
     assert_eq!(marathon.send(Method::PUT, "/v2/apps/spread?force=true", Some(moved)).await.0, 200);
     wait_for("two tasks running on host-b", LONG, || async {

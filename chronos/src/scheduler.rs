@@ -857,10 +857,9 @@ impl Chronos {
                                 continue;
                             }
                             Err(e) => {
-                                // Cannot look: put the tick back so that the next pass asks again.
-                                warn!(job_id = %r.job_id, run_id = %r.id, error = %e, "cannot read a recorded tick; retrying");
-                                self.store_retry_at = Some(now + TimeDelta::from_std(STORE_RETRY).unwrap_or_default());
-                                continue;
+                                // Runs from before a restart are loaded at start, so one this process does
+                                // not know was recorded by its own earlier, ambiguous try and never fired.
+                                warn!(job_id = %r.job_id, run_id = %r.id, error = %e, "cannot read a recorded tick; firing it as this pass's");
                             }
                         }
                     }

@@ -184,6 +184,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Reads (without consuming) until the connection has shown whether it starts with the HTTP/2 preface.
 async fn is_http2(tcp: &TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    // `peek` leaves the socket readable, so a client that sent part of the preface is polled, with a
+    // growing pause, rather than spun on.
+    let mut pause = Duration::from_millis(5);
     loop {
         let n = tcp.peek(&mut buf).await?;
         if n == 0 {
@@ -195,9 +198,8 @@ async fn is_http2(tcp: &TcpStream) -> std::io::Result<bool> {
         if n == H2_PREFACE.len() {
             return Ok(true);
         }
-        // A partial preface: wait for more without spinning.
-        tcp.readable().await?;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -352,8 +352,8 @@ async fn restart(
     Ok(Json(changed(&outcome)))
 }
 
-/// `PUT` or `PATCH /v2/apps` with a list: every app in it, each by its own `id`. All are validated before
-/// any is stored.
+/// `PUT` or `PATCH /v2/apps` with a list: every app in it, each by its own `id`, in order. Each is
+/// validated and stored on its own: a refused one stops the list there, and those before it stand.
 async fn change_many(api: Api, q: Option<String>, body: Bytes, partial: bool) -> Result<Json<Value>, ApiError> {
     let force = flag(&pairs(q.as_deref()), "force")?;
     let list: Vec<Value> = parse_body(&body)?;
@@ -373,7 +373,7 @@ async fn change_many(api: Api, q: Option<String>, body: Bytes, partial: bool) ->
     let mut last = None;
     let mut deployments = Vec::new();
     for (id, raw) in targets {
-        let outcome = api.marathon.change(id, AppChange::Put { raw, partial }, true).await?;
+        let outcome = api.marathon.change(id, AppChange::Put { raw, partial }, force).await?;
         deployments.push(outcome.deployment.clone());
         last = Some(outcome);
     }
@@ -515,7 +515,7 @@ async fn update_group(
     let mut deployment = None;
     let mut version = None;
     for (id, raw) in changes {
-        let outcome = api.marathon.change(id, AppChange::Put { raw, partial: true }, true).await?;
+        let outcome = api.marathon.change(id, AppChange::Put { raw, partial: true }, force).await?;
         deployment.get_or_insert(outcome.deployment);
         version = outcome.app.and_then(|a| a.version);
     }
@@ -546,7 +546,7 @@ async fn delete_group(
     }
     let mut deployment = None;
     for id in ids {
-        let outcome = api.marathon.change(id, AppChange::Delete, true).await?;
+        let outcome = api.marathon.change(id, AppChange::Delete, force).await?;
         deployment.get_or_insert(outcome.deployment);
     }
     Ok(Json(json!({ "version": now(), "deploymentId": deployment })))

@@ -128,6 +128,12 @@ pub fn apply(
         }
         (AppChange::Restore(Some(app)), _) => {
             let mut app = *app;
+            if let Some(p) = app.service_ports().into_iter().find(|p| *p != 0 && taken.contains(p)) {
+                return Err(ChangeError::invalid(
+                    "/portDefinitions",
+                    format!("service port {p} of that version is now another app's"),
+                ));
+            }
             stamp(&mut app, current, version);
             return Ok(Some(app));
         }

@@ -622,9 +622,18 @@ impl Marathon {
             Command::Kill { task_ids, scale, wipe, reply } => {
                 let mut found = Vec::new();
                 let mut scaled: BTreeMap<AppId, u32> = BTreeMap::new();
+                let mut seen = HashSet::new();
                 for tid in task_ids {
+                    if !seen.insert(tid.clone()) {
+                        continue;
+                    }
                     let Some(inst) = self.instances.get(&tid).cloned() else { continue };
-                    if scale && let Ok(app_id) = AppId::parse(&inst.app_id) {
+                    // Only an instance that still counts scales its app down: a repeated kill does not.
+                    let counts = !self.killing.contains_key(&tid) && !inst.state.is_terminal();
+                    if scale
+                        && counts
+                        && let Ok(app_id) = AppId::parse(&inst.app_id)
+                    {
                         *scaled.entry(app_id).or_default() += 1;
                     }
                     self.kill(&inst).await;
@@ -1131,6 +1140,7 @@ impl Marathon {
                 }
                 info!(app_id = %id, "rolling back to the previous definition");
                 let now = Instant::now();
+                let failed = self.apps.get(id).cloned();
                 self.set_app(id.clone(), app.clone());
                 self.begin(Deployment {
                     id: uuid::Uuid::new_v4().to_string(),
@@ -1138,7 +1148,8 @@ impl Marathon {
                     version: app.version.clone().unwrap_or_default(),
                     action: "RestartApplication",
                     target: Some(app.clone()),
-                    previous: None,
+                    // Cancelling the rollback restores what failed; never "the app was new".
+                    previous: failed,
                     rollback_on_failure: false,
                     started: now,
                     progressed: now,
