@@ -228,8 +228,6 @@ impl Started {
         extras: keel_core::master::http::Extras,
         shutdown: &CancellationToken,
     ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-        let master = self.master.clone();
-        extras.health.register("master", move || master.is_running());
         let limits = keel_core::server::Limits::default();
         let router = keel_core::server::router_with(self.master, extra, extras, limits);
         tokio::spawn(keel_core::server::serve_with(self.listener, router, limits, shutdown.clone()))
@@ -291,18 +289,9 @@ async fn serve_framework(
     println!("keel {name} listening on http://{}", listener.local_addr()?);
     let limits = keel_core::server::Limits::default();
     let health_route = axum::routing::get(move || {
-        let health = health.clone();
-        async move {
-            let parts = health.check();
-            let up = parts.iter().all(|(_, up)| *up);
-            let components: Vec<serde_json::Value> = parts
-                .iter()
-                .map(|(n, up)| serde_json::json!({ "name": n, "state": if *up { "running" } else { "stopped" } }))
-                .collect();
-            let status = if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
-            let body = serde_json::json!({ "status": if up { "ok" } else { "failing" }, "components": components });
-            (status, axum::Json(body))
-        }
+        let (up, body) = health.report(|_| true);
+        let status = if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+        std::future::ready((status, axum::Json(body)))
     });
     let routes = routes.route("/health", health_route).fallback(keel_core::master::http::not_found);
     let routes = keel_core::server::rest_limits(routes, limits);

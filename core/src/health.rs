@@ -26,6 +26,20 @@ impl Health {
         probes.into_iter().map(|(name, probe)| (name, probe())).collect()
     }
 
+    /// `/health`'s answer: whether every part runs, and the body
+    /// `{"status": "ok"|"failing", "components": [{"name", "state": "running"|"stopped"}]}`. `also` may
+    /// lower a part's state with what the caller checked itself (the master's actor answering, say).
+    pub fn report(&self, also: impl Fn(&str) -> bool) -> (bool, serde_json::Value) {
+        let parts: Vec<(String, bool)> =
+            self.check().into_iter().map(|(name, up)| (name.clone(), up && also(&name))).collect();
+        let up = parts.iter().all(|(_, up)| *up);
+        let components: Vec<serde_json::Value> = parts
+            .iter()
+            .map(|(name, up)| serde_json::json!({ "name": name, "state": if *up { "running" } else { "stopped" } }))
+            .collect();
+        (up, serde_json::json!({ "status": if up { "ok" } else { "failing" }, "components": components }))
+    }
+
     /// The names of the parts that have stopped.
     pub fn stopped(&self) -> Vec<String> {
         self.check().into_iter().filter(|(_, up)| !up).map(|(name, _)| name).collect()

@@ -396,11 +396,11 @@ async fn patch_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) 
 /// whose ids parse are placed, so the recursion is at most [`crate::app::MAX_DEPTH`] deep, whatever is
 /// stored.
 fn group_tree(id: &str, apps: &[AppDefinition], snapshot: &Snapshot) -> Value {
-    let valid: Vec<AppDefinition> = apps.iter().filter(|a| AppId::parse(&a.id).is_ok()).cloned().collect();
+    let valid: Vec<&AppDefinition> = apps.iter().filter(|a| AppId::parse(&a.id).is_ok()).collect();
     group_level(id, &valid, snapshot)
 }
 
-fn group_level(id: &str, apps: &[AppDefinition], snapshot: &Snapshot) -> Value {
+fn group_level(id: &str, apps: &[&AppDefinition], snapshot: &Snapshot) -> Value {
     let prefix = if id == "/" { "/".to_owned() } else { format!("{id}/") };
     let mut direct = Vec::new();
     let mut children: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();

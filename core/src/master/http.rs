@@ -41,8 +41,11 @@ pub fn router(master: MasterHandle) -> Router {
     router_with(master, Extras::default())
 }
 
-/// [`router`], with the health probes and JSON metrics of `extras`.
+/// [`router`], with the health probes and JSON metrics of `extras`. The master's own state is asked by
+/// `/health` itself; the probe registered here lets the binary notice a stopped actor too.
 pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
+    let probe = master.clone();
+    extras.health.register("master", move || probe.is_running());
     let ops = Ops { master: master.clone(), extras };
     Router::new()
         .route("/master/state", get(state))
@@ -114,14 +117,7 @@ async fn health(State(ops): State<Ops>) -> Response {
         Ok(Err(e)) => (false, json!({ "error": e.to_string() })),
         Err(_) => (false, json!({ "error": format!("no answer within {HEALTH_WAIT:?}") })),
     };
-    let mut components = vec![json!({ "name": "master", "state": if master_up { "running" } else { "stopped" } })];
-    let mut all_up = master_up;
-    // The master is asked above; a probe of the same name (the binary's, for its supervisor) is not listed twice.
-    for (name, up) in ops.extras.health.check().into_iter().filter(|(name, _)| name != "master") {
-        all_up &= up;
-        components.push(json!({ "name": name, "state": if up { "running" } else { "stopped" } }));
-    }
-    let mut body = json!({ "status": if all_up { "ok" } else { "failing" }, "components": components });
+    let (all_up, mut body) = ops.extras.health.report(|name| name != "master" || master_up);
     if let (Some(obj), Some(counts)) = (body.as_object_mut(), counts.as_object()) {
         obj.extend(counts.clone());
     }
