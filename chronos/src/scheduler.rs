@@ -54,6 +54,8 @@ const IDLE_REFUSE: Duration = Duration::from_secs(5);
 const STOPPING: &str = "stopping: ";
 /// How often the tasks of runs not known to be running are reconciled with the master.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// Every how many reconciliation passes running tasks are asked about too (20 × 30 s = 10 min).
+const FULL_RECONCILE_PASSES: u64 = 20;
 /// How long a run's task may stay on an unreachable agent before the run gives it up as lost (and retries
 /// or fails); the task is killed if the agent comes back.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
@@ -395,6 +397,8 @@ struct Chronos {
     /// Runs whose task's agent became unreachable, and since when (milliseconds).
     unreachable: HashMap<Key, i64>,
     next_reconcile: DateTime<Utc>,
+    /// Reconciliation passes so far, for the periodic pass over running tasks.
+    reconcile_passes: u64,
     /// Reconciliation answers still to come on this connection.
     answers: PendingAnswers,
     /// Set when the store failed to record ticks: they are tried again then.
@@ -447,6 +451,7 @@ pub async fn start(
         retry_children: BTreeSet::new(),
         unreachable: HashMap::new(),
         next_reconcile: now + TimeDelta::from_std(RECONCILE_EVERY).unwrap_or_default(),
+        reconcile_passes: 0,
         answers: PendingAnswers::default(),
         store_retry_at: None,
     };
@@ -756,10 +761,16 @@ impl Chronos {
             return;
         }
         let mut tasks: Vec<(TaskId, Option<AgentId>)> = Vec::new();
+        // Every FULL_RECONCILE_PASSES passes, running tasks too, so that none stays ACTIVE once the master
+        // no longer knows it (Marathon's `reconciliation_interval`).
+        self.reconcile_passes = self.reconcile_passes.wrapping_add(1);
+        let full = self.reconcile_passes % FULL_RECONCILE_PASSES == 0;
         for (key, run) in &self.runs {
             let task = if self.recovering.contains_key(key) {
                 Some(run.task_id(1))
-            } else if run.status == RunStatus::Starting && !self.is_pending(run) {
+            } else if (run.status == RunStatus::Starting || (full && run.status == RunStatus::Active))
+                && !self.is_pending(run)
+            {
                 run.task_ids.last().cloned()
             } else {
                 None

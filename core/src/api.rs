@@ -143,6 +143,8 @@ pub struct AgentTask {
     pub framework_id: FrameworkId,
     pub spec: TaskSpec,
     pub state: TaskState,
+    /// The last health the agent reported, so that a restarted master answers with it.
+    pub healthy: Option<bool>,
 }
 
 /// A message from an agent after registration.

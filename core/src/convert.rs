@@ -648,6 +648,7 @@ impl From<&AgentTask> for proto::AgentTask {
             framework_id: t.framework_id.to_string(),
             task: Some(task_to_proto(&t.spec, None)),
             state: proto::TaskState::from(t.state).into(),
+            healthy: t.healthy,
         }
     }
 }
@@ -659,6 +660,7 @@ impl TryFrom<proto::AgentTask> for AgentTask {
             framework_id: FrameworkId::parse(p.framework_id)?,
             spec: p.task.ok_or(ConvertError::Missing("agent task"))?.try_into()?,
             state: state_from_i32(p.state)?,
+            healthy: p.healthy,
         })
     }
 }

@@ -11,5 +11,6 @@ pub mod app;
 pub mod callbacks;
 pub mod edit;
 pub mod placement;
+pub mod reconciliation;
 pub mod scheduler;
 pub mod store;

@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 use crate::app::{AppDefinition, AppId};
 use crate::edit::{self, AppChange, ChangeError};
 use crate::placement::{self, Place};
+use crate::reconciliation::{Ask, Reconciliation};
 use crate::store::{AppStore, InstanceRecord, timestamp};
 
 /// How long an offer nobody needs is refused before it comes back.
@@ -442,6 +443,8 @@ struct Marathon {
     fingerprints: HashMap<AppId, String>,
     /// Each app's placement constraints, parsed and compiled once per change.
     constraints: HashMap<AppId, Vec<placement::Constraint>>,
+    /// Which tasks to ask the master about, and when.
+    reconciliation: Reconciliation,
 }
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
@@ -519,6 +522,7 @@ pub async fn start_with(
     let constraints =
         apps.iter().map(|(id, a)| (id.clone(), placement::Constraint::parse_all(&a.constraints))).collect();
     let m = Marathon {
+        reconciliation: Reconciliation::new(Instant::now()),
         constraints,
         fingerprints,
         by_app,
@@ -559,8 +563,39 @@ impl Marathon {
                     Some(c) => self.command(c).await,
                     None => return,
                 },
-                _ = tick.tick() => self.converge().await,
+                _ = tick.tick() => {
+                    self.reconcile_pass().await;
+                    self.converge().await;
+                }
             }
+        }
+    }
+
+    /// Every task this framework may have running, with its agent, for reconciliation.
+    fn known_tasks(&self) -> Vec<(TaskId, Option<AgentId>)> {
+        self.instances
+            .values()
+            .filter_map(|i| Some((TaskId::parse(&i.id).ok()?, AgentId::parse(&i.slave_id).ok())))
+            .collect()
+    }
+
+    async fn ask(&self, ask: Ask) {
+        if !ask.explicit.is_empty() {
+            self.call(Call::Reconcile { tasks: ask.explicit }).await;
+        }
+        if ask.implicit {
+            self.call(Call::Reconcile { tasks: vec![] }).await;
+        }
+    }
+
+    /// Asks again about tasks with no answer yet, and periodically about all.
+    async fn reconcile_pass(&mut self) {
+        let now = Instant::now();
+        // The list of every task is built only when the periodic pass needs it, not every second.
+        let all = if self.reconciliation.full_due(now) { self.known_tasks() } else { Vec::new() };
+        if let Some(ask) = self.reconciliation.due(now, || all) {
+            debug!(tasks = ask.explicit.len(), implicit = ask.implicit, "reconciling");
+            self.ask(ask).await;
         }
     }
 
@@ -577,15 +612,8 @@ impl Marathon {
                     warn!(error = %e, "cannot store the framework id");
                 }
                 // Learn the real state of every task this framework may have started.
-                let known: Vec<(TaskId, Option<AgentId>)> = self
-                    .instances
-                    .values()
-                    .filter_map(|i| Some((TaskId::parse(&i.id).ok()?, AgentId::parse(&i.slave_id).ok())))
-                    .collect();
-                if !known.is_empty() {
-                    self.call(Call::Reconcile { tasks: known }).await;
-                }
-                self.call(Call::Reconcile { tasks: vec![] }).await;
+                let ask = self.reconciliation.subscribed(self.known_tasks(), Instant::now());
+                self.ask(ask).await;
                 self.suppressed = false;
                 self.call(Call::Revive).await;
             }
@@ -1394,6 +1422,7 @@ impl Marathon {
             })
             .await;
         }
+        self.reconciliation.answered(&status.task_id);
         let tid = status.task_id.to_string();
         let Some(inst) = self.instances.get_mut(&tid) else {
             if !status.state.is_terminal() && status.state != TaskState::Unknown {

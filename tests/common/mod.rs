@@ -44,7 +44,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(args: &[&str], log: PathBuf) -> Proc {
+    /// Starts `keel ARGS…` with its log in `log`.
+    pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(KEEL)
             .args(args)

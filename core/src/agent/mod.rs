@@ -133,6 +133,9 @@ struct LocalTask {
     /// Why the agent itself killed the task (failed health checks), for its final update.
     #[serde(default)]
     kill_reason: Option<String>,
+    /// The last health reported, for a re-registration with a restarted master.
+    #[serde(default)]
+    healthy: Option<bool>,
     #[serde(skip)]
     last_sent: Option<Instant>,
     /// How long after `last_sent` the head is re-sent; doubles on each retry so an overloaded framework
@@ -423,6 +426,9 @@ impl Agent {
     fn push_update(&mut self, key: &Key, status: TaskStatus) {
         let Some(task) = self.tasks.get_mut(key) else { return };
         task.state = status.state;
+        if status.healthy.is_some() {
+            task.healthy = status.healthy;
+        }
         task.pending.push_back(status);
         let first = task.pending.len() == 1;
         self.checkpoint(key);
@@ -513,7 +519,12 @@ impl Agent {
             .tasks
             .iter()
             .map(|((fid, _), t)| {
-                proto::AgentTask::from(&AgentTask { framework_id: fid.clone(), spec: t.spec.clone(), state: t.state })
+                proto::AgentTask::from(&AgentTask {
+                    framework_id: fid.clone(),
+                    spec: t.spec.clone(),
+                    state: t.state,
+                    healthy: t.healthy,
+                })
             })
             .collect();
         proto::agent_message::Kind::Register(proto::agent_message::Register { info: Some((&info).into()), tasks })
@@ -640,6 +651,7 @@ impl Agent {
                 pending: VecDeque::new(),
                 kill_requested: false,
                 kill_reason: None,
+                healthy: None,
                 last_sent: None,
                 backoff: Duration::ZERO,
             },

@@ -128,8 +128,15 @@ pub(crate) struct Master {
     file_reads: HashMap<u64, (Instant, FileReply)>,
     /// Teardowns the store has not recorded yet; retried until it does.
     unsaved_removals: HashSet<FrameworkId>,
+    /// Reconciliation questions about tasks that an agent still recovering may hold, in the order asked.
+    /// Each is answered once, when the agent re-registers or is found unreachable (Mesos's rule), so a
+    /// framework that asked while the master was recovering is never left without an answer.
+    deferred: VecDeque<(FrameworkId, TaskId, Option<AgentId>)>,
     next_file_read: u64,
 }
+
+/// The most reconciliation questions kept waiting for recovering agents, over all frameworks.
+const MAX_DEFERRED: usize = 100_000;
 
 impl Master {
     /// Rebuilds the master from the registry after a (re)start: agents are expected to re-register and
@@ -161,6 +168,7 @@ impl Master {
             counters: Counters::default(),
             file_reads: HashMap::new(),
             unsaved_removals: HashSet::new(),
+            deferred: VecDeque::new(),
             next_file_read: 0,
             store,
             config,
@@ -389,6 +397,7 @@ impl Master {
         );
         info!(agent_id = %agent_id, hostname = %record.hostname, resources = %resources, tasks = reported.len(), previous = ?previous, "agent registered");
         self.reconcile_agent_tasks(&agent_id, reported, previous == Some(AgentStatus::Unreachable));
+        self.answer_deferred();
         self.allocation_due = true;
         Ok(agent_id)
     }
@@ -459,6 +468,16 @@ impl Master {
                 None if t.state.is_terminal() => continue,
                 None => {
                     self.allocator.track_used(&t.framework_id, agent_id, &t.spec.resources);
+                    // What the agent reports is the task's latest status (with its health), which a
+                    // reconciliation answers with.
+                    let mut status = TaskStatus::from_master(
+                        t.spec.id.clone(),
+                        t.state,
+                        Some(agent_id.clone()),
+                        reason::AGENT_REREGISTERED,
+                        "agent re-registered",
+                    );
+                    status.healthy = t.healthy;
                     fw.tasks.insert(
                         t.spec.id.clone(),
                         Task {
@@ -466,7 +485,7 @@ impl Master {
                             name: t.spec.name.clone(),
                             resources: t.spec.resources.clone(),
                             state: t.state,
-                            status: None,
+                            status: Some(status),
                             kill_requested: fw.removed,
                         },
                     );
@@ -669,6 +688,7 @@ impl Master {
             task.status = Some(status.clone());
             self.send_update(&fid, status);
         }
+        self.answer_deferred();
     }
 
     // ---- tasks ----
@@ -1021,8 +1041,9 @@ impl Master {
     }
 
     fn reconcile(&mut self, fid: &FrameworkId, asked: Vec<(TaskId, Option<AgentId>)>) {
-        let fw = &self.frameworks[fid];
+        let Some(fw) = self.frameworks.get(fid) else { return };
         let mut replies = Vec::new();
+        let mut later = Vec::new();
         let answer = |tid: &TaskId, task: &Task| {
             let mut s = TaskStatus::from_master(
                 tid.clone(),
@@ -1050,14 +1071,14 @@ impl Master {
                     s.reason = Some(reason::RECONCILIATION.into());
                     replies.push(s);
                 } else if agent_id.is_none() && self.agents.values().any(|a| a.status == AgentStatus::Recovering) {
-                    // Some agent has not re-registered since a master restart and may hold the task; it
-                    // will be reported when the agent comes back or is found unreachable.
-                    continue;
+                    // Some agent has not re-registered since a master restart and may hold the task: the
+                    // answer waits until it comes back or is found unreachable.
+                    later.push((tid, agent_id));
                 } else {
                     let agent = agent_id.as_ref().and_then(|a| self.agents.get(a));
                     match agent.map(|a| a.status) {
-                        // The agent has not re-registered since a master restart: it will report the task.
-                        Some(AgentStatus::Recovering) => {}
+                        // The agent has not re-registered since a master restart: the answer waits for it.
+                        Some(AgentStatus::Recovering) => later.push((tid, agent_id)),
                         Some(AgentStatus::Unreachable) => replies.push(TaskStatus::from_master(
                             tid,
                             TaskState::Unreachable,
@@ -1078,6 +1099,25 @@ impl Master {
         }
         for status in replies {
             self.send_update(fid, status);
+        }
+        if self.deferred.len() + later.len() > MAX_DEFERRED {
+            warn!(framework_id = %fid, "too many reconciliation questions waiting for recovering agents: dropping the oldest");
+        }
+        self.deferred.extend(later.into_iter().map(|(tid, agent_id)| (fid.clone(), tid, agent_id)));
+        while self.deferred.len() > MAX_DEFERRED {
+            self.deferred.pop_front();
+        }
+    }
+
+    /// Asks again, in order, every question that waited for a recovering agent: each is answered now, or
+    /// waits again if its agent still recovers.
+    fn answer_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.deferred);
+        for (fid, tid, agent_id) in waiting {
+            self.reconcile(&fid, vec![(tid, agent_id)]);
         }
     }
 
