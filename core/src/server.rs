@@ -45,8 +45,10 @@ pub struct Limits {
     /// Time to send the protocol preface or an HTTP/1 request's headers, and the most an HTTP/1
     /// connection may sit idle between requests.
     pub header_read: Duration,
-    /// Time to send a REST request's body and get the answer's head.
+    /// Time to send a REST request's whole body.
     pub request: Duration,
+    /// The largest REST request body, in bytes.
+    pub max_body: usize,
     /// Interval of HTTP/2 pings, and how long an unanswered one is waited for.
     pub h2_keepalive: Duration,
 }
@@ -57,6 +59,7 @@ impl Default for Limits {
             max_connections: default_max_connections(),
             header_read: Duration::from_secs(10),
             request: Duration::from_secs(60),
+            max_body: 1 << 20,
             h2_keepalive: Duration::from_secs(20),
         }
     }
@@ -100,21 +103,38 @@ pub fn router_with(master: MasterHandle, extra: Router, extras: http::Extras, li
     rest_limits(rest, limits).merge(grpc).fallback(http::not_found)
 }
 
-/// Puts the REST time limit on `router`: a request whose body does not arrive, or whose answer does not
-/// start, within [`Limits::request`] answers 408 with a JSON message.
+/// Puts the REST limits on `router`: a body must arrive whole within [`Limits::request`] (408 otherwise)
+/// and be at most [`Limits::max_body`] bytes (413). The body is read before the handler runs, so a slow
+/// client never holds a handler, and a slow handler is never mistaken for a slow client.
 pub fn rest_limits(router: Router, limits: Limits) -> Router {
-    let limit = limits.request;
     router.layer(axum::middleware::from_fn(move |req: Request, next: Next| async move {
-        match tokio::time::timeout(limit, next.run(req)).await {
-            Ok(resp) => resp,
-            Err(_) => request_timeout(limit),
+        match read_body(req, limits).await {
+            Ok(req) => next.run(req).await,
+            Err(refusal) => refusal,
         }
     }))
 }
 
-fn request_timeout(limit: Duration) -> Response {
-    let body = serde_json::json!({ "message": format!("the request was not received and answered within {limit:?}") });
-    (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+async fn read_body(req: Request, limits: Limits) -> Result<Request, Response> {
+    let refuse = |status: StatusCode, message: String| {
+        (status, axum::Json(serde_json::json!({ "message": message }))).into_response()
+    };
+    let too_large = || format!("the request body is larger than {} bytes", limits.max_body);
+    let declared =
+        req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large()));
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(limits.request, axum::body::to_bytes(body, limits.max_body)).await {
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Ok(Err(e)) if e.to_string().contains("length limit") => Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large())),
+        Ok(Err(e)) => Err(refuse(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"))),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {:?}", limits.request),
+        )),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, with the default [`Limits`].
@@ -261,6 +281,7 @@ mod tests {
             max_connections: 4,
             header_read: Duration::from_millis(300),
             request: Duration::from_millis(300),
+            max_body: 1024,
             h2_keepalive: Duration::from_secs(5),
         }
     }
@@ -305,6 +326,43 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out)).await.unwrap().unwrap();
         assert!(out.starts_with("HTTP/1.1 408"), "{out}");
         assert!(out.contains("\"message\""), "{out}");
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_answers_413_and_a_slow_handler_is_not_a_timeout() {
+        let limits = quick();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "done"
+        };
+        let router = rest_limits(
+            Router::new()
+                .route("/echo", axum::routing::post(|body: axum::body::Bytes| async move { body }))
+                .route("/slow", axum::routing::post(slow)),
+            limits,
+        );
+        let token = CancellationToken::new();
+        tokio::spawn(serve_with(listener, router, limits, token.clone()));
+        let ask = |req: String| async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut out)).await.unwrap().unwrap();
+            out
+        };
+        let big = "x".repeat(2000);
+        let out =
+            ask(format!("POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 2000\r\n\r\n{big}"))
+                .await;
+        assert!(out.starts_with("HTTP/1.1 413") && out.contains("larger than 1024 bytes"), "{out}");
+        let out = ask(format!("POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n")).await;
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        // The handler takes twice the request limit: that is not the client's fault.
+        let out = ask("POST /slow HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n".into()).await;
+        assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("done"), "{out}");
         token.cancel();
     }
 

@@ -771,7 +771,7 @@ fn callback_url(q: Option<&str>) -> Result<String, ApiError> {
 impl From<CallbackError> for ApiError {
     fn from(e: CallbackError) -> ApiError {
         match e {
-            CallbackError::BadUrl(_) => {
+            CallbackError::BadUrl(_) | CallbackError::TooMany => {
                 ApiError::invalid(vec![Violation { path: "/callbackUrl".into(), errors: vec![e.to_string()] }])
             }
             CallbackError::Store(e) => e.into(),
@@ -1257,5 +1257,14 @@ mod tests {
         assert_eq!((status, body["eventType"].as_str()), (StatusCode::OK, Some("unsubscribe_event")));
         let (status, _, _) = call(&r, "DELETE", &format!("/v2/eventSubscriptions?callbackUrl={url}"), "").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+
+        for i in 0..crate::callbacks::MAX_SUBSCRIPTIONS {
+            let (status, _, _) =
+                call(&r, "POST", &format!("/v2/eventSubscriptions?callbackUrl=http://127.0.0.1:9/{i}"), "").await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, _, body) =
+            call(&r, "POST", "/v2/eventSubscriptions?callbackUrl=http://127.0.0.1:9/more", "").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "the number of callbacks is bounded: {body}");
     }
 }

@@ -27,12 +27,16 @@ const POST_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// The longest callback URL accepted.
 const MAX_URL_LEN: usize = 2048;
+/// The most callbacks subscribed at once: each costs a task and a queue.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
 /// Why a callback URL is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
     #[error("callbackUrl must be an absolute http or https URL of at most {MAX_URL_LEN} characters: {0}")]
     BadUrl(String),
+    #[error("at most {MAX_SUBSCRIPTIONS} callbacks may be subscribed; unsubscribe one first")]
+    TooMany,
     #[error(transparent)]
     Store(#[from] AppStoreError),
 }
@@ -44,6 +48,8 @@ pub struct Callbacks {
     client: reqwest::Client,
     /// Each callback's queue. Dropping a sender ends its delivery task.
     queues: Arc<Mutex<HashMap<String, mpsc::Sender<Arc<serde_json::Value>>>>>,
+    /// Held across a subscription change, so that the store and the queues change in the same order.
+    changing: Arc<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
 }
 
@@ -62,7 +68,8 @@ impl Callbacks {
         shutdown: CancellationToken,
     ) -> Result<Callbacks, AppStoreError> {
         let client = reqwest::Client::builder().timeout(POST_TIMEOUT).build().unwrap_or_default();
-        let callbacks = Callbacks { store, client, queues: Arc::default(), shutdown: shutdown.clone() };
+        let callbacks =
+            Callbacks { store, client, queues: Arc::default(), changing: Arc::default(), shutdown: shutdown.clone() };
         for url in callbacks.store.subscriptions().await? {
             callbacks.add_queue(&url);
         }
@@ -94,6 +101,14 @@ impl Callbacks {
     /// Subscribes `url` (idempotent).
     pub async fn subscribe(&self, url: &str) -> Result<(), CallbackError> {
         let url = check_url(url)?;
+        let _changing = self.changing.lock().await;
+        let full = {
+            let queues = self.queues.lock().expect("callback queues lock");
+            queues.len() >= MAX_SUBSCRIPTIONS && !queues.contains_key(&url)
+        };
+        if full {
+            return Err(CallbackError::TooMany);
+        }
         self.store.subscribe(&url).await?;
         self.add_queue(&url);
         info!(callback_url = %url, "event subscription added");
@@ -102,6 +117,7 @@ impl Callbacks {
 
     /// Unsubscribes `url`; returns whether it was subscribed.
     pub async fn unsubscribe(&self, url: &str) -> Result<bool, CallbackError> {
+        let _changing = self.changing.lock().await;
         let existed = self.store.unsubscribe(url).await?;
         self.queues.lock().expect("callback queues lock").remove(url);
         if existed {
