@@ -292,6 +292,65 @@ async fn metronome_embeds() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
 }
 
+/// Answers carry exactly Metronome's JobSpec and RunSpec fields (strict clients refuse any other); Keel's
+/// extras come with `embed=keel`.
+#[tokio::test]
+async fn metronome_jobs_answer_exactly_metronomes_fields() {
+    let (r, _dir) = app().await;
+    let parent = r#"{"id": "up", "run": {"cmd": "true"}}"#;
+    assert_eq!(call(&r, "POST", "/v1/jobs", parent).await.status, StatusCode::CREATED);
+    let job =
+        r#"{"id": "down", "dependencies": [{"id": "up"}], "run": {"cmd": "true", "docker": {"image": "busybox"}}}"#;
+    let a = call(&r, "POST", "/v1/jobs", job).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = get(&r, "/v1/jobs/down").await;
+    let keys: Vec<&str> = a.json.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["id", "labels", "run"], "{}", a.text);
+    let allowed = [
+        "cpus",
+        "mem",
+        "disk",
+        "cmd",
+        "args",
+        "user",
+        "env",
+        "placement",
+        "artifacts",
+        "maxLaunchDelay",
+        "docker",
+        "volumes",
+        "restart",
+    ];
+    for k in a.json["run"].as_object().unwrap().keys() {
+        assert!(allowed.contains(&k.as_str()), "run.{k} is not Metronome's: {}", a.text);
+    }
+    assert_eq!(a.json["run"]["docker"], json!({"image": "busybox"}));
+    let a = get(&r, "/v1/jobs/down?embed=keel").await;
+    assert_eq!(a.json["keel"]["dependencies"], json!([{"id": "up"}]), "{}", a.text);
+    assert_eq!(a.json["keel"]["forcePullImage"], false, "{}", a.text);
+}
+
+#[tokio::test]
+async fn job_bodies_with_repeated_keys_or_parents_are_refused() {
+    let (r, _dir) = app().await;
+    let a = call(&r, "POST", "/v1/jobs", r#"{"id": "a", "id": "b", "run": {"cmd": "true"}}"#).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(message(&a).contains("duplicate key 'id'"), "{}", a.text);
+    assert_eq!(
+        call(&r, "POST", "/v1/jobs", r#"{"id": "up", "run": {"cmd": "true"}}"#).await.status,
+        StatusCode::CREATED
+    );
+    let many: Vec<serde_json::Value> = (0..10_000).map(|_| json!({"id": "up"})).collect();
+    let body = json!({"id": "down", "dependencies": many, "run": {"cmd": "true"}}).to_string();
+    let a = call(&r, "POST", "/v1/jobs", &body).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(message(&a).contains("at most 100"), "{}", a.text);
+    let twice = r#"{"id": "down", "dependencies": [{"id": "up"}, {"id": "up"}], "run": {"cmd": "true"}}"#;
+    let a = call(&r, "POST", "/v1/jobs", twice).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(message(&a).contains("named twice"), "{}", a.text);
+}
+
 // ---- Metronome runs ----
 
 #[tokio::test]
@@ -304,7 +363,8 @@ async fn metronome_runs_start_show_and_stop() {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["status"], "INITIAL");
     assert_eq!(a.json["jobId"], "batch");
-    assert_eq!(a.json["trigger"], "manual");
+    let keys: Vec<&str> = a.json.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["createdAt", "id", "jobId", "status", "tasks"], "exactly Metronome's JobRun fields: {}", a.text);
     let run_id = a.json["id"].as_str().unwrap().to_owned();
     assert!(is_run_id(&run_id), "{run_id}");
 
