@@ -1126,6 +1126,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn groups_scale_by_a_bounded_factor() {
+        let (r, _dir) = app_router().await;
+        for id in ["/g/a", "/g/sub/b", "/other"] {
+            let body = json!({"id": id, "cmd": "x", "instances": 2}).to_string();
+            assert_eq!(call(&r, "POST", "/v2/apps", &body).await.0, StatusCode::CREATED);
+        }
+        for bad in ["1e308", "-1", "1001"] {
+            let (status, _, body) =
+                call(&r, "PUT", "/v2/groups/g?force=true", &format!(r#"{{"scaleBy": {bad}}}"#)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "scaleBy {bad}: {body}");
+        }
+        let (status, _, body) = call(&r, "PUT", "/v2/groups/g?force=true", r#"{"scaleBy": 1.5}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let instances = |v: &Value| v["app"]["instances"].as_u64();
+        assert_eq!(instances(&call(&r, "GET", "/v2/apps/g/a", "").await.2), Some(3));
+        assert_eq!(instances(&call(&r, "GET", "/v2/apps/g/sub/b", "").await.2), Some(3), "subgroups scale too");
+        assert_eq!(instances(&call(&r, "GET", "/v2/apps/other", "").await.2), Some(2), "other groups do not");
+    }
+
+    #[tokio::test]
     async fn ports_default_and_get_unique_service_ports() {
         let (r, _dir) = app_router().await;
         let (_, _, a) = call(&r, "POST", "/v2/apps", r#"{"id": "/a", "cmd": "x"}"#).await;
