@@ -1086,6 +1086,9 @@ impl Chronos {
         }
         let offers = std::mem::take(&mut self.held);
         let mut launched = 0;
+        // Every offer's tasks go out first; the runs are booked after, so that the last offer does not
+        // wait for the bookkeeping of all the others.
+        let mut sent_batches = Vec::new();
         for (offer, runs) in offers.into_iter().zip(placed) {
             if runs.is_empty() {
                 self.held.push(offer);
@@ -1124,7 +1127,9 @@ impl Chronos {
             })
             .await;
             // A run's start is when its first task was handed to the master.
-            let sent = millis(self.clock.now());
+            sent_batches.push((started, millis(self.clock.now())));
+        }
+        for (started, sent) in sent_batches {
             for (key, task, attempt) in started {
                 self.started(key, task, attempt, sent);
             }
