@@ -500,6 +500,21 @@ const CHRONOS_CPUS: f64 = 0.1;
 const CHRONOS_MEM: f64 = 128.0;
 const CHRONOS_DISK: f64 = 256.0;
 
+/// Seconds as an ISO 8601 period in its largest units, as Chronos writes a period back (1800 → `PT30M`).
+pub fn iso_period(seconds: u64) -> String {
+    if seconds == 0 {
+        return "PT0S".into();
+    }
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let mut out = String::from("PT");
+    for (n, unit) in [(h, 'H'), (m, 'M'), (s, 'S')] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
 /// The most parents a job may have.
 pub const MAX_PARENTS: usize = 100;
 
@@ -610,7 +625,7 @@ pub fn chronos_job_json(job: &Job, stats: &JobStats) -> Value {
         "name": job.id,
         "command": command,
         "shell": shell,
-        "epsilon": format!("PT{epsilon}S"),
+        "epsilon": iso_period(epsilon),
         "executor": "",
         "executorFlags": "",
         "retries": job.retries.unwrap_or(u32::MAX),
@@ -712,7 +727,7 @@ mod tests {
         assert_eq!(job.schedules[0].concurrency_policy, ConcurrencyPolicy::Forbid);
         let out = chronos_job_json(&job, &JobStats { success_count: 3, last_success: Some(0), ..Default::default() });
         assert_eq!(out["schedule"], "R/2026-01-01T00:00:00Z/PT1H");
-        assert_eq!(out["epsilon"], "PT60S");
+        assert_eq!(out["epsilon"], "PT1M");
         assert_eq!(out["successCount"], 3);
         assert_eq!(out["lastSuccess"], "1970-01-01T00:00:00.000Z");
         assert_eq!(out["lastError"], "");
@@ -734,5 +749,7 @@ mod tests {
     fn time_formats() {
         assert_eq!(metronome_time(1_468_587_779_735), "2016-07-15T13:02:59.735+0000");
         assert_eq!(chronos_time(1_394_297_837_507), "2014-03-08T16:57:17.507Z");
+        let periods = [0, 45, 60, 1800, 3600, 5430, 90061].map(iso_period);
+        assert_eq!(periods, ["PT0S", "PT45S", "PT1M", "PT30M", "PT1H", "PT1H30M30S", "PT25H1M1S"]);
     }
 }

@@ -461,7 +461,7 @@ async fn chronos_jobs_dependencies_and_graph() {
         assert_eq!(j["schedule"], "R/2030-01-01T00:00:00Z/P1D");
         assert_eq!(j["owner"], "ops@example.com");
         assert_eq!(j["retries"], 2);
-        assert_eq!(j["epsilon"], "PT60S");
+        assert_eq!(j["epsilon"], "PT1M");
         assert_eq!(j["cpus"], 0.1);
         assert_eq!(j["mem"], 128.0);
         assert_eq!(j["disk"], 256.0);

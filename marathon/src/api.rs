@@ -128,9 +128,66 @@ fn flag(pairs: &[(String, String)], key: &str) -> Result<bool, ApiError> {
     keel_core::query::flag(pairs, key).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))
 }
 
+/// What `embed` asks to add to an app.
+#[derive(Clone, Copy, Default)]
+struct Embeds {
+    tasks: bool,
+    task_stats: bool,
+}
+
+impl Embeds {
+    /// Reads `embed=apps.tasks` / `app.tasks` and `apps.taskStats` / `app.taskStats`.
+    fn from_query(q: &[(String, String)]) -> Embeds {
+        let has = |what: &str| q.iter().any(|(k, v)| k == "embed" && v.split_once('.').is_some_and(|(_, w)| w == what));
+        Embeds { tasks: has("tasks"), task_stats: has("taskStats") }
+    }
+}
+
+/// Marathon's `taskStats` of an app: counts and life times of its instances in all, started since the
+/// last scaling, and of the latest and of older configurations. A category without instances is left out.
+fn task_stats(app: &AppDefinition, tasks: &[&Instance], now_millis: i64) -> Value {
+    let info = app.version_info.as_ref();
+    let scaled_at = info.map_or("", |i| i.last_scaling_at.as_str());
+    let changed_at = info.map_or("", |i| i.last_config_change_at.as_str());
+    let stats = |chosen: Vec<&&Instance>| -> Option<Value> {
+        if chosen.is_empty() {
+            return None;
+        }
+        let count = |f: &dyn Fn(&Instance) -> bool| chosen.iter().filter(|i| f(i)).count();
+        let mut lives: Vec<f64> =
+            chosen.iter().filter_map(|i| i.started_millis).map(|s| (now_millis - s).max(0) as f64 / 1000.0).collect();
+        lives.sort_by(f64::total_cmp);
+        let mut v = json!({ "counts": {
+            "staged": count(&|i| matches!(i.state, TaskState::Staging | TaskState::Starting)),
+            "running": count(&|i| i.state == TaskState::Running),
+            "healthy": count(&|i| i.healthy == Some(true)),
+            "unhealthy": count(&|i| i.healthy == Some(false)),
+        }});
+        if !lives.is_empty() {
+            let average = lives.iter().sum::<f64>() / lives.len() as f64;
+            v["lifeTime"] = json!({ "averageSeconds": average, "medianSeconds": lives[lives.len() / 2] });
+        }
+        Some(json!({ "stats": v }))
+    };
+    let mut out = serde_json::Map::new();
+    type Keep<'a> = &'a dyn Fn(&Instance) -> bool;
+    let categories: [(&str, Keep); 4] = [
+        ("startedAfterLastScaling", &|i| i.staged_at.as_str() >= scaled_at),
+        ("withLatestConfig", &|i| i.version.as_str() >= changed_at),
+        ("withOutdatedConfig", &|i| i.version.as_str() < changed_at),
+        ("totalSummary", &|_| true),
+    ];
+    for (name, keep) in categories {
+        if let Some(s) = stats(tasks.iter().filter(|i| keep(i)).collect()) {
+            out.insert(name.into(), s);
+        }
+    }
+    Value::Object(out)
+}
+
 /// The app as Marathon shows it: its definition plus counts, deployments, the last failure and, when
-/// asked for, its tasks.
-fn enrich(app: &AppDefinition, snapshot: &Snapshot, with_tasks: bool) -> Value {
+/// asked for, its tasks and task statistics.
+fn enrich(app: &AppDefinition, snapshot: &Snapshot, embeds: Embeds) -> Value {
     let tasks: Vec<&Instance> = snapshot.instances.iter().filter(|i| i.app_id == app.id).collect();
     let count = |f: &dyn Fn(&Instance) -> bool| tasks.iter().filter(|i| f(i)).count();
     let mut v = serde_json::to_value(app).unwrap_or_default();
@@ -152,7 +209,10 @@ fn enrich(app: &AppDefinition, snapshot: &Snapshot, with_tasks: bool) -> Value {
         if let Some(f) = snapshot.failures.get(&app.id) {
             obj.insert("lastTaskFailure".into(), json!(f));
         }
-        if with_tasks {
+        if embeds.task_stats {
+            obj.insert("taskStats".into(), task_stats(app, &tasks, keel_core::store::now_millis()));
+        }
+        if embeds.tasks {
             obj.insert("tasks".into(), json!(tasks));
         }
     }
@@ -209,7 +269,7 @@ fn label_matches(app: &AppDefinition, selector: &str) -> bool {
 
 async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
     let q = pairs(q.as_deref());
-    let with_tasks = q.iter().any(|(k, v)| k == "embed" && (v == "apps.tasks" || v == "app.tasks"));
+    let embeds = Embeds::from_query(&q);
     let (id, cmd, label) = (param(&q, "id"), param(&q, "cmd"), param(&q, "label"));
     let all = api.apps.list().await?;
     let snapshot = api.marathon.snapshot().await?;
@@ -218,7 +278,7 @@ async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Valu
         .filter(|a| id.is_none_or(|id| a.id.contains(id)))
         .filter(|a| cmd.is_none_or(|c| a.cmd.as_deref().is_some_and(|cmd| cmd.contains(c))))
         .filter(|a| label.is_none_or(|l| label_matches(a, l)))
-        .map(|a| enrich(a, &snapshot, with_tasks))
+        .map(|a| enrich(a, &snapshot, embeds))
         .collect();
     Ok(Json(json!({ "apps": chosen })))
 }
@@ -264,12 +324,18 @@ fn target(rest: &str) -> Result<Target, ApiError> {
     Ok(Target::App(parse_id(trimmed)?))
 }
 
-async fn show(State(api): State<Api>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let apps = &api.apps;
     match target(&rest)? {
         Target::App(id) => {
             let app = apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
-            Ok(Json(json!({ "app": enrich(&app, &api.marathon.snapshot().await?, true) })))
+            // One app always comes with its tasks, as in Marathon.
+            let embeds = Embeds { tasks: true, ..Embeds::from_query(&pairs(q.as_deref())) };
+            Ok(Json(json!({ "app": enrich(&app, &api.marathon.snapshot().await?, embeds) })))
         }
         Target::Tasks(id) => {
             apps.get(&id).await?.ok_or_else(|| ApiError::no_app(&id))?;
@@ -406,7 +472,7 @@ fn group_level(id: &str, apps: &[&AppDefinition], snapshot: &Snapshot) -> Value 
     let mut children: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for app in apps.iter().filter(|a| a.id.starts_with(&prefix)) {
         match app.id[prefix.len()..].split_once('/') {
-            None => direct.push(enrich(app, snapshot, false)),
+            None => direct.push(enrich(app, snapshot, Embeds::default())),
             Some((child, _)) => {
                 children.insert(format!("{prefix}{child}"));
             }

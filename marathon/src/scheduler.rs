@@ -81,6 +81,9 @@ pub struct Instance {
     pub service_ports: Vec<u32>,
     pub staged_at: String,
     pub started_at: Option<String>,
+    /// When the task started running, in milliseconds since the epoch, for `taskStats`' life times.
+    #[serde(skip)]
+    pub started_millis: Option<i64>,
     pub version: String,
     pub state: TaskState,
     pub slave_id: String,
@@ -497,6 +500,7 @@ pub async fn start_with(
                 service_ports,
                 staged_at: timestamp(r.staged_at),
                 started_at: None,
+                started_millis: None,
                 version: r.version,
                 state: TaskState::Staging,
                 slave_id: r.agent_id,
@@ -1225,6 +1229,7 @@ impl Marathon {
                                 service_ports: app.service_ports(),
                                 staged_at: timestamp(now),
                                 started_at: None,
+                                started_millis: None,
                                 version: app.version.clone().unwrap_or_default(),
                                 state: TaskState::Staging,
                                 slave_id: offer.agent_id.to_string(),
@@ -1465,7 +1470,9 @@ impl Marathon {
             _ => None,
         };
         if status.state == TaskState::Running && inst.started_at.is_none() {
-            inst.started_at = Some(timestamp((status.timestamp * 1000.0) as i64));
+            let millis = (status.timestamp * 1000.0) as i64;
+            inst.started_at = Some(timestamp(millis));
+            inst.started_millis = Some(millis);
         }
         if status.state.is_terminal() {
             let inst = inst.clone();
@@ -1520,6 +1527,7 @@ mod tests {
             service_ports: vec![],
             staged_at: timestamp(0),
             started_at: None,
+            started_millis: None,
             version: "v1".into(),
             state: TaskState::Running,
             slave_id: "a1".into(),

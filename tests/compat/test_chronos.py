@@ -84,7 +84,6 @@ def node_state(client, name):
     return tuple(rows[0][2:4]) if rows else None
 
 
-@pytest.mark.xfail(strict=True, reason="Keel echoes epsilon normalized (PT1800S), not as given (PT30M) (issue 9, open)")
 def test_add_and_list(chronos_client, jobs):
     name = unique("chr-add")
     add(chronos_client, jobs, name, command="echo compat", description="made by the compat suite")

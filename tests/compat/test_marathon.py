@@ -330,7 +330,6 @@ def test_get_app_embeds(marathon, cleanup):
     assert app.last_task_failure is None
 
 
-@pytest.mark.xfail(strict=True, reason="Keel does not serve embed=app.taskStats yet (issue 9, open)")
 def test_get_app_embed_task_stats(marathon, cleanup):
     # embed=app.taskStats: Marathon answers "taskStats" with per-category counts (models/app.py:340-436)
     aid, _ = create(marathon, cleanup, "taskstats", instances=2)
