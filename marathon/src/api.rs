@@ -18,7 +18,7 @@ use keel_core::task::TaskState;
 use crate::app::{AppDefinition, AppId, Violation};
 use crate::callbacks::{CallbackError, Callbacks};
 use crate::edit::{AppChange, ChangeError};
-use crate::scheduler::{ChangeOutcome, Instance, MarathonHandle, Snapshot, Stopped};
+use crate::scheduler::{ChangeOutcome, Instance, MarathonHandle, Snapshot, Stopped, UnusedOffer};
 use crate::store::{AppStore, AppStoreError};
 
 /// A JSON error answer.
@@ -685,21 +685,52 @@ async fn delete_tasks(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes
     }))
 }
 
-/// `GET /v2/queue`: apps with instances still to launch, their backoff, and why offers were turned down
-/// ("why is my app waiting").
-async fn queue(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+/// An offer as Marathon's `lastUnusedOffers` shows it, with Mesos's resource list.
+fn unused_offer_json(u: &UnusedOffer) -> Value {
+    let o = &u.offer;
+    let scalar =
+        |name: &str, v: keel_core::resources::Scalar| json!({ "name": name, "role": "*", "scalar": v.as_f64() });
+    let mut resources =
+        vec![scalar("cpus", o.resources.cpus), scalar("mem", o.resources.mem), scalar("disk", o.resources.disk)];
+    if !o.resources.ports.is_empty() {
+        let ranges: Vec<Value> =
+            o.resources.ports.ranges().iter().map(|(b, e)| json!({ "begin": b, "end": e })).collect();
+        resources.push(json!({ "name": "ports", "role": "*", "ranges": ranges }));
+    }
+    let attributes: Vec<Value> = o.attributes.iter().map(|(k, v)| json!({ "name": k, "text": v })).collect();
+    json!({
+        "offer": {
+            "id": o.id.to_string(),
+            "agentId": o.agent_id.to_string(),
+            "hostname": o.hostname,
+            "resources": resources,
+            "attributes": attributes,
+        },
+        "timestamp": u.timestamp,
+        "reason": [u.reason],
+    })
+}
+
+/// `GET /v2/queue?embed=lastUnusedOffers`: apps with instances still to launch, their backoff, and why
+/// offers were turned down ("why is my app waiting"); with the embed, the last offers turned down.
+async fn queue(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+    let with_offers = pairs(q.as_deref()).iter().any(|(k, v)| k == "embed" && v == "lastUnusedOffers");
     let snapshot = api.marathon.snapshot().await?;
     let mut items = Vec::new();
+    let apps: std::collections::HashMap<String, AppDefinition> = if snapshot.queue.is_empty() {
+        Default::default()
+    } else {
+        api.apps.list().await?.into_iter().map(|a| (a.id.clone(), a)).collect()
+    };
     for (id, entry) in &snapshot.queue {
-        let Ok(app_id) = AppId::parse(id) else { continue };
-        let Some(app) = api.apps.get(&app_id).await? else { continue };
+        let Some(app) = apps.get(id) else { continue };
         let reasons: Vec<Value> = entry
             .waiting
             .declined
             .iter()
             .map(|(reason, n)| json!({ "reason": reason, "declined": n, "processed": entry.waiting.processed }))
             .collect();
-        items.push(json!({
+        let mut item = json!({
             "app": app,
             "count": entry.count,
             // When the app last changed, which is when its instances started waiting.
@@ -710,7 +741,11 @@ async fn queue(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
                 "unusedOffersCount": entry.waiting.declined.values().sum::<u64>(),
                 "rejectSummaryLastOffers": reasons,
             },
-        }));
+        });
+        if with_offers {
+            item["lastUnusedOffers"] = entry.waiting.last_unused.iter().map(unused_offer_json).collect();
+        }
+        items.push(item);
     }
     Ok(Json(json!({ "queue": items })))
 }
@@ -1257,6 +1292,30 @@ mod tests {
             call(&r, "GET", &format!("/v2/apps/race/versions/{}", stored["app"]["version"].as_str().unwrap()), "")
                 .await;
         assert_eq!(stored["app"]["labels"], latest["labels"], "the store and the actor agree on the last write");
+    }
+
+    /// An app stored before ids were bounded (3,000 segments) neither crashes the start nor `/v2/groups`.
+    #[tokio::test]
+    async fn a_stored_app_with_an_unbounded_id_cannot_crash_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap();
+        let deep = "/a".repeat(3000);
+        let definition = json!({"id": deep, "cmd": "x", "version": "2026-01-01T00:00:00.000Z"}).to_string();
+        sqlx::query("INSERT INTO marathon_apps (id, version, definition) VALUES ($1, $2, $3)")
+            .bind(&deep)
+            .bind("2026-01-01T00:00:00.000Z")
+            .bind(&definition)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let apps = AppStore::new(store);
+        let token = tokio_util::sync::CancellationToken::new();
+        let marathon = crate::scheduler::start("http://127.0.0.1:1", apps.clone(), token.clone()).await.unwrap();
+        let callbacks = Callbacks::start(apps.clone(), &marathon, token).await.unwrap();
+        let r = router(Api { apps, marathon, callbacks, info: ServiceInfo::default() });
+        let (status, _, body) = call(&r, "GET", "/v2/groups", "").await;
+        assert_eq!((status, &body["apps"]), (StatusCode::OK, &json!([])), "{body}");
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 //! Launched tasks are written to the store before they are accepted, so a restarted framework knows every
 //! task it may have started; it then reconciles with the master.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use keel_core::api::{Call, Event, Filters, FrameworkInfo, Offer};
@@ -164,6 +164,21 @@ pub struct TaskFailure {
 pub struct Waiting {
     pub processed: u64,
     pub declined: BTreeMap<String, u64>,
+    /// The last offers turned down, newest last, at most [`LAST_UNUSED_OFFERS`]. Shared, so that a
+    /// snapshot for the API does not copy them.
+    pub last_unused: std::sync::Arc<VecDeque<UnusedOffer>>,
+}
+
+/// How many turned-down offers each waiting app keeps for `/v2/queue?embed=lastUnusedOffers`.
+pub const LAST_UNUSED_OFFERS: usize = 10;
+
+/// An offer an app could not use, and why.
+#[derive(Clone, Debug)]
+pub struct UnusedOffer {
+    pub offer: Offer,
+    pub reason: String,
+    /// When it was turned down (Marathon's timestamp).
+    pub timestamp: String,
 }
 
 /// An app's place in the launch queue.
@@ -1246,8 +1261,14 @@ impl Marathon {
                             *need -= 1;
                         }
                         Err(reason) => {
-                            *self.waiting.entry(app_id.to_string()).or_default().declined.entry(reason).or_default() +=
-                                1;
+                            let waiting = self.waiting.entry(app_id.to_string()).or_default();
+                            *waiting.declined.entry(reason.clone()).or_default() += 1;
+                            let last = std::sync::Arc::make_mut(&mut waiting.last_unused);
+                            if last.len() == LAST_UNUSED_OFFERS {
+                                last.pop_front();
+                            }
+                            let timestamp = timestamp(keel_core::store::now_millis());
+                            last.push_back(UnusedOffer { offer: offer.clone(), reason, timestamp });
                             break;
                         }
                     }

@@ -617,7 +617,6 @@ def test_list_queue(marathon, cleanup):
     assert summary
 
 
-@pytest.mark.xfail(strict=True, reason="Keel does not serve /v2/queue?embed=lastUnusedOffers yet (issue 9, open)")
 def test_list_queue_embed_last_unused_offers(marathon, cleanup):
     # client.py:695-696: embed=lastUnusedOffers -> each item has lastUnusedOffers with the offer and reasons
     aid, _ = waiting_app(marathon, cleanup, "queue-offers", instances=1)
