@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keel_chronos::job::{ConcurrencyPolicy, Job, JobId, RunStatus, ScheduleExpr, ScheduleSpec};
+use keel_chronos::job::{ConcurrencyPolicy, Job, JobId, Run, RunStatus, ScheduleExpr, ScheduleSpec, Trigger};
 use keel_chronos::scheduler::{self, ChronosHandle, Clock, ManualClock, PutMode};
 use keel_chronos::store::JobStore;
 use tokio_util::sync::CancellationToken;
@@ -99,5 +99,41 @@ async fn ticks_follow_the_injected_clock_through_a_dst_gap_and_a_restart() {
     assert_eq!(ticks, [utc("2026-03-29T01:00:00Z").timestamp_millis(), utc("2026-03-30T00:30:00Z").timestamp_millis()]);
     assert_eq!(chronos.view(Some(id)).await.unwrap()[0].stats.missed_count, 2);
     assert!(jobs.runs(&JobId::parse("paused").unwrap(), 100).await.unwrap().is_empty());
+    shutdown.cancel();
+}
+
+/// A tick whose record landed although the store answered an error (so the actor does not know it) is
+/// reloaded and fired, never skipped as "already recorded": here it is written behind the actor's back
+/// before its instant, and must still be handled (missed, as no master answers) rather than left INITIAL.
+#[tokio::test]
+async fn a_tick_recorded_by_an_ambiguous_write_is_reloaded_and_fired() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("k.db").display());
+    let jobs = JobStore::new(keel_core::store::Store::connect(&url).await.unwrap());
+    let id = JobId::parse("ambiguous").unwrap();
+    let clock = ManualClock::new(utc("2026-06-01T00:00:00Z"));
+    let shutdown = CancellationToken::new();
+    let chronos =
+        scheduler::start(NO_MASTER, jobs.clone(), Clock::Manual(clock.clone()), shutdown.clone()).await.unwrap();
+    let mut job = Job::new(id.clone());
+    job.run.cmd = Some("true".into());
+    job.schedules.push(ScheduleSpec {
+        id: "s".into(),
+        expr: ScheduleExpr::Cron("5 0 * * *".into()),
+        time_zone: "UTC".into(),
+        concurrency_policy: ConcurrencyPolicy::Allow,
+        starting_deadline_seconds: 60,
+        enabled: true,
+    });
+    chronos.put(job, PutMode::Create).await.unwrap();
+    let tick = utc("2026-06-01T00:05:00Z").timestamp_millis();
+    let earlier_try = Run::new(id.clone(), Trigger::Schedule("s".into()), tick.to_string(), tick, tick - 60_000);
+    assert_eq!(jobs.insert_runs(std::slice::from_ref(&earlier_try)).await.unwrap(), [true]);
+
+    advance(&clock, &chronos, Duration::from_secs(10 * 60)).await;
+    let runs = jobs.runs(&id, 10).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].id, earlier_try.id);
+    assert_eq!(runs[0].status, RunStatus::Missed, "the tick was handled, not skipped: {runs:#?}");
     shutdown.cancel();
 }
