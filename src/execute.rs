@@ -18,6 +18,8 @@ pub struct ExecuteArgs {
     /// The master's address, such as http://127.0.0.1:5050.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
+    #[command(flatten)]
+    credentials: super::Credentials,
     /// The task's name; its id is the name plus a random suffix.
     #[arg(long)]
     name: String,
@@ -103,7 +105,8 @@ pub async fn run(args: ExecuteArgs) -> Result<u8> {
     // Survive a master restart or a dropped connection while the task runs.
     info.failover_timeout = Duration::from_secs(60);
     let shutdown = CancellationToken::new();
-    let (driver, mut events) = scheduler::start(&args.master, info, None, shutdown.clone());
+    let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+    let (driver, mut events) = scheduler::start(target, info, None, shutdown.clone());
     let result = drive(&args, &spec, &driver, &mut events).await;
     let _ = driver.teardown().await;
     // Let the teardown reach the master before the stream closes.

@@ -49,7 +49,115 @@ enum Command {
     /// after their parent jobs succeed. Each scheduled instant runs at most once, also across restarts.
     Chronos(ChronosArgs),
     /// Run a master, one agent and both frameworks in one process on SQLite, for trying Keel out.
+    ///
+    /// Auth is on: the first start makes an admin token in DATA_DIR/admin.token (readable by you only),
+    /// and every start prints a link that signs a browser in once.
     Dev(DevArgs),
+    /// Create, list and revoke API tokens, in the master's store.
+    ///
+    /// Roles: viewer (reads everything but secret values), operator (also writes apps, jobs, tasks and
+    /// runs), admin (everything, also tokens and agents), framework (subscribes to the scheduler API),
+    /// agent (registers agents). The store keeps only a hash of each token; a revoked token stops working
+    /// within a second everywhere.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (only this once) on stdout.
+    Create {
+        /// viewer, operator, admin, framework or agent.
+        #[arg(long)]
+        role: String,
+        /// The principal's name (letters, digits, - _ .); one active token per name. Default: ROLE-RANDOM.
+        #[arg(long)]
+        name: Option<String>,
+        /// For framework tokens: a role the framework may subscribe under; repeat for more. Default: any.
+        #[arg(long = "framework-role")]
+        framework_roles: Vec<String>,
+        #[command(flatten)]
+        store: StoreOptions,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[command(flatten)]
+        store: StoreOptions,
+    },
+    /// Revoke the active token with this id or name.
+    Revoke {
+        id_or_name: String,
+        #[command(flatten)]
+        store: StoreOptions,
+    },
+}
+
+/// The credential a client presents to the master: `KEEL_TOKEN`, or `--token-file`.
+#[derive(Args, Clone)]
+pub(crate) struct Credentials {
+    /// A file whose first line is the token to present to the master. The KEEL_TOKEN environment variable
+    /// gives the token itself instead.
+    #[arg(long, env = "KEEL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl Credentials {
+    pub(crate) fn token(&self) -> Result<Option<String>> {
+        if let Ok(t) = std::env::var("KEEL_TOKEN")
+            && !t.trim().is_empty()
+        {
+            return Ok(Some(t.trim().to_owned()));
+        }
+        match &self.token_file {
+            Some(path) => Ok(Some(keel_core::auth::read_token_file(path).map_err(anyhow::Error::msg)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What guards a port against web pages.
+#[derive(Args, Clone)]
+struct WebOptions {
+    /// An origin (scheme://host[:port]) allowed to call this port from a browser, whose host is also
+    /// accepted in Host headers; repeat for more. A server on a loopback address answers only to
+    /// loopback names and IP addresses otherwise (DNS rebinding protection).
+    #[arg(long = "allowed-origin", value_parser = parse_origin)]
+    allowed_origins: Vec<String>,
+}
+
+fn parse_origin(s: &str) -> Result<String, String> {
+    match s.split_once("://") {
+        Some((scheme, host)) if matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/') => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!("'{s}' is not an origin like https://ops.example.com or http://localhost:3000")),
+    }
+}
+
+#[derive(Args, Clone)]
+struct StoreOptions {
+    /// Where the default SQLite store lives.
+    #[arg(long, default_value = ".keel", env = "KEEL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The store: postgres://USER:PASS@HOST/DB or sqlite:PATH. Default: sqlite:DATA_DIR/keel.db.
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl StoreOptions {
+    fn database_url(&self) -> Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
+        Ok(format!("sqlite:{}", self.data_dir.join("keel.db").display()))
+    }
+
+    async fn open(&self) -> Result<Store> {
+        let url = self.database_url()?;
+        Store::connect(&url).await.with_context(|| format!("cannot open the store at {}", redact(&url)))
+    }
 }
 
 #[derive(Args)]
@@ -57,11 +165,15 @@ struct MarathonArgs {
     /// The master's address, such as http://127.0.0.1:5050.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
+    #[command(flatten)]
+    credentials: Credentials,
+    #[command(flatten)]
+    web: WebOptions,
     /// Address to serve the REST API on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
     /// The store for apps: postgres://… or sqlite:PATH.
-    #[arg(long, env = "KEEL_DATABASE_URL", default_value = "sqlite:.keel/marathon.db")]
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true, default_value = "sqlite:.keel/marathon.db")]
     database_url: String,
     /// A deployment that makes no progress for this long is marked failed (and rolled back if the app has
     /// the label KEEL_ROLLBACK_ON_FAILURE=true).
@@ -74,11 +186,15 @@ struct ChronosArgs {
     /// The master's address, such as http://127.0.0.1:5050.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
+    #[command(flatten)]
+    credentials: Credentials,
+    #[command(flatten)]
+    web: WebOptions,
     /// Address to serve the REST APIs on.
     #[arg(long, default_value = "127.0.0.1:4400")]
     listen: String,
     /// The store for jobs and run history: postgres://… or sqlite:PATH.
-    #[arg(long, env = "KEEL_DATABASE_URL", default_value = "sqlite:.keel/chronos.db")]
+    #[arg(long, env = "KEEL_DATABASE_URL", hide_env_values = true, default_value = "sqlite:.keel/chronos.db")]
     database_url: String,
 }
 
@@ -87,12 +203,14 @@ struct MasterOptions {
     /// Address to listen on for gRPC and HTTP.
     #[arg(long, default_value = "127.0.0.1:5050", env = "KEEL_LISTEN")]
     listen: String,
-    /// Where the default SQLite store lives.
-    #[arg(long, default_value = ".keel", env = "KEEL_DATA_DIR")]
-    data_dir: PathBuf,
-    /// The store: postgres://USER:PASS@HOST/DB or sqlite:PATH. Default: sqlite:DATA_DIR/keel.db.
-    #[arg(long, env = "KEEL_DATABASE_URL")]
-    database_url: Option<String>,
+    #[command(flatten)]
+    store: StoreOptions,
+    #[command(flatten)]
+    web: WebOptions,
+    /// Serve without authentication: anyone who can reach the port may run commands on every agent. For a
+    /// closed test network only; a warning says so at start and every minute.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// How long an agent may be silent before it is marked unreachable (e.g. 10s, 500ms, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     agent_timeout: Duration,
@@ -115,6 +233,8 @@ struct AgentArgs {
     /// The master's address, such as http://127.0.0.1:5050.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
+    #[command(flatten)]
+    credentials: Credentials,
     /// Where sandboxes and checkpoints live. Restarting with the same directory re-attaches to running tasks.
     #[arg(long, default_value = ".keel/agent", env = "KEEL_WORK_DIR")]
     work_dir: PathBuf,
@@ -189,28 +309,96 @@ impl MasterOptions {
         }
     }
 
-    fn database_url(&self) -> Result<String> {
-        if let Some(url) = &self.database_url {
-            return Ok(url.clone());
-        }
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("cannot create data directory {}", self.data_dir.display()))?;
-        Ok(format!("sqlite:{}", self.data_dir.join("keel.db").display()))
-    }
-
     /// Opens the store, starts the master and binds its port; serving is left to [`Started::serve`], so
-    /// that routes of built-in frameworks can join the master's.
-    async fn start(&self, shutdown: &CancellationToken) -> Result<Started> {
-        let url = self.database_url()?;
-        let store = Store::connect(&url).await.with_context(|| format!("cannot open the store at {}", redact(&url)))?;
+    /// that routes of built-in frameworks can join the master's. `dev` makes the admin token of `keel dev`
+    /// if there is none.
+    async fn start(&self, shutdown: &CancellationToken, dev: bool) -> Result<Started> {
+        let url = self.store.database_url()?;
+        let store = self.store.open().await?;
         info!(store = %redact(&url), "store ready");
+        let admin_token = if dev && !self.insecure_no_auth {
+            Some(ensure_admin_token(&store, &self.store.data_dir.join("admin.token")).await?)
+        } else {
+            None
+        };
+        let auth = if self.insecure_no_auth {
+            warn_insecure(shutdown.clone());
+            keel_core::auth::Auth::off()
+        } else {
+            let auth = keel_core::auth::Auth::local(store.clone(), shutdown.clone())
+                .await
+                .context("cannot load the tokens")?;
+            if !dev && store.active_tokens().await.map(|t| t.is_empty()).unwrap_or(false) {
+                tracing::warn!(
+                    "no tokens exist yet, so nothing can use this master: create one with \
+                     `keel token create --role admin --name admin` (same --database-url)"
+                );
+            }
+            auth
+        };
         let (master, _actor) =
             master::start(self.config(), store.clone(), shutdown.clone()).await.context("cannot start the master")?;
         let listener =
             TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
-        let addr = listener.local_addr()?.to_string();
-        Ok(Started { store, master, listener, addr })
+        let local = listener.local_addr()?;
+        if !local.ip().is_loopback() {
+            tracing::warn!(addr = %local, "serving plain HTTP on a non-loopback address: tokens cross the network in clear");
+        }
+        let gate = keel_core::gate::Gate {
+            auth,
+            hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &self.web.allowed_origins),
+            audit: keel_core::audit::Audit::start(store.clone(), shutdown.clone()),
+            tokens: Some(store.clone()),
+            secure_cookie: false,
+        };
+        Ok(Started { store, master, listener, addr: local.to_string(), gate, admin_token })
     }
+}
+
+/// Logs, at start and then every minute, that anyone may use this master.
+fn warn_insecure(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => tracing::warn!(
+                    "auth is OFF (--insecure-no-auth): anyone who can reach this port can run commands on every agent"
+                ),
+            }
+        }
+    });
+}
+
+/// The admin token of `keel dev`, in `path` (mode 0600): the one there if the store still knows it,
+/// otherwise a new one (an older `admin` token is revoked).
+async fn ensure_admin_token(store: &Store, path: &std::path::Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(token) = keel_core::auth::read_token_file(path) {
+        let hash = keel_core::auth::hash_token(&token);
+        if store.active_tokens().await?.iter().any(|t| t.hash == hash) {
+            return Ok(token);
+        }
+    }
+    if store.revoke_token("admin", keel_core::store::now_millis()).await?.is_some() {
+        tracing::warn!(path = %path.display(), "the stored admin token did not match this file: revoked it and made a new one");
+    }
+    let (record, token) = keel_core::gate::new_token(store, "admin", "admin", Vec::new()).await?;
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    writeln!(file, "{token}")
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    info!(id = %record.id, path = %path.display(), "created the admin token");
+    Ok(token)
 }
 
 /// A master whose port is bound but not yet served.
@@ -219,16 +407,20 @@ struct Started {
     master: keel_core::master::MasterHandle,
     listener: TcpListener,
     addr: String,
+    gate: keel_core::gate::Gate,
+    /// `keel dev`'s admin token.
+    admin_token: Option<String>,
 }
 
 impl Started {
     fn serve(
         self,
         extra: axum::Router,
-        extras: keel_core::master::http::Extras,
+        mut extras: keel_core::master::http::Extras,
         shutdown: &CancellationToken,
     ) -> tokio::task::JoinHandle<std::io::Result<()>> {
         let limits = keel_core::server::Limits::default();
+        extras.gate = self.gate;
         let router = keel_core::server::router_with(self.master, extra, extras, limits);
         tokio::spawn(keel_core::server::serve_with(self.listener, router, limits, shutdown.clone()))
     }
@@ -238,7 +430,7 @@ impl Started {
 /// Marathon's JSON metrics, which `keel dev` serves on the shared `/metrics`). `listen` is where its REST
 /// API is reached, as `/v2/info` and `/v2/leader` report it.
 async fn marathon_routes(
-    master: &str,
+    master: &keel_core::client::Target,
     listen: &str,
     store: Store,
     deployment_timeout: Duration,
@@ -254,14 +446,14 @@ async fn marathon_routes(
         .context("cannot load the event subscriptions")?;
     let probe = handle.clone();
     health.register("marathon", move || probe.is_running());
-    let info = keel_marathon::api::ServiceInfo { leader: listen.to_owned(), master: master.to_owned() };
+    let info = keel_marathon::api::ServiceInfo { leader: listen.to_owned(), master: master.url.clone() };
     let api = keel_marathon::api::Api { apps, marathon: handle, callbacks, info };
     Ok((keel_marathon::api::router(api.clone()), api))
 }
 
 /// Starts the cron jobs framework on `store` against `master`; returns its REST routes.
 async fn chronos_routes(
-    master: &str,
+    master: &keel_core::client::Target,
     store: Store,
     health: &keel_core::health::Health,
     shutdown: &CancellationToken,
@@ -278,22 +470,42 @@ async fn chronos_routes(
 
 /// Serves a framework's routes alone on `listen`, with `/health` for its parts and the same connection
 /// limits as the master's port.
+///
+/// Its callers' credentials are checked by the master (`/keel/v1/whoami`), and its writes audited in its
+/// own store.
+#[allow(clippy::too_many_arguments)]
 async fn serve_framework(
     listen: &str,
     name: &str,
     routes: axum::Router,
     health: keel_core::health::Health,
+    master: &str,
+    store: Store,
+    web: &WebOptions,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    println!("keel {name} listening on http://{}", listener.local_addr()?);
+    let local = listener.local_addr()?;
+    println!("keel {name} listening on http://{local}");
+    if !local.ip().is_loopback() {
+        tracing::warn!(addr = %local, "serving plain HTTP on a non-loopback address: tokens cross the network in clear");
+    }
+    let client = reqwest::Client::builder().build().context("cannot build an HTTP client")?;
+    let gate = keel_core::gate::Gate {
+        auth: keel_core::auth::Auth::remote(master, client),
+        hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &web.allowed_origins),
+        audit: keel_core::audit::Audit::start(store, shutdown.clone()),
+        tokens: None,
+        secure_cookie: false,
+    };
     let limits = keel_core::server::Limits::default();
     let health_route = axum::routing::get(move || {
         let (up, body) = health.report(|_| true);
         let status = if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
         std::future::ready((status, axum::Json(body)))
     });
-    let routes = routes.route("/health", health_route).fallback(keel_core::master::http::not_found);
+    let routes = routes.route("/health", health_route).merge(keel_core::gate::routes(gate.clone()));
+    let routes = keel_core::gate::protect(routes, gate).fallback(keel_core::master::http::not_found);
     let routes = keel_core::server::rest_limits(routes, limits);
     keel_core::server::serve_with(listener, routes, limits, shutdown.clone()).await?;
     Ok(())
@@ -329,6 +541,45 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// The exit code when a part stopped on its own (EX_SOFTWARE).
 const EXIT_PART_STOPPED: i32 = 70;
 
+async fn token_command(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create { role, name, framework_roles, store } => {
+            let store = store.open().await?;
+            let name = name.unwrap_or_else(|| keel_core::auth::generate_id(&format!("{role}-")));
+            let (record, token) = keel_core::gate::new_token(&store, &name, &role, framework_roles).await?;
+            eprintln!(
+                "created token {} named '{}' with role {}; it is shown only now",
+                record.id, record.name, record.role
+            );
+            println!("{token}");
+        }
+        TokenCommand::List { store } => {
+            let store = store.open().await?;
+            println!("{:<18} {:<24} {:<10} {:<20} {:<8} FRAMEWORK ROLES", "ID", "NAME", "ROLE", "CREATED", "STATE");
+            for t in store.tokens().await? {
+                let created = chrono_like(t.created_at);
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                let roles = if t.framework_roles.is_empty() { "-".to_owned() } else { t.framework_roles.join(",") };
+                println!("{:<18} {:<24} {:<10} {:<20} {:<8} {roles}", t.id, t.name, t.role, created, state);
+            }
+        }
+        TokenCommand::Revoke { id_or_name, store } => {
+            let store = store.open().await?;
+            match store.revoke_token(&id_or_name, keel_core::store::now_millis()).await? {
+                Some(id) => eprintln!("revoked {id}; every process refuses it within a second"),
+                None => bail!("no active token with id or name '{id_or_name}'"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn chrono_like(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
 /// Opens a framework's own store, creating the directory of a SQLite file.
 async fn open_store(url: &str) -> Result<Store> {
     if let Some(dir) = url.strip_prefix("sqlite:").and_then(|p| std::path::Path::new(p).parent()) {
@@ -338,7 +589,7 @@ async fn open_store(url: &str) -> Result<Store> {
 }
 
 impl ResourceOptions {
-    fn agent_config(&self, master: &str, work_dir: PathBuf) -> Result<AgentConfig> {
+    fn agent_config(&self, master: &keel_core::client::Target, work_dir: PathBuf) -> Result<AgentConfig> {
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("cannot create work directory {}", work_dir.display()))?;
         let resources: Resources = match &self.resources {
@@ -348,7 +599,8 @@ impl ResourceOptions {
         if resources.cpus.milli() == 0 && resources.mem.milli() == 0 {
             bail!("--resources must offer some cpus or mem");
         }
-        let mut config = AgentConfig::new(master, work_dir, resources);
+        let mut config = AgentConfig::new(&master.url, work_dir, resources);
+        config.token = master.token.clone();
         config.attributes = parse_attributes(&self.attributes)
             .with_context(|| format!("invalid --attributes '{}'", self.attributes))?;
         if let Some(h) = &self.hostname {
@@ -422,7 +674,7 @@ async fn run(command: Command) -> Result<()> {
     cancel_on_signal(shutdown.clone());
     match command {
         Command::Master(args) => {
-            let started = args.master.start(&shutdown).await?;
+            let started = args.master.start(&shutdown, false).await?;
             println!("keel master listening on http://{}", started.addr);
             let extras = keel_core::master::http::Extras::default();
             exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
@@ -431,38 +683,55 @@ async fn run(command: Command) -> Result<()> {
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
+            let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
             let (routes, api) =
-                marathon_routes(&args.master, &args.listen, store, args.deployment_timeout, &health, &shutdown).await?;
+                marathon_routes(&target, &args.listen, store.clone(), args.deployment_timeout, &health, &shutdown)
+                    .await?;
             let routes = routes.merge(keel_marathon::api::metrics_router(api));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
-            serve_framework(&args.listen, "marathon", routes, health, &shutdown).await?;
+            serve_framework(&args.listen, "marathon", routes, health, &target.url, store, &args.web, &shutdown).await?;
         }
         Command::Chronos(args) => {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
-            let routes = chronos_routes(&args.master, store, &health, &shutdown).await?;
+            let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+            let routes = chronos_routes(&target, store.clone(), &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
-            serve_framework(&args.listen, "chronos", routes, health, &shutdown).await?;
+            serve_framework(&args.listen, "chronos", routes, health, &target.url, store, &args.web, &shutdown).await?;
         }
+        Command::Token(command) => token_command(command).await?,
         Command::Agent(args) => {
-            let config = args.resources.agent_config(&args.master, args.work_dir)?;
+            let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+            let config = args.resources.agent_config(&target, args.work_dir)?;
             let containerizer = args.resources.containerizer().await;
             run_agent(config, containerizer, shutdown).await?;
         }
         Command::Dev(args) => {
-            let started = args.master.start(&shutdown).await?;
+            use keel_core::auth::{Principal, Role};
+            use keel_core::client::Target;
+            let started = args.master.start(&shutdown, true).await?;
             let addr = started.addr.clone();
+            let auth = started.gate.auth.clone();
+            // The parts in this process present credentials that exist only in its memory.
+            let internal = |name: &str, role: Role| Target::new(&addr, Some(auth.internal(Principal::new(name, role))));
             let timeout = keel_marathon::scheduler::DEFAULT_DEPLOYMENT_TIMEOUT;
             let mut extras = keel_core::master::http::Extras::default();
+            let marathon_target = internal("keel:marathon", Role::Framework);
             let (marathon, api) =
-                marathon_routes(&addr, &addr, started.store.clone(), timeout, &extras.health, &shutdown).await?;
-            let chronos = chronos_routes(&addr, started.store.clone(), &extras.health, &shutdown).await?;
+                marathon_routes(&marathon_target, &addr, started.store.clone(), timeout, &extras.health, &shutdown)
+                    .await?;
+            let chronos_target = internal("keel:chronos", Role::Framework);
+            let chronos = chronos_routes(&chronos_target, started.store.clone(), &extras.health, &shutdown).await?;
             // Marathon clients read Marathon's JSON metrics at `/metrics`; Prometheus gets the master's text.
             extras.json_metrics = Some(std::sync::Arc::new(move || {
                 Box::pin(keel_marathon::api::json_metrics(api.clone())) as futures::future::BoxFuture<'static, _>
             }));
-            let config = args.resources.agent_config(&addr, args.master.data_dir.join("agent"))?;
+            let config = args
+                .resources
+                .agent_config(&internal("keel:agent", Role::Agent), args.master.store.data_dir.join("agent"))?;
+            let admin_token = started.admin_token.clone();
+            let token_path = args.master.store.data_dir.join("admin.token");
             let containerizer = args.resources.containerizer().await;
             let agent_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
             let agent_flag = agent_up.clone();
@@ -479,12 +748,20 @@ async fn run(command: Command) -> Result<()> {
                 result
             });
             println!("Keel is running at http://{addr}");
-            println!("  cluster state: http://{addr}/master/state");
-            println!("  apps (Marathon API): http://{addr}/v2/apps");
-            println!("  jobs (Metronome API): http://{addr}/v1/jobs  (Chronos API: http://{addr}/scheduler/jobs)");
-            println!(
-                "  try:           cargo run -- execute --master http://{addr} --name hello --command 'echo hello'"
-            );
+            if let Some(token) = &admin_token {
+                let code = auth.login_code_for(token).unwrap_or_default();
+                let file = token_path.display();
+                println!("  sign in (this link works once): http://{addr}/?token={code}");
+                println!("  admin token:   {file}  (every API needs it)");
+                println!("  cluster state: curl -H \"Authorization: Bearer $(cat {file})\" http://{addr}/master/state");
+                println!("  apps (Marathon API): http://{addr}/v2/apps");
+                println!("  jobs (Metronome API): http://{addr}/v1/jobs  (Chronos API: http://{addr}/scheduler/jobs)");
+                println!(
+                    "  try:           KEEL_TOKEN_FILE={file} keel execute --master http://{addr} --name hello --command 'echo hello'"
+                );
+            } else {
+                println!("  auth is OFF (--insecure-no-auth)");
+            }
             server.await??;
             agent.await??;
         }

@@ -149,7 +149,7 @@ async fn dependencies_concurrency_retries_and_timeouts() {
     let t = read_trail();
     assert_eq!(t, "parent\nchild\ngrandchild\nparent\nchild\ngrandchild\n");
     let csv = wait_for("the chain to be idle", LONG, || async {
-        let csv = reqwest::get(format!("{}/scheduler/graph/csv", chronos.url)).await.ok()?.text().await.ok()?;
+        let csv = get(&format!("{}/scheduler/graph/csv", chronos.url), &chronos.token).await.ok()?.text().await.ok()?;
         csv.contains("node,grandchild,success,idle\n").then_some(csv)
     })
     .await;
@@ -369,7 +369,7 @@ async fn a_run_on_an_agent_unreachable_for_a_minute_fails_and_its_task_is_killed
     let clock = ManualClock::new(chrono::Utc::now());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let chronos =
-        scheduler::start(&master.url(), jobs.clone(), Clock::Manual(clock.clone()), shutdown.clone()).await.unwrap();
+        scheduler::start(master.target(), jobs.clone(), Clock::Manual(clock.clone()), shutdown.clone()).await.unwrap();
     let id = JobId::parse("stranded").unwrap();
     let mut job = Job::new(id.clone());
     job.run.cmd = Some("echo $$ > pid; exec sleep 300".into());

@@ -57,7 +57,7 @@ async fn tasks_run_as_processes_and_report_exit_codes_logs_and_kills() {
         let state = master.state().await;
         assert_eq!(state["agents"][0]["attributes"]["rack"], "r1");
         assert_eq!(state["frameworks"][0]["name"], "test");
-        let metrics = reqwest::get(format!("{}/metrics", master.url())).await.unwrap().text().await.unwrap();
+        let metrics = get(&format!("{}/metrics", master.url()), &master.token).await.unwrap().text().await.unwrap();
         assert!(metrics.contains("keel_master_tasks_launched_total 5"), "{metrics}");
     }
 }
@@ -172,8 +172,12 @@ async fn a_framework_past_its_failover_timeout_is_torn_down() {
     let mut info = keel_core::api::FrameworkInfo::new("again");
     info.failover_timeout = Duration::from_secs(1);
     let token = tokio_util::sync::CancellationToken::new();
-    let (_h, mut events) =
-        keel_core::scheduler::start(&master.url(), info, Some(keel_core::ids::FrameworkId::parse(id).unwrap()), token);
+    let (_h, mut events) = keel_core::scheduler::start(
+        master.target(),
+        info,
+        Some(keel_core::ids::FrameworkId::parse(id).unwrap()),
+        token,
+    );
     match tokio::time::timeout(LONG, events.recv()).await.unwrap().unwrap() {
         keel_core::scheduler::DriverEvent::Stopped(reason) => assert!(reason.contains("torn down"), "{reason}"),
         other => panic!("expected the subscription to be refused, got {other:?}"),
@@ -208,7 +212,9 @@ async fn bad_calls_get_clear_errors_and_harm_nothing() {
 
     // Raw gRPC: a stream that does not start with SUBSCRIBE, or subscribes without a name, is refused.
     use keel_core::proto;
-    let mut client = proto::scheduler_client::SchedulerClient::connect(master.url()).await.unwrap();
+    let target = master.target();
+    let channel = target.connect().await.unwrap();
+    let mut client = proto::scheduler_client::SchedulerClient::with_interceptor(channel.clone(), target.credential());
     let not_subscribe = proto::Call { r#type: proto::call::Type::Revive.into(), ..Default::default() };
     let err = client.subscribe(futures::stream::iter(vec![not_subscribe])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -217,7 +223,7 @@ async fn bad_calls_get_clear_errors_and_harm_nothing() {
     let err = client.subscribe(futures::stream::iter(vec![nameless])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("framework name"), "{}", err.message());
-    let mut agents = proto::agent_service_client::AgentServiceClient::connect(master.url()).await.unwrap();
+    let mut agents = proto::agent_service_client::AgentServiceClient::with_interceptor(channel, target.credential());
     let heartbeat =
         proto::AgentMessage { kind: Some(proto::agent_message::Kind::Heartbeat(proto::agent_message::Heartbeat {})) };
     let err = agents.attach(futures::stream::iter(vec![heartbeat])).await.unwrap_err();
@@ -306,7 +312,7 @@ async fn keel_execute_exits_with_the_task_exit_code() {
     let url = master.url();
     let execute = |args: Vec<&str>| {
         let mut cmd = std::process::Command::new(KEEL);
-        cmd.arg("execute").arg("--master").arg(&url).args(args);
+        cmd.arg("execute").arg("--master").arg(&url).env("KEEL_TOKEN", &master.token).args(args);
         cmd.output().unwrap()
     };
     let ok = execute(vec!["--name", "hello", "--command", "echo hello"]);
@@ -409,7 +415,7 @@ async fn a_framework_that_comes_back_within_its_failover_timeout_keeps_its_tasks
     info.failover_timeout = Duration::from_secs(30);
     let token = tokio_util::sync::CancellationToken::new();
     let (handle, mut events) = keel_core::scheduler::start(
-        &master.url(),
+        master.target(),
         info,
         Some(keel_core::ids::FrameworkId::parse(&id).unwrap()),
         token.clone(),

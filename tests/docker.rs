@@ -202,6 +202,7 @@ async fn keel_execute_runs_docker_images() {
     let dir = tempfile::tempdir().unwrap();
     let (master, _agent) = cluster(dir.path(), "cpus:1;mem:256").await;
     let out = std::process::Command::new(KEEL)
+        .env("KEEL_TOKEN", &master.token)
         .args([
             "execute",
             "--master",

@@ -202,7 +202,7 @@ async fn waiting_apps_say_why_events_stream_and_unhealthy_tasks_are_replaced() {
 
     let wanted = ["status_update_event", "deployment_info", "deployment_step_success", "deployment_success"];
     let query: Vec<String> = wanted.iter().map(|w| format!("event_type={w}")).collect();
-    let mut events = reqwest::get(format!("{}/v2/events?{}", marathon.url, query.join("&"))).await.unwrap();
+    let mut events = get(&format!("{}/v2/events?{}", marathon.url, query.join("&")), &marathon.token).await.unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
 
     // A constraint no agent meets: the app waits, and the queue says why.
@@ -370,7 +370,8 @@ async fn rolling_upgrades_keep_capacity_and_failing_deployments_roll_back() {
 
     // A version that never becomes healthy: the deployment fails after its timeout and is rolled back, and
     // the v2 instances serve throughout.
-    let mut events = reqwest::get(format!("{}/v2/events?event_type=deployment_failed", marathon.url)).await.unwrap();
+    let mut events =
+        get(&format!("{}/v2/events?event_type=deployment_failed", marathon.url), &marathon.token).await.unwrap();
     let mut broken = v2.clone();
     broken["cmd"] = json!("exit 1");
     let (status, _) = marathon.send(Method::PUT, "/v2/apps/svc", Some(broken)).await;

@@ -13,8 +13,20 @@ use serde_json::{Value, json};
 /// timed assertion would measure the CI machine's load).
 const LONG: Duration = Duration::from_secs(40);
 
-async fn send(base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("{base}{path}"));
+/// Where a REST API is, and the token to present to it.
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn of(f: &FrameworkProc) -> Api {
+        Api { base: f.url.clone(), token: f.token.clone() }
+    }
+}
+
+async fn send(api: &Api, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("{}{path}", api.base)).bearer_auth(&api.token);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -38,7 +50,7 @@ fn apps() -> [Value; 2] {
 }
 
 /// The ids of every app's tasks once all run (and are healthy where checked); `None` until then.
-async fn converged(marathon: &str) -> Option<Vec<String>> {
+async fn converged(marathon: &Api) -> Option<Vec<String>> {
     let (status, body) = send(marathon, reqwest::Method::GET, "/v2/apps?embed=apps.tasks", None).await;
     if status != 200 {
         return None;
@@ -59,13 +71,13 @@ async fn converged(marathon: &str) -> Option<Vec<String>> {
 }
 
 /// The id and status of the job's one run, if it is active.
-async fn active_run(chronos: &str) -> Option<String> {
+async fn active_run(chronos: &Api) -> Option<String> {
     let (_, runs) = send(chronos, reqwest::Method::GET, "/v1/jobs/long/runs", None).await;
     let run = runs.as_array()?.first()?;
     (run["status"] == "ACTIVE").then(|| run["id"].as_str().unwrap_or_default().to_owned())
 }
 
-async fn set_up(marathon: &str, chronos: &str) -> (Vec<String>, String) {
+async fn set_up(marathon: &Api, chronos: &Api) -> (Vec<String>, String) {
     for app in apps() {
         assert_eq!(send(marathon, reqwest::Method::POST, "/v2/apps", Some(app)).await.0, 201);
     }
@@ -78,7 +90,7 @@ async fn set_up(marathon: &str, chronos: &str) -> (Vec<String>, String) {
 }
 
 /// Waits for the same tasks and the same run to be seen again, and says how long that took.
-async fn after_restart(marathon: &str, chronos: &str, tasks: &[String], run: &str, restarted: Instant) {
+async fn after_restart(marathon: &Api, chronos: &Api, tasks: &[String], run: &str, restarted: Instant) {
     let seen = wait_for("the apps to be seen running and healthy again", LONG, || converged(marathon)).await;
     let took = restarted.elapsed();
     assert_eq!(seen, tasks, "the same tasks: none relaunched, none killed");
@@ -109,21 +121,28 @@ async fn keel_dev_killed_and_restarted_shows_every_task_running_again() {
     let start = |n: usize| {
         let proc = Proc::spawn(&args, dir.path().join(format!("dev-{n}.log")));
         let base = base.clone();
+        let token_file = data.join("admin.token");
         async move {
-            wait_for("keel dev to be healthy", LONG, || async {
-                (send(&base, reqwest::Method::GET, "/health", None).await.0 == 200).then_some(())
+            let token = wait_for("keel dev's admin token", LONG, || async {
+                std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_owned())
             })
             .await;
-            proc
+            let api = Api { base, token };
+            wait_for("keel dev to be healthy", LONG, || async {
+                (send(&api, reqwest::Method::GET, "/health", None).await.0 == 200).then_some(())
+            })
+            .await;
+            (proc, api)
         }
     };
-    let mut dev = start(0).await;
-    let (tasks, run) = set_up(&base, &base).await;
+    let (mut dev, api) = start(0).await;
+    let (tasks, run) = set_up(&api, &api).await;
 
     dev.kill();
     let restarted = Instant::now();
-    let _dev = start(1).await;
-    after_restart(&base, &base, &tasks, &run, restarted).await;
+    let (_dev, api_after) = start(1).await;
+    assert_eq!(api_after.token, api.token, "keel dev keeps its admin token across restarts");
+    after_restart(&api_after, &api_after, &tasks, &run, restarted).await;
 }
 
 #[tokio::test]
@@ -137,7 +156,7 @@ async fn a_master_and_its_frameworks_restarted_together_show_every_task_running_
     let cdb = format!("sqlite:{}", dir.path().join("chronos.db").display());
     let mut marathon = FrameworkProc::start("marathon", &master, &mdb, &[], dir.path().join("marathon.log")).await;
     let mut chronos = FrameworkProc::start("chronos", &master, &cdb, &[], dir.path().join("chronos.log")).await;
-    let (tasks, run) = set_up(&marathon.url, &chronos.url).await;
+    let (tasks, run) = set_up(&Api::of(&marathon), &Api::of(&chronos)).await;
 
     // As when the control node reboots: all three die at once and come back.
     marathon.kill();
@@ -147,5 +166,5 @@ async fn a_master_and_its_frameworks_restarted_together_show_every_task_running_
     let (marathon_restart, chronos_restart) =
         tokio::join!(marathon.restart_after(Duration::ZERO), chronos.restart_after(Duration::ZERO));
     let ((), ()) = (marathon_restart, chronos_restart);
-    after_restart(&marathon.url, &chronos.url, &tasks, &run, restarted).await;
+    after_restart(&Api::of(&marathon), &Api::of(&chronos), &tasks, &run, restarted).await;
 }

@@ -346,8 +346,8 @@ struct Chronos {
     store: JobStore,
     driver: SchedulerHandle,
     clock: Clock,
-    /// The master's HTTP address, for reading the tails of task output.
-    master: String,
+    /// The master's HTTP address and credential, for reading the tails of task output.
+    master: keel_core::client::Target,
     http: reqwest::Client,
     /// Bounds the reads of output tails in flight, so that a burst of finished runs does not flood the master.
     tail_reads: std::sync::Arc<tokio::sync::Semaphore>,
@@ -407,7 +407,7 @@ struct Chronos {
 
 /// Starts the cron jobs framework against `master`. It runs until `shutdown`.
 pub async fn start(
-    master: &str,
+    master: impl Into<keel_core::client::Target>,
     store: JobStore,
     clock: Clock,
     shutdown: CancellationToken,
@@ -415,14 +415,15 @@ pub async fn start(
     let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
     let mut info = FrameworkInfo::new("chronos");
     info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
-    let (driver, events) = scheduler::start(master, info, framework_id, shutdown.clone());
+    let master: keel_core::client::Target = master.into();
+    let (driver, events) = scheduler::start(&master, info, framework_id, shutdown.clone());
     let (tx, rx) = mpsc::channel(1024);
     let now = clock.now();
     let mut c = Chronos {
         store: store.clone(),
         driver,
         clock,
-        master: keel_core::agent::normalize_url(master),
+        master: master.clone(),
         http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
         tail_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(8)),
         me: tx.clone(),
@@ -1519,10 +1520,13 @@ impl Chronos {
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire().await else { return };
             let read = |file: &'static str| {
-                let url = format!("{master}/master/tasks/{task}/files/{file}?length={TAIL_BYTES}");
-                let http = http.clone();
+                let url = format!("{}/master/tasks/{task}/files/{file}?length={TAIL_BYTES}", master.url);
+                let mut req = http.get(url);
+                if let Some(t) = &master.token {
+                    req = req.bearer_auth(t);
+                }
                 async move {
-                    let resp = http.get(url).send().await.ok()?.error_for_status().ok()?;
+                    let resp = req.send().await.ok()?.error_for_status().ok()?;
                     let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
                     body["data"].as_str().map(str::to_owned)
                 }

@@ -4,7 +4,11 @@
 pub mod agent;
 pub mod allocator;
 pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod client;
 pub mod convert;
+pub mod gate;
 pub mod health;
 pub mod ids;
 pub mod json;

@@ -77,7 +77,7 @@ impl SchedulerHandle {
 
 /// Starts a driver for a framework; `framework_id` re-subscribes an existing one.
 pub fn start(
-    master: &str,
+    master: impl Into<crate::client::Target>,
     info: FrameworkInfo,
     framework_id: Option<FrameworkId>,
     shutdown: CancellationToken,
@@ -88,12 +88,12 @@ pub fn start(
         stopping: Arc::default(),
     };
     let (events, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
-    tokio::spawn(drive(crate::agent::normalize_url(master), info, handle.clone(), events, shutdown));
+    tokio::spawn(drive(master.into(), info, handle.clone(), events, shutdown));
     (handle, rx)
 }
 
 async fn drive(
-    master: String,
+    master: crate::client::Target,
     info: FrameworkInfo,
     handle: SchedulerHandle,
     events: mpsc::Sender<DriverEvent>,
@@ -141,15 +141,15 @@ enum Outcome {
 }
 
 async fn subscribe_once(
-    master: &str,
+    master: &crate::client::Target,
     info: &FrameworkInfo,
     handle: &SchedulerHandle,
     events: &mpsc::Sender<DriverEvent>,
 ) -> Outcome {
     let broken = |reason: String| Outcome::Broken { reason, was_subscribed: false };
-    let mut client = match SchedulerClient::connect(master.to_owned()).await {
-        Ok(c) => c.max_decoding_message_size(64 << 20),
-        Err(e) => return broken(format!("cannot connect to {master}: {e}")),
+    let mut client = match master.connect().await {
+        Ok(c) => SchedulerClient::with_interceptor(c, master.credential()).max_decoding_message_size(64 << 20),
+        Err(e) => return broken(format!("cannot connect to {}: {e}", master.url)),
     };
     let (tx, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
     let fid = handle.framework_id();
@@ -161,7 +161,10 @@ async fn subscribe_once(
         Err(status)
             if matches!(
                 status.code(),
-                tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                tonic::Code::FailedPrecondition
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
             ) =>
         {
             return Outcome::Fatal(status.message().to_owned());

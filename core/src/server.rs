@@ -29,10 +29,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::master::grpc::{AgentService, SchedulerService};
+use crate::gate;
+use crate::master::grpc::{AgentService, Authenticate, SchedulerService};
 use crate::master::{MasterHandle, http};
 use crate::proto::agent_service_server::AgentServiceServer;
 use crate::proto::scheduler_server::SchedulerServer;
+use tonic::service::interceptor::InterceptedService;
 
 /// How long open streams get to finish after shutdown is asked for before connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -93,14 +95,24 @@ pub fn router(master: MasterHandle, extra: Router) -> Router {
 }
 
 /// [`router`], with the operator API's `extras` and the request time limit of `limits` on the REST routes.
+///
+/// Every route is behind `extras.gate`: REST requests pass [`gate::protect`], and gRPC streams present
+/// their credential as they open ([`Authenticate`]).
 pub fn router_with(master: MasterHandle, extra: Router, extras: http::Extras, limits: Limits) -> Router {
-    let grpc = tonic::service::Routes::new(
-        SchedulerServer::new(SchedulerService::new(master.clone())).max_decoding_message_size(64 << 20),
-    )
-    .add_service(AgentServiceServer::new(AgentService::new(master.clone())).max_decoding_message_size(64 << 20))
-    .into_axum_router();
-    let rest = http::router_with(master, extras).merge(extra);
-    rest_limits(rest, limits).merge(grpc).fallback(http::not_found)
+    let gate = extras.gate.clone();
+    let authenticate = Authenticate(gate.auth.clone());
+    let scheduler = SchedulerServer::new(SchedulerService::with_auth(master.clone(), &gate.auth, gate.audit.clone()))
+        .max_decoding_message_size(64 << 20);
+    let agents = AgentServiceServer::new(AgentService::with_auth(master.clone(), &gate.auth, gate.audit.clone()))
+        .max_decoding_message_size(64 << 20);
+    let grpc = tonic::service::Routes::new(InterceptedService::new(scheduler, authenticate.clone()))
+        .add_service(InterceptedService::new(agents, authenticate))
+        .into_axum_router();
+    let rest = http::router_with(master, extras)
+        .merge(extra)
+        .merge(gate::routes(gate.clone()))
+        .merge(gate::login_routes(gate.clone()));
+    rest_limits(gate::protect(rest, gate), limits).merge(grpc).fallback(http::not_found)
 }
 
 /// Puts the REST limits on `router`: a body must arrive whole within [`Limits::request`] (408 otherwise)

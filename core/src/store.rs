@@ -44,6 +44,8 @@ pub enum StoreError {
     },
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<IdError> for StoreError {
@@ -82,6 +84,8 @@ pub struct AgentRecord {
     pub resources: Resources,
     pub attributes: Vec<(String, String)>,
     pub registered_at: i64,
+    /// The principal that first registered this id; only it may register it again.
+    pub principal: Option<String>,
 }
 
 /// A framework, as the master remembers it.
@@ -95,6 +99,32 @@ pub struct FrameworkRecord {
     pub registered_at: i64,
     /// When it was torn down; a removed framework cannot subscribe again.
     pub removed_at: Option<i64>,
+    /// The principal that created this id; only it may subscribe with it.
+    pub principal: Option<String>,
+}
+
+/// A token as the store keeps it: never the token itself, only its hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: crate::auth::Role,
+    pub framework_roles: Vec<String>,
+    pub hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// One audited write.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct AuditRecord {
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    pub principal: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub status: i64,
 }
 
 /// A handle on the database; cheap to clone.
@@ -168,15 +198,17 @@ impl Store {
     pub async fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
         let attributes = a.attributes.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";");
         sqlx::query(
-            "INSERT INTO agents (id, hostname, resources, attributes, registered_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO agents (id, hostname, resources, attributes, registered_at, principal) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, resources = excluded.resources, \
-             attributes = excluded.attributes",
+             attributes = excluded.attributes, principal = COALESCE(agents.principal, excluded.principal)",
         )
         .bind(a.id.as_str())
         .bind(&a.hostname)
         .bind(a.resources.to_string())
         .bind(attributes)
         .bind(a.registered_at)
+        .bind(a.principal.as_deref())
         .execute(&self.pool)
         .await
         .map_err(query_err("put agent"))?;
@@ -184,10 +216,11 @@ impl Store {
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, hostname, resources, attributes, registered_at FROM agents ORDER BY id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err("list agents"))?;
+        let rows =
+            sqlx::query("SELECT id, hostname, resources, attributes, registered_at, principal FROM agents ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err("list agents"))?;
         rows.iter()
             .map(|r| {
                 let get = |i| r.try_get::<String, _>(i).map_err(|e| StoreError::Corrupt(e.to_string()));
@@ -197,6 +230,7 @@ impl Store {
                     resources: get(2)?.parse()?,
                     attributes: parse_attributes(&get(3)?)?,
                     registered_at: r.try_get(4).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    principal: r.try_get(5).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 })
             })
             .collect()
@@ -213,11 +247,12 @@ impl Store {
 
     pub async fn put_framework(&self, f: &FrameworkRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO frameworks (id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO frameworks \
+             (id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at, principal) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, \
              failover_timeout_seconds = excluded.failover_timeout_seconds, webui_url = excluded.webui_url, \
-             removed_at = excluded.removed_at",
+             removed_at = excluded.removed_at, principal = COALESCE(frameworks.principal, excluded.principal)",
         )
         .bind(f.id.as_str())
         .bind(&f.name)
@@ -226,6 +261,7 @@ impl Store {
         .bind(&f.webui_url)
         .bind(f.registered_at)
         .bind(f.removed_at)
+        .bind(f.principal.as_deref())
         .execute(&self.pool)
         .await
         .map_err(query_err("put framework"))?;
@@ -235,7 +271,7 @@ impl Store {
     /// Every framework ever registered, removed ones included.
     pub async fn frameworks(&self) -> Result<Vec<FrameworkRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at \
+            "SELECT id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at, principal \
              FROM frameworks ORDER BY registered_at, id",
         )
         .fetch_all(&self.pool)
@@ -252,6 +288,7 @@ impl Store {
                     webui_url: r.try_get(4).map_err(c)?,
                     registered_at: r.try_get(5).map_err(c)?,
                     removed_at: r.try_get(6).map_err(c)?,
+                    principal: r.try_get(7).map_err(c)?,
                 })
             })
             .collect()
@@ -266,6 +303,133 @@ impl Store {
             .await
             .map_err(query_err("remove framework"))?;
         Ok(())
+    }
+
+    /// Stores a new token's record; fails when an active token already has its name.
+    pub async fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        let taken: Option<String> = sqlx::query_scalar("SELECT id FROM tokens WHERE name = $1 AND revoked_at IS NULL")
+            .bind(&t.name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err("look up token name"))?;
+        if let Some(id) = taken {
+            return Err(StoreError::Conflict(format!("an active token named '{}' exists ({id})", t.name)));
+        }
+        sqlx::query(
+            "INSERT INTO tokens (id, name, role, framework_roles, hash, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(t.role.as_str())
+        .bind(t.framework_roles.join(","))
+        .bind(&t.hash)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("create token"))?;
+        Ok(())
+    }
+
+    /// Every token record, revoked ones included, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.select_tokens(
+            "SELECT id, name, role, framework_roles, hash, created_at, revoked_at FROM tokens \
+             ORDER BY created_at, id",
+        )
+        .await
+    }
+
+    /// The tokens that work.
+    pub async fn active_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.select_tokens(
+            "SELECT id, name, role, framework_roles, hash, created_at, revoked_at FROM tokens \
+             WHERE revoked_at IS NULL",
+        )
+        .await
+    }
+
+    async fn select_tokens(&self, sql: &'static str) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await.map_err(query_err("list tokens"))?;
+        rows.iter()
+            .map(|r| {
+                let c = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+                let roles: String = r.try_get(3).map_err(c)?;
+                Ok(TokenRecord {
+                    id: r.try_get(0).map_err(c)?,
+                    name: r.try_get(1).map_err(c)?,
+                    role: r.try_get::<String, _>(2).map_err(c)?.parse().map_err(StoreError::Corrupt)?,
+                    framework_roles: roles.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                    hash: r.try_get(4).map_err(c)?,
+                    created_at: r.try_get(5).map_err(c)?,
+                    revoked_at: r.try_get(6).map_err(c)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes the active token with this id or name; returns its id, or `None` if there was none.
+    pub async fn revoke_token(&self, id_or_name: &str, at: i64) -> Result<Option<String>, StoreError> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM tokens WHERE (id = $1 OR name = $1) AND revoked_at IS NULL")
+                .bind(id_or_name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err("look up token"))?;
+        let Some(id) = id else { return Ok(None) };
+        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("revoke token"))?;
+        Ok(Some(id))
+    }
+
+    /// Appends audit records.
+    pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(query_err("begin audit"))?;
+        for a in records {
+            sqlx::query(
+                "INSERT INTO audit (at, principal, action, target, outcome, status) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(a.at)
+            .bind(&a.principal)
+            .bind(&a.action)
+            .bind(&a.target)
+            .bind(&a.outcome)
+            .bind(a.status)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err("append audit"))?;
+        }
+        tx.commit().await.map_err(query_err("commit audit"))
+    }
+
+    /// The newest audit records first, at most `limit`, older than `before` (milliseconds) if given.
+    pub async fn audit(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, principal, action, target, outcome, status FROM audit WHERE at < $1 \
+             ORDER BY at DESC, id DESC LIMIT $2",
+        )
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("read audit"))?;
+        rows.iter()
+            .map(|r| {
+                let c = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+                Ok(AuditRecord {
+                    at: r.try_get(0).map_err(c)?,
+                    principal: r.try_get(1).map_err(c)?,
+                    action: r.try_get(2).map_err(c)?,
+                    target: r.try_get(3).map_err(c)?,
+                    outcome: r.try_get(4).map_err(c)?,
+                    status: r.try_get(5).map_err(c)?,
+                })
+            })
+            .collect()
     }
 
     pub async fn close(&self) {

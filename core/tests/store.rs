@@ -22,6 +22,7 @@ fn agent(id: &str) -> AgentRecord {
         resources: "cpus:4;mem:1024;disk:10;ports:[31000-31010]".parse().unwrap(),
         attributes: vec![("rack".into(), "r1".into()), ("zone".into(), "a".into())],
         registered_at: 1_700_000_000_000,
+        principal: Some("agent-1".into()),
     }
 }
 
@@ -34,6 +35,7 @@ fn framework(id: &str) -> FrameworkRecord {
         webui_url: "http://x".into(),
         registered_at: 1_700_000_000_001,
         removed_at: None,
+        principal: Some("fw-1".into()),
     }
 }
 
@@ -105,5 +107,61 @@ async fn bad_urls_and_corrupt_rows_are_errors_not_panics() {
         let err = store.agents().await.unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{:?}: {err}", store.backend());
         assert!(store.backend() == Backend::Sqlite || store.backend() == Backend::Postgres);
+    }
+}
+
+/// Tokens: one active per name; revoking frees the name; only hashes are stored. The first principal of an
+/// agent or framework id stays its owner.
+#[tokio::test]
+async fn tokens_audit_and_owners() {
+    use keel_core::auth::Role;
+    use keel_core::store::{AuditRecord, TokenRecord};
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        let token = |id: &str, name: &str| TokenRecord {
+            id: id.into(),
+            name: name.into(),
+            role: Role::Framework,
+            framework_roles: vec!["a".into(), "b".into()],
+            hash: format!("hash-{id}"),
+            created_at: 1,
+            revoked_at: None,
+        };
+        store.create_token(&token("t1", "ops")).await.unwrap();
+        assert!(store.create_token(&token("t2", "ops")).await.is_err(), "{backend:?}: two active 'ops'");
+        assert_eq!(store.active_tokens().await.unwrap(), vec![token("t1", "ops")], "{backend:?}");
+        assert_eq!(store.revoke_token("ops", 5).await.unwrap().as_deref(), Some("t1"));
+        assert_eq!(store.revoke_token("ops", 6).await.unwrap(), None);
+        assert!(store.active_tokens().await.unwrap().is_empty());
+        store.create_token(&token("t2", "ops")).await.unwrap();
+        let all = store.tokens().await.unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].revoked_at, Some(5));
+
+        let rec = |at: i64| AuditRecord {
+            at,
+            principal: "ops".into(),
+            action: "POST /v2/apps".into(),
+            target: "/v2/apps".into(),
+            outcome: "ok".into(),
+            status: 201,
+        };
+        store.append_audit(&[rec(1), rec(2), rec(3)]).await.unwrap();
+        let newest = store.audit(2, None).await.unwrap();
+        assert_eq!(newest.iter().map(|r| r.at).collect::<Vec<_>>(), [3, 2], "{backend:?}");
+        assert_eq!(store.audit(10, Some(2)).await.unwrap(), vec![rec(1)]);
+
+        let mut a = agent("owned");
+        store.put_agent(&a).await.unwrap();
+        a.principal = Some("rogue".into());
+        store.put_agent(&a).await.unwrap();
+        let stored = store.agents().await.unwrap().into_iter().find(|r| r.id.as_str() == "owned").unwrap();
+        assert_eq!(stored.principal.as_deref(), Some("agent-1"), "{backend:?}: the owner changed");
+        let mut f = framework("owned-fw");
+        store.put_framework(&f).await.unwrap();
+        f.principal = Some("rogue".into());
+        store.put_framework(&f).await.unwrap();
+        let stored = store.frameworks().await.unwrap().into_iter().find(|r| r.id.as_str() == "owned-fw").unwrap();
+        assert_eq!(stored.principal.as_deref(), Some("fw-1"));
     }
 }

@@ -471,7 +471,7 @@ pub const DEFAULT_DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
 pub async fn start(
-    master: &str,
+    master: impl Into<keel_core::client::Target>,
     store: AppStore,
     shutdown: CancellationToken,
 ) -> Result<MarathonHandle, crate::store::AppStoreError> {
@@ -480,7 +480,7 @@ pub async fn start(
 
 /// [`start`], with the deployment timeout given.
 pub async fn start_with(
-    master: &str,
+    master: impl Into<keel_core::client::Target>,
     store: AppStore,
     deployment_timeout: Duration,
     shutdown: CancellationToken,

@@ -46,8 +46,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `keel ARGS…` with its log in `log`.
     pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        Self::spawn_as(args, log, None)
+    }
+
+    /// Starts `keel ARGS…` presenting `token` (`KEEL_TOKEN`).
+    pub fn spawn_as(args: &[&str], log: PathBuf, token: Option<&str>) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(KEEL)
+        let mut command = Command::new(KEEL);
+        if let Some(t) = token {
+            command.env("KEEL_TOKEN", t);
+        }
+        let child = command
             .args(args)
             .env("KEEL_LOG", "info,keel_core=debug")
             .stdin(Stdio::null())
@@ -89,7 +98,30 @@ pub struct Master {
     pub port: u16,
     pub db_url: String,
     pub agent_timeout: String,
+    /// An admin token in the master's store, which the harness presents everywhere.
+    pub token: String,
     dir: PathBuf,
+}
+
+/// Creates a token in the store at `db_url` with `keel token create`; returns it.
+pub fn create_token(db_url: &str, role: &str, name: &str, extra: &[&str]) -> String {
+    let out = Command::new(KEEL)
+        .args(["token", "create", "--database-url", db_url, "--role", role, "--name", name])
+        .args(extra)
+        .output()
+        .expect("run keel token create");
+    assert!(out.status.success(), "keel token create failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `req` with `token` as a bearer token.
+pub fn authed(req: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    req.bearer_auth(token)
+}
+
+/// GET `url` presenting `token`.
+pub async fn get(url: &str, token: &str) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new().get(url).bearer_auth(token).send().await
 }
 
 impl Master {
@@ -103,12 +135,31 @@ impl Master {
 
     /// Starts a master with extra command-line arguments.
     pub async fn start_with(dir: &Path, port: u16, db_url: &str, agent_timeout: &str, extra: &[&str]) -> Master {
+        let token = create_token(db_url, "admin", &format!("test-admin-{}", uuid::Uuid::new_v4().simple()), &[]);
+        Self::start_with_token(dir, port, db_url, agent_timeout, extra, token).await
+    }
+
+    async fn start_with_token(
+        dir: &Path,
+        port: u16,
+        db_url: &str,
+        agent_timeout: &str,
+        extra: &[&str],
+        token: String,
+    ) -> Master {
         let listen = format!("127.0.0.1:{port}");
         let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
         let mut args = vec!["master", "--listen", &listen, "--database-url", db_url, "--agent-timeout", agent_timeout];
         args.extend_from_slice(extra);
         let proc = Proc::spawn(&args, dir.join(format!("master-{n}.log")));
-        let m = Master { proc, port, db_url: db_url.into(), agent_timeout: agent_timeout.into(), dir: dir.to_owned() };
+        let m = Master {
+            proc,
+            port,
+            db_url: db_url.into(),
+            agent_timeout: agent_timeout.into(),
+            token,
+            dir: dir.to_owned(),
+        };
         wait_for("master to serve /health", Duration::from_secs(20), || async { m.get("/health").await.ok() }).await;
         m
     }
@@ -116,15 +167,21 @@ impl Master {
     /// Kills the master and starts a new one on the same port and store.
     pub async fn restart(&mut self) {
         self.proc.kill();
-        *self = Master::start_on(&self.dir, self.port, &self.db_url.clone(), &self.agent_timeout.clone()).await;
+        let (db, timeout, token) = (self.db_url.clone(), self.agent_timeout.clone(), self.token.clone());
+        *self = Master::start_with_token(&self.dir, self.port, &db, &timeout, &[], token).await;
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The master's address with the harness's admin token, for in-process drivers.
+    pub fn target(&self) -> keel_core::client::Target {
+        keel_core::client::Target::new(self.url(), Some(self.token.clone()))
+    }
+
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
-        let resp = reqwest::get(format!("{}{path}", self.url())).await.map_err(|e| e.to_string())?;
+        let resp = get(&format!("{}{path}", self.url()), &self.token).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
@@ -140,6 +197,7 @@ impl Master {
 pub struct Agent {
     pub proc: Proc,
     pub work_dir: PathBuf,
+    token: String,
     master: String,
     resources: String,
     extra: Vec<String>,
@@ -152,21 +210,28 @@ impl Agent {
 
     /// Starts an agent with extra command-line arguments.
     pub async fn start_with(master: &Master, work_dir: &Path, resources: &str, extra: &[&str]) -> Agent {
-        let mut a = Self::spawn(&master.url(), work_dir, resources, extra);
+        let mut a = Self::spawn(&master.url(), &master.token, work_dir, resources, extra);
         a.extra = extra.iter().map(|s| s.to_string()).collect();
         a.wait_registered(master).await;
         a
     }
 
-    fn spawn(master: &str, work_dir: &Path, resources: &str, extra: &[&str]) -> Agent {
+    fn spawn(master: &str, token: &str, work_dir: &Path, resources: &str, extra: &[&str]) -> Agent {
         std::fs::create_dir_all(work_dir).unwrap();
         let n = std::fs::read_dir(work_dir.parent().unwrap()).map(|d| d.count()).unwrap_or(0);
         let log = work_dir.parent().unwrap().join(format!("agent-{n}.log"));
         let mut args = vec!["agent", "--master", master, "--work-dir", work_dir.to_str().unwrap()];
         args.extend(["--resources", resources, "--attributes", "rack:r1"]);
         args.extend_from_slice(extra);
-        let proc = Proc::spawn(&args, log);
-        Agent { proc, work_dir: work_dir.to_owned(), master: master.into(), resources: resources.into(), extra: vec![] }
+        let proc = Proc::spawn_as(&args, log, Some(token));
+        Agent {
+            proc,
+            work_dir: work_dir.to_owned(),
+            token: token.into(),
+            master: master.into(),
+            resources: resources.into(),
+            extra: vec![],
+        }
     }
 
     pub fn agent_id(&self) -> Option<String> {
@@ -187,7 +252,7 @@ impl Agent {
         self.proc.kill();
         let extra = self.extra.clone();
         let args: Vec<&str> = extra.iter().map(String::as_str).collect();
-        *self = Self::spawn(&self.master, &self.work_dir, &self.resources, &args);
+        *self = Self::spawn(&self.master, &self.token, &self.work_dir, &self.resources, &args);
         self.extra = extra;
         self.wait_registered(master).await;
     }
@@ -246,7 +311,7 @@ impl Framework {
         let mut info = FrameworkInfo::new(name);
         info.failover_timeout = failover;
         let shutdown = CancellationToken::new();
-        let (handle, events) = scheduler::start(&master.url(), info, None, shutdown.clone());
+        let (handle, events) = scheduler::start(master.target(), info, None, shutdown.clone());
         let mut f = Framework {
             handle,
             events,
@@ -445,6 +510,8 @@ pub struct FrameworkProc {
     port: u16,
     kind: &'static str,
     master: String,
+    /// The token it presents to the master, and the harness presents to it.
+    pub token: String,
     db: String,
     extra: Vec<String>,
     log: PathBuf,
@@ -454,19 +521,21 @@ impl FrameworkProc {
     /// Starts `keel KIND --master … --listen … --database-url DB EXTRA…` and waits for it to answer `/ping`.
     pub async fn start(kind: &'static str, master: &Master, db: &str, extra: &[&str], log: PathBuf) -> FrameworkProc {
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        Self::start_on(kind, free_port(), &master.url(), db, extra, log).await
+        Self::start_on(kind, free_port(), &master.url(), &master.token, db, extra, log).await
     }
 
     async fn start_on(
         kind: &'static str,
         port: u16,
         master: &str,
+        token: &str,
         db: &str,
         extra: Vec<String>,
         log: PathBuf,
     ) -> FrameworkProc {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(KEEL)
+            .env("KEEL_TOKEN", token)
             .args([kind, "--master", master, "--listen", &format!("127.0.0.1:{port}"), "--database-url", db])
             .args(&extra)
             .env("KEEL_LOG", format!("info,keel_{kind}=debug"))
@@ -476,7 +545,17 @@ impl FrameworkProc {
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
-        let f = FrameworkProc { child, url, port, kind, master: master.into(), db: db.into(), extra, log };
+        let f = FrameworkProc {
+            child,
+            url,
+            port,
+            kind,
+            master: master.into(),
+            token: token.into(),
+            db: db.into(),
+            extra,
+            log,
+        };
         wait_for(&format!("{kind} to answer /ping"), Duration::from_secs(40), || async {
             reqwest::get(format!("{}/ping", f.url)).await.ok().map(|_| ())
         })
@@ -496,7 +575,8 @@ impl FrameworkProc {
         tokio::time::sleep(down).await;
         let log = self.log.with_extension("2.log");
         let (master, db, extra) = (self.master.clone(), self.db.clone(), self.extra.clone());
-        *self = Self::start_on(self.kind, self.port, &master, &db, extra, log).await;
+        let token = self.token.clone();
+        *self = Self::start_on(self.kind, self.port, &master, &token, &db, extra, log).await;
     }
 
     /// Sends a request with an optional JSON body; answers the status and the JSON body (null if none).
@@ -506,7 +586,7 @@ impl FrameworkProc {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -3,6 +3,11 @@ clients from PyPI (pinned in requirements.txt; `.ci/compat` provisions them and 
 
 One `keel dev` serves every test: it is started once per session from KEEL_BIN (default: target/debug/keel
 under the repository root) on a free loopback port, with its own data directory and without Docker.
+
+Every API of `keel dev` needs a credential (only /health and /ping are public). On start it writes its admin
+token to DATA_DIR/admin.token (mode 0600, the token on the first line; its principal is `admin`), which the
+`keel` fixture reads into `Keel.token`. The clients present it the way each supports (see their fixtures); a
+raw `requests` call sends `keel.headers` (`Authorization: Bearer <token>`).
 """
 
 import collections
@@ -30,6 +35,8 @@ for _var in ("NO_PROXY", "no_proxy"):
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_TAIL_LINES = 200
 STARTUP_TIMEOUT = 90.0
+# The principal of the admin token `keel dev` makes; HTTP Basic credentials are this name and the token.
+ADMIN_USER = "admin"
 
 
 @dataclass
@@ -39,10 +46,22 @@ class Keel:
     port: int
     log_path: Path
     process: subprocess.Popen
+    data_dir: Path
+    token: str = ""  # the admin token from data_dir/admin.token, read once keel dev is healthy
 
     @property
     def hostport(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def user(self) -> str:
+        """The token's principal: the user name of HTTP Basic credentials (the password is the token)."""
+        return ADMIN_USER
+
+    @property
+    def headers(self) -> dict:
+        """What a raw `requests` call sends to authenticate."""
+        return {"Authorization": f"Bearer {self.token}"}
 
 
 def _free_port() -> int:
@@ -89,9 +108,10 @@ def keel(tmp_path_factory, request):
             cwd=workdir,
             env=env,
         )
-    instance = Keel(url=url, host=host, port=port, log_path=log_path, process=process)
+    instance = Keel(url=url, host=host, port=port, log_path=log_path, process=process, data_dir=data_dir)
     try:
         _wait_healthy(instance)
+        instance.token = _read_admin_token(instance)
         yield instance
     finally:
         process.terminate()
@@ -124,6 +144,27 @@ def _wait_healthy(instance: Keel) -> None:
     pytest.fail(f"keel dev not healthy within {STARTUP_TIMEOUT:.0f}s (last: {last}); log:\n{_tail(instance.log_path)}")
 
 
+def _read_admin_token(instance: Keel) -> str:
+    """The admin token `keel dev` wrote to DATA_DIR/admin.token (first line); fails when there is none."""
+    path = instance.data_dir / "admin.token"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        token = lines[0].strip() if lines else ""
+        if token:
+            break
+        if time.monotonic() >= deadline:
+            pytest.fail(f"keel dev is healthy but wrote no admin token to {path}; log:\n{_tail(instance.log_path)}")
+        time.sleep(0.2)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        pytest.fail(f"{path} has mode {mode:04o}: the admin token must be readable by its owner only (0600)")
+    return token
+
+
 def _print_log_tail(config, log_path: Path) -> None:
     text = f"last {LOG_TAIL_LINES} lines of {log_path}:\n{_tail(log_path)}\n"
     capman = config.pluginmanager.getplugin("capturemanager")
@@ -147,3 +188,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def base_url(keel) -> str:
     return keel.url
+
+
+@pytest.fixture(scope="session")
+def token(keel) -> str:
+    """keel dev's admin token."""
+    return keel.token

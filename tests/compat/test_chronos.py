@@ -4,10 +4,17 @@ Every test runs twice: with the client's default `scheduler_api_version='v1'` (p
 and with `scheduler_api_version=None` (the legacy /scheduler/... paths; `update` then uses PUT instead of POST,
 chronos/__init__.py:124-138). The client treats any status >= 400, and any empty answer that is not 204, as a
 failed server (chronos/__init__.py:214-243) and then raises ChronosAPIError('No remaining Chronos servers to try').
+
+Authentication: the client's only way to send a credential is `username`/`password`, which it gives to
+httplib2 with `add_credentials` (chronos/__init__.py:186-187). httplib2 sends them only after a 401 whose
+WWW-Authenticate offers a scheme it knows, so every call is a 401 challenge (Keel offers Basic first) and a
+retry with `Authorization: Basic admin:<token>`. A 401 makes `_check` raise UnauthorizedError
+(chronos/__init__.py:219-220), which `_call` counts as a failed server (it is a ChronosAPIError).
 """
 
 import pytest
 import chronos
+import httplib2
 
 from compat_util import unique, wait_until
 
@@ -16,9 +23,14 @@ TIMEOUT = 60.0
 LATER = "R/2099-01-01T00:00:00Z/PT24H"
 
 
+def connect(keel, **kwargs):
+    """A client with keel dev's admin credentials: user `admin`, password the token."""
+    return chronos.connect(keel.hostport, username=keel.user, password=keel.token, **kwargs)
+
+
 @pytest.fixture(params=["v1", None], ids=["v1-scheduler", "legacy-scheduler"])
 def chronos_client(request, keel):
-    return chronos.connect(keel.hostport, scheduler_api_version=request.param)
+    return connect(keel, scheduler_api_version=request.param)
 
 
 @pytest.fixture
@@ -26,7 +38,7 @@ def jobs(keel):
     """Names of the jobs a test made; deleted afterwards (children first), whatever the outcome."""
     made = []
     yield made
-    cleaner = chronos.connect(keel.hostport)
+    cleaner = connect(keel)
     for name in reversed(made):
         try:
             cleaner.delete_tasks(name)
@@ -190,7 +202,59 @@ def test_job_stat_of_missing_job_fails(chronos_client):
 def test_metrics(keel):
     # chronos/__init__.py:169-171: GET /metrics (never prefixed), no Accept header; Chronos answers its
     # Dropwizard metrics as JSON, which _check parses into a dict
-    metrics = chronos.connect(keel.hostport).metrics()
+    metrics = connect(keel).metrics()
     assert isinstance(metrics, dict), f"/metrics must answer JSON, got {str(metrics)[:200]!r}"
     for section in ("gauges", "counters", "histograms", "meters", "timers"):
         assert isinstance(metrics.get(section), dict), f"metrics lack the {section!r} object"
+
+
+@pytest.fixture
+def statuses(monkeypatch):
+    """The HTTP status of every answer the client checks, and what its _check made of it: a spy around
+    ChronosClient._check that changes nothing (the client itself hides a 401 behind 'No remaining Chronos
+    servers to try', chronos/__init__.py:207-212)."""
+    seen = []
+    check = chronos.ChronosClient._check
+
+    def spy(self, resp, content):
+        try:
+            payload = check(self, resp, content)
+        except Exception as e:
+            seen.append((resp.status, type(e)))
+            raise
+        seen.append((resp.status, None))
+        return payload
+
+    monkeypatch.setattr(chronos.ChronosClient, "_check", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "user,password",
+    [(None, None), ("admin", "keel_not-a-token"), ("someone-else", "TOKEN")],
+    ids=["none", "wrong-token", "wrong-user"],
+)
+def test_unauthenticated_calls_are_refused(keel, jobs, statuses, user, password):
+    # Without valid credentials the first call fails: the 401 raises the client's UnauthorizedError in _check,
+    # and the call ends with ChronosAPIError. With wrong credentials httplib2 answers the challenge once and
+    # gets a second 401 (and with the right token under another user name too: Basic must name its principal).
+    if password == "TOKEN":
+        password = keel.token
+    client = chronos.connect(keel.hostport, username=user, password=password)
+    with pytest.raises(chronos.ChronosAPIError, match="No remaining Chronos servers"):
+        client.list()
+    assert statuses == [(401, chronos.UnauthorizedError)]
+    statuses.clear()
+    name = unique("chr-refused")
+    jobs.append(name)
+    with pytest.raises(chronos.ChronosAPIError):
+        client.add(job_def(name))
+    assert statuses == [(401, chronos.UnauthorizedError)]
+
+
+def test_unauthenticated_challenge_offers_basic(keel):
+    # What httplib2 needs to send the client's credentials: a 401 that offers Basic
+    response, content = httplib2.Http().request(f"{keel.url}/v1/scheduler/jobs", "GET")
+    assert response.status == 401
+    assert "basic" in response.get("www-authenticate", "").lower(), dict(response)
+

@@ -3,6 +3,13 @@
 Every model is built with `cls(**json)` (marathon/models/base.py:43), so an unknown key in an answer fails the
 call with a TypeError; 404 raises NotFoundError, 409 ConflictError, other >= 400 MarathonHttpError
 (marathon/client.py:102-114).
+
+Authentication: Keel needs a credential on every API but /ping. The client has two ways to send one
+(client.py:25-62): `auth_token=T`, sent as `Authorization: token=T` (DC/OS's form) by _do_request
+(client.py:82-83), and `username`/`password`, handed to requests as HTTP Basic (`auth=self.auth`,
+client.py:91-93, 132-140). Most tests use auth_token. The event stream is the exception: _do_sse_request
+(client.py:124-150) sends only `auth=self.auth`, never the token, so an auth_token client cannot read
+/v2/events; the SSE tests use Basic credentials (user `admin`, password the token), which both paths send.
 """
 
 import datetime
@@ -15,7 +22,7 @@ import time
 import pytest
 import requests
 from marathon import MarathonClient, MarathonApp, NotFoundError
-from marathon.exceptions import ConflictError
+from marathon.exceptions import ConflictError, MarathonError, MarathonHttpError
 from marathon.models import MarathonDeployment, MarathonGroup, MarathonInfo, MarathonQueueItem, MarathonTask
 from marathon.models.app import (
     MarathonTaskFailure,
@@ -39,8 +46,9 @@ TIMEOUT = 60.0
 
 
 @pytest.fixture
-def marathon(base_url):
-    return MarathonClient(base_url, timeout=30)
+def marathon(base_url, token):
+    # client.py:82-83: Authorization: token=<token> on every request but the event stream
+    return MarathonClient(base_url, timeout=30, auth_token=token)
 
 
 @pytest.fixture
@@ -145,7 +153,9 @@ def test_get_info(marathon, keel, base_url):
     assert isinstance(info.version, str) and info.version
     assert info.elected is True
     assert info.leader == marathon.get_leader()["leader"]
-    frameworks = requests.get(f"{base_url}/master/state", timeout=10).json()["frameworks"]
+    state = requests.get(f"{base_url}/master/state", headers=keel.headers, timeout=10)
+    assert state.status_code == 200, f"GET /master/state answered {state.status_code}: {state.text[:200]}"
+    frameworks = state.json()["frameworks"]
     marathon_ids = [f["id"] for f in frameworks if f["name"] == "marathon"]
     assert info.framework_id in marathon_ids, f"frameworkId {info.framework_id!r} is not Marathon's {marathon_ids}"
     assert isinstance(info.http_config, MarathonHttpConfig)
@@ -164,6 +174,73 @@ def test_get_metrics(marathon, cleanup):
     for section in ("gauges", "counters", "histograms", "meters", "timers"):
         assert isinstance(metrics.get(section), dict), f"metrics lack the {section!r} object: {list(metrics)}"
     assert metrics["gauges"]["marathon.apps.active.gauge"]["value"] >= 1
+
+
+# ---------------------------------------------------------------- authentication
+
+
+def test_basic_auth(base_url, keel, cleanup):
+    # username/password: requests sends HTTP Basic (client.py:55, 91-93); Keel takes the token's principal
+    # as the user and the token as the password, for reads and writes alike
+    basic = MarathonClient(base_url, timeout=30, username=keel.user, password=keel.token)
+    assert basic.get_info().name == "marathon"
+    aid = app_id("basic")
+    cleanup["apps"].append(aid)
+    created = basic.create_app(aid, small_app())
+    assert isinstance(created, MarathonApp) and created.id == aid
+    assert aid in {a.id for a in basic.list_apps()}
+    result = basic.delete_app(aid, force=True)
+    assert set(result) >= {"deploymentId", "version"}, result
+    app_gone(basic, aid)
+
+
+def test_bearer_token_header(base_url, keel):
+    # a requests session carrying `Authorization: Bearer <token>`, handed to the client (session=...); the
+    # client adds no Authorization of its own when it has neither auth_token nor username/password
+    session = requests.Session()
+    session.headers.update(keel.headers)
+    client = MarathonClient(base_url, timeout=30, session=session)
+    assert client.get_info().name == "marathon"
+    session.close()
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"auth_token": "keel_not-a-token"}, {"username": "admin", "password": "keel_not-a-token"}],
+    ids=["none", "wrong-token", "wrong-basic"],
+)
+def test_unauthenticated_calls_are_refused(base_url, keel, credentials):
+    # Without a valid credential the client's first call fails with its own MarathonHttpError for the 401
+    # (client.py:108-114); /ping stays public (Marathon's load balancers probe it without credentials).
+    client = MarathonClient(base_url, timeout=30, **credentials)
+    with pytest.raises(MarathonHttpError) as refused:
+        client.list_apps()
+    assert refused.value.status_code == 401
+    assert not isinstance(refused.value, (NotFoundError, ConflictError))
+    assert refused.value.error_message, "the 401 carries Keel's JSON message"
+    with pytest.raises(MarathonHttpError) as refused_write:
+        client.create_app(app_id("refused"), small_app())
+    assert refused_write.value.status_code == 401
+    assert client.ping() == b"pong"
+
+
+def test_basic_auth_needs_the_tokens_principal(base_url, keel):
+    # Basic credentials name the token's principal: the right token under another user name is refused
+    client = MarathonClient(base_url, timeout=30, username="someone-else", password=keel.token)
+    with pytest.raises(MarathonHttpError) as refused:
+        client.get_info()
+    assert refused.value.status_code == 401
+
+
+def test_event_stream_without_credentials_is_refused(base_url):
+    # GET /v2/events is protected too: without credentials the client gets a 401, which _do_sse_request
+    # (client.py:146-150) turns into MarathonError. An auth_token-only client ends the same way, since the
+    # SSE path never sends the token.
+    session = requests.Session()
+    client = MarathonClient(base_url, timeout=30, sse_session=session)
+    with pytest.raises(MarathonError, match="No remaining Marathon servers"):
+        next(iter(client.event_stream()))
+    session.close()
 
 
 # ---------------------------------------------------------------- apps
@@ -805,9 +882,11 @@ class EventCollector:
 
 
 @pytest.fixture
-def sse(base_url):
+def sse(base_url, keel):
+    # Basic credentials, not auth_token: the client sends only username/password on the event stream
+    # (client.py:132-140), never its auth_token
     session = SignallingSession()
-    client = MarathonClient(base_url, timeout=30, sse_session=session)
+    client = MarathonClient(base_url, timeout=30, sse_session=session, username=keel.user, password=keel.token)
     yield client, session
     session.close_streams()
 

@@ -11,6 +11,10 @@ message lacks, or an enum value it does not know, fails the call with ParseError
   JobRunTask   id, startedAt, completedAt, status (UNKNOWN|TASK_CREATED|TASK_STAGING|TASK_STARTING|TASK_RUNNING|
                TASK_FINISHED|TASK_FAILED|TASK_KILLED)
 404 raises NotFoundError, other >= 400 MetronomeHttpError (client.py:78-88).
+
+Authentication: like marathon-python, the client takes `auth_token=T`, sent as `Authorization: token=T`
+(client.py:58-59), or `username`/`password`, sent as HTTP Basic (client.py:27, 67-69). The tests use
+auth_token; one uses Basic (user `admin`, password the token).
 """
 
 import datetime
@@ -30,8 +34,8 @@ ACTIVE = ("INITIAL", "STARTING", "ACTIVE")
 
 
 @pytest.fixture
-def metronome(base_url):
-    return MetronomeClient(base_url, timeout=30)
+def metronome(base_url, token):
+    return MetronomeClient(base_url, timeout=30, auth_token=token)
 
 
 @pytest.fixture
@@ -116,6 +120,35 @@ def task_status(task):
 
 def test_ping(metronome):
     assert metronome.ping() == "pong"
+
+
+def test_basic_auth(base_url, keel, jobs):
+    basic = MetronomeClient(base_url, timeout=30, username=keel.user, password=keel.token)
+    jid, created = create(basic, jobs, "met-basic")
+    assert_same_job(basic.get_job(jid), jid)
+    assert basic.delete_job(jid).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"auth_token": "keel_not-a-token"}, {"username": "admin", "password": "keel_not-a-token"}],
+    ids=["none", "wrong-token", "wrong-basic"],
+)
+def test_unauthenticated_calls_are_refused(base_url, jobs, credentials):
+    # Without a valid credential the client's first call fails with its MetronomeHttpError for the 401
+    # (client.py:78-88); /ping stays public.
+    client = MetronomeClient(base_url, timeout=30, **credentials)
+    with pytest.raises(MetronomeHttpError) as refused:
+        client.list_jobs()
+    assert refused.value.status_code == 401
+    assert not isinstance(refused.value, NotFoundError)
+    assert refused.value.error_message, "the 401 carries Keel's JSON message"
+    jid = unique("met-refused")
+    jobs.append(jid)
+    with pytest.raises(MetronomeHttpError) as refused_write:
+        client.create_job(job_spec(jid))
+    assert refused_write.value.status_code == 401
+    assert client.ping() == "pong"
 
 
 def test_create_job_and_get_it_back(metronome, jobs):

@@ -45,6 +45,8 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
 pub struct AgentConfig {
     /// The master's URL, such as `http://127.0.0.1:5050`.
     pub master: String,
+    /// The token presented to the master (an `agent` or `admin` token).
+    pub token: Option<String>,
     /// Sandboxes and checkpoints live here.
     pub work_dir: PathBuf,
     pub resources: Resources,
@@ -61,6 +63,7 @@ impl AgentConfig {
     pub fn new(master: impl Into<String>, work_dir: impl Into<PathBuf>, resources: Resources) -> Self {
         AgentConfig {
             master: normalize_url(&master.into()),
+            token: None,
             work_dir: work_dir.into(),
             resources,
             attributes: Vec::new(),
@@ -97,6 +100,8 @@ pub enum AgentError {
     },
     #[error("containerizer could not recover: {0}")]
     Recover(#[from] containerizer::ContainerError),
+    #[error("the master refused this agent: {0}")]
+    Refused(String),
 }
 
 /// The resources of this machine: all cpus, memory less 1 GiB (at least half kept), the work dir's free
@@ -155,6 +160,8 @@ enum Input {
     Disconnected {
         generation: u64,
     },
+    /// The master refused the credential or the agent id: nothing to retry.
+    Refused(String),
     FromMaster(MasterMessage),
     Launched {
         key: Key,
@@ -202,13 +209,18 @@ pub async fn run(
         config,
     };
     agent.recover().await?;
-    tokio::spawn(connection_loop(agent.config.master.clone(), inputs, shutdown.clone()));
+    let target = crate::client::Target::new(agent.config.master.clone(), agent.config.token.clone());
+    tokio::spawn(connection_loop(target, inputs, shutdown.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_heartbeat = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             input = rx.recv() => match input {
+                Some(Input::Refused(reason)) => {
+                    error!(%reason, "the master refused this agent; its tasks keep running");
+                    return Err(AgentError::Refused(reason));
+                }
                 Some(input) => agent.handle(input),
                 None => break,
             },
@@ -226,7 +238,8 @@ pub async fn run(
 }
 
 /// Keeps one stream to the master open, reconnecting with backoff.
-async fn connection_loop(master: String, inputs: mpsc::Sender<Input>, shutdown: CancellationToken) {
+async fn connection_loop(target: crate::client::Target, inputs: mpsc::Sender<Input>, shutdown: CancellationToken) {
+    let master = target.url.clone();
     let mut generation = 0u64;
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
@@ -234,13 +247,20 @@ async fn connection_loop(master: String, inputs: mpsc::Sender<Input>, shutdown: 
         generation += 1;
         let (outbox, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
         let attempt = async {
-            let mut client = AgentServiceClient::connect(master.clone()).await.map_err(|e| e.to_string())?;
-            client = client.max_decoding_message_size(64 << 20);
+            let channel = target.connect().await.map_err(|e| e.to_string())?;
+            let mut client =
+                AgentServiceClient::with_interceptor(channel, target.credential()).max_decoding_message_size(64 << 20);
             if inputs.send(Input::Connected { outbox, generation }).await.is_err() {
                 return Ok(());
             }
-            let mut stream =
-                client.attach(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_owned())?.into_inner();
+            let mut stream = match client.attach(ReceiverStream::new(rx)).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                    let _ = inputs.send(Input::Refused(s.message().to_owned())).await;
+                    return Ok(());
+                }
+                Err(s) => return Err(s.message().to_owned()),
+            };
             info!(%master, "connected to master");
             warned = false;
             backoff = Duration::from_millis(100);
@@ -261,6 +281,9 @@ async fn connection_loop(master: String, inputs: mpsc::Sender<Input>, shutdown: 
             r = attempt => r,
             _ = shutdown.cancelled() => return,
         };
+        if inputs.is_closed() {
+            return;
+        }
         let _ = inputs.send(Input::Disconnected { generation }).await;
         if let Err(e) = result {
             if warned {
@@ -544,6 +567,7 @@ impl Agent {
                     self.registered = false;
                 }
             }
+            Input::Refused(_) => {}
             Input::FromMaster(msg) => self.master_message(msg),
             Input::Launched { key, result } => self.launched(key, result),
             Input::Exited { key, termination } => self.exited(key, termination),

@@ -3,6 +3,7 @@
 //! connection's domain messages back into wire messages.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
@@ -11,22 +12,77 @@ use tracing::{debug, warn};
 
 use super::MasterHandle;
 use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, FileChunk};
+use crate::audit::Audit;
+use crate::auth::{Action, Auth, AuthError, Principal};
 use crate::convert::{self, ConvertError};
 use crate::ids::FrameworkId;
 use crate::proto;
+use crate::store::{AuditRecord, now_millis};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 type MasterMessageStream = Pin<Box<dyn Stream<Item = Result<proto::MasterMessage, Status>> + Send>>;
+
+/// Checks the `authorization` metadata of every stream as it opens, and hands the principal to the
+/// service in the request's extensions.
+#[derive(Clone)]
+pub struct Authenticate(pub Auth);
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let presented = req.metadata().get("authorization").map(|v| v.to_str().unwrap_or("?"));
+        match self.0.check(presented) {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+                Ok(req)
+            }
+            Err(e @ AuthError::Unavailable(_)) => Err(Status::unavailable(e.to_string())),
+            Err(e) => Err(Status::unauthenticated(e.to_string())),
+        }
+    }
+}
+
+/// The principal [`Authenticate`] found; `None` when auth is off.
+fn principal<T>(request: &Request<T>) -> Arc<Principal> {
+    request.extensions().get::<Arc<Principal>>().cloned().unwrap_or_else(|| Arc::new(Principal::anonymous()))
+}
+
+/// The name bound to the ids a principal creates, or `None` when auth is off (nothing is bound).
+fn owner(auth_off: bool, p: &Principal) -> Option<String> {
+    (!auth_off).then(|| p.name.clone())
+}
+
+fn audit(audit: &Audit, p: &Principal, action: &str, target: &str, result: &Result<(), Status>) {
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => "denied",
+        Err(_) => "failed",
+    };
+    audit.record(AuditRecord {
+        at: now_millis(),
+        principal: p.name.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: outcome.to_owned(),
+        status: 0,
+    });
+}
 
 /// Serves `keel.v1.Scheduler`.
 #[derive(Clone)]
 pub struct SchedulerService {
     master: MasterHandle,
+    auth_off: bool,
+    audit: Audit,
 }
 
 impl SchedulerService {
     pub fn new(master: MasterHandle) -> Self {
-        SchedulerService { master }
+        SchedulerService { master, auth_off: true, audit: Audit::log_only() }
+    }
+
+    /// With auth: subscriptions are checked against the principal and bound to it, and audited.
+    pub fn with_auth(master: MasterHandle, auth: &Auth, audit: Audit) -> Self {
+        SchedulerService { master, auth_off: auth.is_off(), audit }
     }
 }
 
@@ -35,11 +91,24 @@ impl proto::scheduler_server::Scheduler for SchedulerService {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, request: Request<Streaming<proto::Call>>) -> Result<Response<EventStream>, Status> {
+        let who = principal(&request);
         let mut calls = request.into_inner();
         let first =
             calls.message().await?.ok_or_else(|| Status::invalid_argument("the stream closed before SUBSCRIBE"))?;
         let (framework_id, info) = convert::subscribe_from_proto(first)?;
-        let sub = self.master.subscribe(framework_id, info).await?;
+        let target = framework_id.as_ref().map_or_else(|| format!("new framework {}", info.name), |f| f.to_string());
+        if !who.may(&Action::Subscribe(&info.role)) {
+            let refused = Status::permission_denied(format!(
+                "'{}' (role {}) may not subscribe a framework in role '{}'",
+                who.name, who.role, info.role
+            ));
+            audit(&self.audit, &who, "subscribe", &target, &Err(refused.clone()));
+            return Err(refused);
+        }
+        let subscribed = self.master.subscribe(framework_id, info, owner(self.auth_off, &who)).await;
+        let result = subscribed.as_ref().map(|_| ()).map_err(|e| Status::from(clone_err(e)));
+        audit(&self.audit, &who, "subscribe", &target, &result);
+        let sub = subscribed?;
         let (fid, conn_id) = (sub.framework_id.clone(), sub.conn_id);
         let master = self.master.clone();
         tokio::spawn(async move {
@@ -82,11 +151,29 @@ fn check_framework(fid: &FrameworkId, call: &proto::Call) -> Result<(), String> 
 #[derive(Clone)]
 pub struct AgentService {
     master: MasterHandle,
+    auth_off: bool,
+    audit: Audit,
 }
 
 impl AgentService {
     pub fn new(master: MasterHandle) -> Self {
-        AgentService { master }
+        AgentService { master, auth_off: true, audit: Audit::log_only() }
+    }
+
+    /// With auth: registrations are checked against the principal and bound to it, and audited.
+    pub fn with_auth(master: MasterHandle, auth: &Auth, audit: Audit) -> Self {
+        AgentService { master, auth_off: auth.is_off(), audit }
+    }
+}
+
+/// A copy of a master error for the audit record (the error itself goes to the caller).
+fn clone_err(e: &super::MasterError) -> super::MasterError {
+    use super::MasterError as E;
+    match e {
+        E::Forbidden(m) => E::Forbidden(m.clone()),
+        E::Invalid(m) => E::Invalid(m.clone()),
+        E::NotFound(m) => E::NotFound(m.clone()),
+        other => E::Unavailable(other.to_string()),
     }
 }
 
@@ -99,6 +186,13 @@ impl proto::agent_service_server::AgentService for AgentService {
         request: Request<Streaming<proto::AgentMessage>>,
     ) -> Result<Response<MasterMessageStream>, Status> {
         use proto::agent_message::Kind;
+        let who = principal(&request);
+        if !who.may(&Action::RegisterAgent) {
+            let refused =
+                Status::permission_denied(format!("'{}' (role {}) may not register agents", who.name, who.role));
+            audit(&self.audit, &who, "register agent", "-", &Err(refused.clone()));
+            return Err(refused);
+        }
         let mut incoming = request.into_inner();
         let first =
             incoming.message().await?.ok_or_else(|| Status::invalid_argument("the stream closed before register"))?;
@@ -107,7 +201,13 @@ impl proto::agent_service_server::AgentService for AgentService {
         };
         let info: AgentInfo = register.info.ok_or(ConvertError::Missing("register.info"))?.try_into()?;
         let tasks = register.tasks.into_iter().map(AgentTask::try_from).collect::<Result<Vec<_>, _>>()?;
-        let session = self.master.register_agent(info, tasks).await?;
+        let target = info.id.as_ref().map_or_else(|| format!("new agent on {}", info.hostname), |a| a.to_string());
+        let registered = self.master.register_agent(info, tasks, owner(self.auth_off, &who)).await;
+        if registered.is_err() || target.starts_with("new agent") {
+            let result = registered.as_ref().map(|_| ()).map_err(|e| Status::from(clone_err(e)));
+            audit(&self.audit, &who, "register agent", &target, &result);
+        }
+        let session = registered?;
         let (agent_id, conn_id) = (session.agent_id.clone(), session.conn_id);
         let master = self.master.clone();
         tokio::spawn(async move {

@@ -28,6 +28,8 @@ pub struct Extras {
     pub health: Health,
     /// The JSON answer of `/metrics`, if the binary has one.
     pub json_metrics: Option<JsonMetrics>,
+    /// Who may do what on this port (auth off by default: the binary always sets it).
+    pub gate: crate::gate::Gate,
 }
 
 #[derive(Clone)]
@@ -68,6 +70,7 @@ impl From<MasterError> for ApiError {
         let code = match e {
             MasterError::NotFound(_) => StatusCode::NOT_FOUND,
             MasterError::Invalid(_) | MasterError::FrameworkRemoved(_) => StatusCode::BAD_REQUEST,
+            MasterError::Forbidden(_) => StatusCode::FORBIDDEN,
             MasterError::Store(_) | MasterError::Stopped | MasterError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

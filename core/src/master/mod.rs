@@ -79,6 +79,8 @@ pub enum MasterError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<MasterError> for tonic::Status {
@@ -89,6 +91,7 @@ impl From<MasterError> for tonic::Status {
             MasterError::Stopped | MasterError::Unavailable(_) => tonic::Status::unavailable(e.to_string()),
             MasterError::NotFound(_) => tonic::Status::not_found(e.to_string()),
             MasterError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+            MasterError::Forbidden(_) => tonic::Status::permission_denied(e.to_string()),
         }
     }
 }
@@ -110,6 +113,8 @@ pub(crate) enum Command {
     RegisterAgent {
         info: AgentInfo,
         tasks: Vec<AgentTask>,
+        /// Who registers it; `None` when auth is off.
+        principal: Option<String>,
         conn: Conn<MasterMessage>,
         reply: oneshot::Sender<Result<AgentId, MasterError>>,
     },
@@ -125,6 +130,8 @@ pub(crate) enum Command {
     Subscribe {
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
+        /// Who subscribes; `None` when auth is off.
+        principal: Option<String>,
         conn: Conn<Event>,
         reply: oneshot::Sender<Result<FrameworkId, MasterError>>,
     },
@@ -206,16 +213,19 @@ impl MasterHandle {
         rx.await.map_err(|_| MasterError::Stopped)
     }
 
-    /// Subscribes a framework; SUBSCRIBED is the first event on the returned receiver.
+    /// Subscribes a framework; SUBSCRIBED is the first event on the returned receiver. A framework id
+    /// belongs to the principal that created it: another one is refused.
     pub async fn subscribe(
         &self,
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
+        principal: Option<String>,
     ) -> Result<Subscription, MasterError> {
         let (tx, events) = mpsc::channel(CONNECTION_BUFFER);
         let conn_id = next_conn_id();
         let conn = Conn { id: conn_id, tx };
-        let framework_id = self.ask(|reply| Command::Subscribe { framework_id, info, conn, reply }).await??;
+        let framework_id =
+            self.ask(|reply| Command::Subscribe { framework_id, info, principal, conn, reply }).await??;
         Ok(Subscription { framework_id, conn_id, events })
     }
 
@@ -236,12 +246,19 @@ impl MasterHandle {
         let _ = self.send(Command::FrameworkDisconnected { framework_id, conn_id }).await;
     }
 
-    /// Registers (or re-registers) an agent; REGISTERED is the first message on the returned receiver.
-    pub async fn register_agent(&self, info: AgentInfo, tasks: Vec<AgentTask>) -> Result<AgentSession, MasterError> {
+    /// Registers (or re-registers) an agent; REGISTERED is the first message on the returned receiver. An
+    /// agent id belongs to the principal that first registered it: another one is refused, and the agent
+    /// that holds the id is left alone.
+    pub async fn register_agent(
+        &self,
+        info: AgentInfo,
+        tasks: Vec<AgentTask>,
+        principal: Option<String>,
+    ) -> Result<AgentSession, MasterError> {
         let (tx, messages) = mpsc::channel(CONNECTION_BUFFER);
         let conn_id = next_conn_id();
         let conn = Conn { id: conn_id, tx };
-        let agent_id = self.ask(|reply| Command::RegisterAgent { info, tasks, conn, reply }).await??;
+        let agent_id = self.ask(|reply| Command::RegisterAgent { info, tasks, principal, conn, reply }).await??;
         Ok(AgentSession { agent_id, conn_id, messages })
     }
 

@@ -58,6 +58,8 @@ struct Agent {
     info: AgentInfo,
     id: AgentId,
     registered_at: i64,
+    /// The principal that owns this agent id.
+    principal: Option<String>,
     conn: Option<Conn<MasterMessage>>,
     last_seen: Instant,
     status: AgentStatus,
@@ -78,6 +80,8 @@ struct Task {
 struct Framework {
     info: FrameworkInfo,
     registered_at: i64,
+    /// The principal that owns this framework id.
+    principal: Option<String>,
     conn: Option<Conn<Event>>,
     /// When a disconnected framework's tasks are torn down.
     failover_deadline: Option<Instant>,
@@ -135,6 +139,15 @@ pub(crate) struct Master {
     next_file_read: u64,
 }
 
+/// Whether `caller` may use an id owned by `owner`: an unowned id (registered before auth, or while it
+/// was off) goes to whoever comes first, and with auth off (`caller` is `None`) nobody is checked.
+fn may_claim(owner: Option<&str>, caller: Option<&str>) -> bool {
+    match (owner, caller) {
+        (Some(owner), Some(caller)) => owner == caller,
+        _ => true,
+    }
+}
+
 /// The most reconciliation questions kept waiting for recovering agents, over all frameworks.
 const MAX_DEFERRED: usize = 100_000;
 
@@ -187,6 +200,7 @@ impl Master {
                     info,
                     id: a.id,
                     registered_at: a.registered_at,
+                    principal: a.principal,
                     conn: None,
                     last_seen: now,
                     status: AgentStatus::Recovering,
@@ -215,6 +229,7 @@ impl Master {
                 Framework {
                     info,
                     registered_at: f.registered_at,
+                    principal: f.principal,
                     conn: None,
                     failover_deadline: Some(after(now, timeout.max(m.config.recovery_grace))),
                     removed: false,
@@ -257,14 +272,14 @@ impl Master {
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::RegisterAgent { info, tasks, conn, reply } => {
-                let result = self.register_agent(info, tasks, conn).await;
+            Command::RegisterAgent { info, tasks, principal, conn, reply } => {
+                let result = self.register_agent(info, tasks, principal, conn).await;
                 let _ = reply.send(result);
             }
             Command::FromAgent { agent_id, conn_id, msg } => self.agent_message(agent_id, conn_id, msg),
             Command::AgentDisconnected { agent_id, conn_id } => self.agent_disconnected(&agent_id, conn_id),
-            Command::Subscribe { framework_id, info, conn, reply } => {
-                let result = self.subscribe(framework_id, info, conn).await;
+            Command::Subscribe { framework_id, info, principal, conn, reply } => {
+                let result = self.subscribe(framework_id, info, principal, conn).await;
                 let _ = reply.send(result);
             }
             Command::Call { framework_id, conn_id, call } => self.call(framework_id, conn_id, call).await,
@@ -358,10 +373,20 @@ impl Master {
         &mut self,
         info: AgentInfo,
         reported: Vec<AgentTask>,
+        principal: Option<String>,
         conn: Conn<MasterMessage>,
     ) -> Result<AgentId, MasterError> {
         let now = Instant::now();
         let agent_id = info.id.clone().unwrap_or_else(AgentId::generate);
+        let owner = self.agents.get(&agent_id).and_then(|a| a.principal.clone());
+        if !may_claim(owner.as_deref(), principal.as_deref()) {
+            warn!(agent_id = %agent_id, owner = owner.as_deref().unwrap_or(""), principal = principal.as_deref().unwrap_or(""), hostname = %info.hostname,
+                "refused an agent registering with an id that belongs to another principal");
+            return Err(MasterError::Forbidden(format!(
+                "agent id {agent_id} belongs to another principal; this credential may not register it"
+            )));
+        }
+        let principal = owner.or(principal);
         let registered_at = self.agents.get(&agent_id).map_or_else(now_millis, |a| a.registered_at);
         let record = AgentRecord {
             id: agent_id.clone(),
@@ -369,6 +394,7 @@ impl Master {
             resources: info.resources.clone(),
             attributes: info.attributes.clone(),
             registered_at,
+            principal: principal.clone(),
         };
         self.store.put_agent(&record).await?;
         let info = AgentInfo { id: Some(agent_id.clone()), ..info };
@@ -379,6 +405,7 @@ impl Master {
             info: info.clone(),
             id: agent_id.clone(),
             registered_at,
+            principal: None,
             conn: None,
             last_seen: now,
             status: AgentStatus::Active,
@@ -386,6 +413,7 @@ impl Master {
             offers: HashSet::new(),
         });
         agent.info = info;
+        agent.principal = principal;
         agent.conn = Some(conn);
         agent.last_seen = now;
         agent.status = AgentStatus::Active;
@@ -425,6 +453,7 @@ impl Master {
                     Framework {
                         info,
                         registered_at: now_millis(),
+                        principal: None,
                         conn: None,
                         failover_deadline: Some(Instant::now() + self.config.recovery_grace),
                         removed: false,
@@ -735,6 +764,7 @@ impl Master {
         &mut self,
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
+        principal: Option<String>,
         conn: Conn<Event>,
     ) -> Result<FrameworkId, MasterError> {
         let id = match framework_id {
@@ -744,6 +774,15 @@ impl Master {
             Some(id) => id,
             None => FrameworkId::generate(),
         };
+        let owner = self.frameworks.get(&id).and_then(|f| f.principal.clone());
+        if !may_claim(owner.as_deref(), principal.as_deref()) {
+            warn!(framework_id = %id, owner = owner.as_deref().unwrap_or(""), principal = principal.as_deref().unwrap_or(""),
+                "refused a subscription with a framework id that belongs to another principal");
+            return Err(MasterError::Forbidden(format!(
+                "framework {id} belongs to another principal; this credential may not subscribe as it"
+            )));
+        }
+        let principal = owner.or(principal);
         let registered_at = self.frameworks.get(&id).map_or_else(now_millis, |f| f.registered_at);
         self.store
             .put_framework(&FrameworkRecord {
@@ -754,12 +793,14 @@ impl Master {
                 webui_url: info.webui_url.clone(),
                 registered_at,
                 removed_at: None,
+                principal: principal.clone(),
             })
             .await?;
         self.rescind_framework_offers(&id);
         let fw = self.frameworks.entry(id.clone()).or_insert_with(|| Framework {
             info: info.clone(),
             registered_at,
+            principal: None,
             conn: None,
             failover_deadline: None,
             removed: false,
@@ -772,6 +813,7 @@ impl Master {
             info!(framework_id = %id, "framework failed over to a new connection");
         }
         fw.info = info;
+        fw.principal = principal;
         fw.failover_deadline = None;
         let _ = conn.tx.try_send(Event::Subscribed {
             framework_id: id.clone(),

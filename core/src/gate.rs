@@ -1,0 +1,671 @@
+//! The gate every REST request passes, on every port: the checks against hostile web pages (Host, Origin,
+//! content type), then who is asking ([`Auth`]) and whether they may ([`Principal::may`]), then the audit
+//! record of writes, and the redaction of environment values for those who may not read them.
+//!
+//! Also here: the routes that belong to auth itself (`/keel/v1/whoami`, `/keel/v1/tokens`,
+//! `/keel/v1/audit`, and the console's login, logout and session cookie).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+
+use crate::audit::Audit;
+use crate::auth::{Action, Auth, AuthError, Principal, Role};
+use crate::store::{AuditRecord, now_millis};
+
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "keel_session";
+/// What replaces a secret value for those who may not read it.
+pub const REDACTED: &str = "[redacted]";
+/// The largest response body the gate reads to redact it.
+const MAX_REDACT: usize = 64 << 20;
+
+/// The Host names a server answers to, against DNS rebinding.
+#[derive(Clone, Debug, Default)]
+pub struct HostPolicy {
+    /// Check Host at all: on for servers on loopback addresses, which web pages reach by rebinding.
+    pub enforce: bool,
+    /// Extra host names (from `--allowed-origin`), lowercase, without port.
+    pub hosts: Vec<String>,
+    /// Origins allowed besides the server's own (`--allowed-origin`), e.g. `https://ops.example.com`.
+    pub origins: Vec<String>,
+}
+
+impl HostPolicy {
+    /// The policy for a server bound to `bind`, with the operator's `--allowed-origin` values.
+    pub fn for_bind(bind: IpAddr, allowed_origins: &[String]) -> HostPolicy {
+        let origins: Vec<String> =
+            allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        let hosts = origins.iter().filter_map(|o| origin_host(o)).collect();
+        HostPolicy { enforce: bind.is_loopback(), hosts, origins }
+    }
+
+    /// Whether a request's Host names this server.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        if !self.enforce {
+            return true;
+        }
+        let name = strip_port(host).to_ascii_lowercase();
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        name.parse::<IpAddr>().is_ok()
+            || name == "localhost"
+            || name.ends_with(".localhost")
+            || self.hosts.iter().any(|h| h == name)
+    }
+
+    /// Whether a request's Origin is this server itself (same host and port as its Host) or allowed.
+    pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if self.origins.contains(&origin) {
+            return true;
+        }
+        let Some(authority) = origin.split_once("://").map(|(_, a)| a) else { return false };
+        host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn origin_host(origin: &str) -> Option<String> {
+    let authority = origin.split_once("://")?.1;
+    Some(strip_port(authority).trim_start_matches('[').trim_end_matches(']').to_owned())
+}
+
+/// What a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Anyone: health, the login pages, the API description.
+    Public,
+    Read,
+    /// A task's output: frameworks read their tasks' too.
+    TaskOutput,
+    Write,
+    Admin,
+}
+
+/// Which class a request is in. Pure.
+pub fn classify(method: &Method, path: &str) -> Class {
+    const PUBLIC: [&str; 7] = ["/", "/health", "/ping", "/openapi.json", "/login", "/logout", "/keel/v1/whoami"];
+    if PUBLIC.contains(&path) {
+        return Class::Public;
+    }
+    let admin = path.starts_with("/keel/v1/tokens")
+        || path.starts_with("/keel/v1/audit")
+        // Marathon's abdication.
+        || (path == "/v2/leader" && method == Method::DELETE);
+    if admin {
+        return Class::Admin;
+    }
+    if is_safe(method) {
+        if path.starts_with("/master/tasks/") && path.contains("/files/") { Class::TaskOutput } else { Class::Read }
+    } else {
+        Class::Write
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether a content type is JSON (`application/json`, or any `+json` type), as writes must be.
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The gate of one port; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Gate {
+    pub auth: Auth,
+    pub hosts: HostPolicy,
+    pub audit: Audit,
+    /// The token table, on the master's port only (frameworks' ports send token management there).
+    pub tokens: Option<crate::store::Store>,
+    /// The session cookie is marked `Secure` (the port serves TLS).
+    pub secure_cookie: bool,
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "message": message.into() }))).into_response()
+}
+
+fn unauthorized(e: &AuthError) -> Response {
+    let status = match e {
+        AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut r = refuse(status, e.to_string());
+    if status == StatusCode::UNAUTHORIZED {
+        // Basic first: httplib2 (Chronos's client) answers the first challenge it can.
+        r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"keel\""));
+        r.headers_mut().append(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keel\""));
+    }
+    r
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+impl Gate {
+    /// Who sent `headers`: the `Authorization` header, else the session cookie.
+    pub async fn principal(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthError> {
+        if let Some(a) = headers.get(header::AUTHORIZATION) {
+            return self.auth.authenticate(Some(a.to_str().map_err(|_| AuthError::Invalid)?)).await;
+        }
+        if let Some(c) = cookie(headers, SESSION_COOKIE) {
+            return self.auth.session(c).ok_or(AuthError::Invalid);
+        }
+        self.auth.authenticate(None).await
+    }
+
+    /// The checks before a request reaches a handler; `Err` is the answer.
+    async fn admit(&self, req: &axum::http::request::Parts) -> Result<Option<Arc<Principal>>, Response> {
+        let headers = &req.headers;
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri.authority().map(|a| a.as_str()));
+        if let Some(h) = host
+            && !self.hosts.host_allowed(h)
+        {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("host '{h}' is not this server's (DNS rebinding protection): list it with --allowed-origin"),
+            ));
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("null");
+            if !self.hosts.origin_allowed(origin, host) {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("cross-origin request from '{origin}' refused: list the origin with --allowed-origin"),
+                ));
+            }
+        }
+        let method = &req.method;
+        let path = req.uri.path();
+        if !is_safe(method) && path != "/login" && path != "/logout" {
+            let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+            let has_body = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .map_or(headers.contains_key(header::TRANSFER_ENCODING), |n| n.trim() != "0");
+            match content_type {
+                Some(ct) if !is_json(ct) => {
+                    return Err(refuse(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("writes must be JSON: Content-Type '{ct}' is not application/json"),
+                    ));
+                }
+                None if has_body => {
+                    return Err(refuse(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "writes must be JSON: send Content-Type: application/json",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let class = classify(method, path);
+        if class == Class::Public {
+            return Ok(None);
+        }
+        let principal = self.principal(headers).await.map_err(|e| unauthorized(&e))?;
+        let (action, what) = match class {
+            Class::Read => (Action::Read, "read"),
+            Class::TaskOutput => (Action::ReadTaskOutput, "read task output"),
+            Class::Write => (Action::Write, "write"),
+            _ => (Action::Admin, "use admin endpoints"),
+        };
+        if !principal.may(&action) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!("'{}' (role {}) may not {what}", principal.name, principal.role),
+            ));
+        }
+        Ok(Some(principal))
+    }
+
+    fn audit(&self, principal: Option<&Principal>, method: &Method, path: &str, status: StatusCode) {
+        let outcome = match status.as_u16() {
+            401 | 403 => "denied",
+            s if s >= 400 => "failed",
+            _ => "ok",
+        };
+        self.audit.record(AuditRecord {
+            at: now_millis(),
+            principal: principal.map_or_else(|| "-".to_owned(), |p| p.name.clone()),
+            action: format!("{method} {path}"),
+            target: path.to_owned(),
+            outcome: outcome.to_owned(),
+            status: i64::from(status.as_u16()),
+        });
+    }
+}
+
+/// Puts `gate` in front of every route of `router`.
+pub fn protect(router: Router, gate: Gate) -> Router {
+    router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+        let gate = gate.clone();
+        async move { guard(gate, req, next).await }
+    }))
+}
+
+async fn guard(gate: Gate, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let write = !is_safe(&method) && classify(&method, &path) != Class::Public;
+    let (mut parts, body) = req.into_parts();
+    let admitted = gate.admit(&parts).await;
+    let (principal, mut response) = match admitted {
+        Err(refusal) => (None, refusal),
+        Ok(principal) => {
+            if let Some(p) = &principal {
+                parts.extensions.insert(p.clone());
+            }
+            let response = next.run(Request::from_parts(parts, body)).await;
+            let redact = principal.as_ref().is_some_and(|p| !p.may(&Action::ReadSecrets));
+            let response = if redact { redact_response(response).await } else { response };
+            (principal, response)
+        }
+    };
+    if write || (!is_safe(&method) && response.status() == StatusCode::FORBIDDEN) {
+        gate.audit(principal.as_deref(), &method, &path, response.status());
+    }
+    let h = response.headers_mut();
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    );
+    response
+}
+
+async fn redact_response(response: Response) -> Response {
+    let is_json_body = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json);
+    if !is_json_body {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_REDACT).await else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the answer was too large to redact");
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    redact_secrets(&mut value);
+    let out = serde_json::to_vec(&value).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
+}
+
+/// Replaces environment values with [`REDACTED`], wherever they are in `v`: Marathon's and Metronome's
+/// `env` objects (a `{"secret": …}` reference is kept; it names, it does not tell) and Chronos's
+/// `environmentVariables` lists.
+pub fn redact_secrets(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match (k.as_str(), &mut *child) {
+                    ("env", Value::Object(env)) => {
+                        for value in env.values_mut() {
+                            if !value.is_object() {
+                                *value = Value::String(REDACTED.into());
+                            }
+                        }
+                    }
+                    ("environmentVariables", Value::Array(list)) => {
+                        for item in list {
+                            if let Some(value) = item.get_mut("value") {
+                                *value = Value::String(REDACTED.into());
+                            }
+                        }
+                    }
+                    _ => redact_secrets(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+/// The routes of auth itself, to be merged into a port's router before [`protect`].
+pub fn routes(gate: Gate) -> Router {
+    Router::new()
+        .route("/keel/v1/whoami", get(whoami))
+        .route("/keel/v1/tokens", get(list_tokens).post(create_token))
+        .route("/keel/v1/tokens/{id}", delete(revoke_token))
+        .route("/keel/v1/audit", get(read_audit))
+        .with_state(gate)
+}
+
+/// The console's login routes (`/`, `/login`, `/logout`); only the master's port has them.
+pub fn login_routes(gate: Gate) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .with_state(gate)
+}
+
+fn principal_json(p: &Principal) -> Value {
+    json!({ "name": p.name, "role": p.role.as_str(), "framework_roles": p.framework_roles })
+}
+
+/// `GET /keel/v1/whoami`: the caller's principal, or 401. Frameworks on their own ports check their
+/// callers' credentials here.
+async fn whoami(State(gate): State<Gate>, headers: HeaderMap) -> Response {
+    match gate.principal(&headers).await {
+        Ok(p) => axum::Json(principal_json(&p)).into_response(),
+        Err(e) => unauthorized(&e),
+    }
+}
+
+/// The token store, which only the master's port has (frameworks on their own ports have no
+/// [`Audit`] store either).
+fn token_store(gate: &Gate) -> Result<&crate::store::Store, Box<Response>> {
+    gate.tokens.as_ref().ok_or_else(|| Box::new(refuse(StatusCode::NOT_FOUND, "tokens are managed on the master")))
+}
+
+async fn list_tokens(State(gate): State<Gate>) -> Response {
+    let store = match token_store(&gate) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match store.tokens().await {
+        Ok(tokens) => axum::Json(tokens.iter().map(token_json).collect::<Vec<_>>()).into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn token_json(t: &crate::store::TokenRecord) -> Value {
+    json!({
+        "id": t.id, "name": t.name, "role": t.role.as_str(), "framework_roles": t.framework_roles,
+        "created_at": t.created_at, "revoked_at": t.revoked_at,
+    })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+    #[serde(default)]
+    framework_roles: Vec<String>,
+}
+
+/// `POST /keel/v1/tokens` `{"name", "role", "framework_roles"}`: answers the new token, once.
+async fn create_token(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
+    let store = match token_store(&gate) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let new: NewToken = match crate::json::parse_strict(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+    {
+        Ok(n) => n,
+        Err(e) => return refuse(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    match new_token(store, &new.name, &new.role, new.framework_roles).await {
+        Ok((record, token)) => {
+            let mut body = token_json(&record);
+            body["token"] = Value::String(token);
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+        Err(TokenError::Invalid(m)) => refuse(StatusCode::UNPROCESSABLE_ENTITY, m),
+        Err(TokenError::Store(crate::store::StoreError::Conflict(m))) => refuse(StatusCode::CONFLICT, m),
+        Err(TokenError::Store(e)) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn revoke_token(State(gate): State<Gate>, Path(id): Path<String>) -> Response {
+    let store = match token_store(&gate) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    match store.revoke_token(&id, now_millis()).await {
+        Ok(Some(id)) => axum::Json(json!({ "revoked": id })).into_response(),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, format!("no active token '{id}'")),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Why a token could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Makes a token and stores its hash; returns the record and the token (which is not kept).
+pub async fn new_token(
+    store: &crate::store::Store,
+    name: &str,
+    role: &str,
+    framework_roles: Vec<String>,
+) -> Result<(crate::store::TokenRecord, String), TokenError> {
+    crate::auth::check_name(name).map_err(TokenError::Invalid)?;
+    let role: Role = role.parse().map_err(TokenError::Invalid)?;
+    if !framework_roles.is_empty() && role != Role::Framework {
+        return Err(TokenError::Invalid("framework roles apply to framework tokens only".into()));
+    }
+    if framework_roles.len() > 100 {
+        return Err(TokenError::Invalid("at most 100 framework roles".into()));
+    }
+    for r in &framework_roles {
+        if r.is_empty() || r.len() > 64 || r.contains(',') || r.chars().any(char::is_whitespace) {
+            return Err(TokenError::Invalid(format!("framework role '{r}' must be 1 to 64 characters, no comma")));
+        }
+    }
+    let token = crate::auth::generate_token();
+    let record = crate::store::TokenRecord {
+        id: crate::auth::generate_id("tok_"),
+        name: name.to_owned(),
+        role,
+        framework_roles,
+        hash: crate::auth::hash_token(&token),
+        created_at: now_millis(),
+        revoked_at: None,
+    };
+    store.create_token(&record).await?;
+    Ok((record, token))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// `GET /keel/v1/audit?limit=N&before=MILLIS`: the newest records first.
+async fn read_audit(State(gate): State<Gate>, Query(q): Query<AuditQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "limit must be 1 to 10000");
+    }
+    match gate.audit.read(limit, q.before).await {
+        Ok(records) => axum::Json(records).into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+fn session_cookie(gate: &Gate, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if gate.secure_cookie { "; Secure" } else { "" };
+    let c = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[derive(serde::Deserialize)]
+struct HomeQuery {
+    token: Option<String>,
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>{title} · Keel</title></head>\
+         <body><h1>{title}</h1>{body}</body></html>"
+    ))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// `GET /`: exchanges a one-time login URL (`/?token=…`) for a session cookie; otherwise shows who is
+/// signed in, or sends the browser to the login form.
+async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: HeaderMap) -> Response {
+    if let Some(code) = q.token {
+        return match gate.auth.open_session(&code) {
+            Ok((cookie, _)) => {
+                let mut r = Redirect::to("/").into_response();
+                r.headers_mut().insert(header::SET_COOKIE, session_cookie(&gate, &cookie, crate::auth::SESSION_TTL.as_secs()));
+                r
+            }
+            Err(_) => (
+                StatusCode::UNAUTHORIZED,
+                page("Sign in", "<p>That login link has been used or is not valid.</p><p><a href=/login>Sign in with a token</a></p>"),
+            )
+                .into_response(),
+        };
+    }
+    match cookie(&headers, SESSION_COOKIE).and_then(|c| gate.auth.session(c)) {
+        Some(p) => page(
+            "Keel",
+            &format!(
+                "<p>Signed in as <b>{}</b> ({}).</p><form method=post action=/logout><button>Sign out</button></form>",
+                escape(&p.name),
+                p.role
+            ),
+        )
+        .into_response(),
+        None => Redirect::to("/login").into_response(),
+    }
+}
+
+const LOGIN_FORM: &str = "<form method=post action=/login><p><label>Token <input type=password name=token \
+    autocomplete=off autofocus></label></p><p><button>Sign in</button></p></form>";
+
+async fn login_form() -> Html<String> {
+    page("Sign in", LOGIN_FORM)
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// `POST /login` (a form with `token`): opens a session.
+async fn login(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
+    let form: Option<LoginForm> = serde_urlencoded_form(&body);
+    match form.map(|f| gate.auth.open_session(f.token.trim())) {
+        Some(Ok((cookie, _))) => {
+            let mut r = Redirect::to("/").into_response();
+            r.headers_mut()
+                .insert(header::SET_COOKIE, session_cookie(&gate, &cookie, crate::auth::SESSION_TTL.as_secs()));
+            r
+        }
+        _ => (StatusCode::UNAUTHORIZED, page("Sign in", &format!("<p>That token is not valid.</p>{LOGIN_FORM}")))
+            .into_response(),
+    }
+}
+
+fn serde_urlencoded_form(body: &[u8]) -> Option<LoginForm> {
+    let token = form_urlencoded::parse(body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())?;
+    Some(LoginForm { token })
+}
+
+/// `POST /logout`: ends the session.
+async fn logout(State(gate): State<Gate>, headers: HeaderMap) -> Response {
+    if let Some(c) = cookie(&headers, SESSION_COOKIE) {
+        gate.auth.close_session(c);
+    }
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie(&gate, "", 0));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(classify(&Method::GET, "/health"), Class::Public);
+        assert_eq!(classify(&Method::GET, "/v2/apps"), Class::Read);
+        assert_eq!(classify(&Method::POST, "/v2/apps"), Class::Write);
+        assert_eq!(classify(&Method::DELETE, "/v1/jobs/x"), Class::Write);
+        assert_eq!(classify(&Method::GET, "/keel/v1/audit"), Class::Admin);
+        assert_eq!(classify(&Method::POST, "/keel/v1/tokens"), Class::Admin);
+        assert_eq!(classify(&Method::DELETE, "/v2/leader"), Class::Admin);
+        assert_eq!(classify(&Method::GET, "/v2/leader"), Class::Read);
+        assert_eq!(classify(&Method::GET, "/master/tasks/t1/files/stdout"), Class::TaskOutput);
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("application/json; charset=utf-8"));
+        assert!(is_json("application/merge-patch+json"));
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "", "json"] {
+            assert!(!is_json(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hosts_on_loopback_refuse_rebinding() {
+        let p = HostPolicy::for_bind("127.0.0.1".parse().unwrap(), &["https://ops.example.com".into()]);
+        for ok in ["127.0.0.1:5050", "localhost:5050", "[::1]:5050", "ops.example.com", "10.0.0.1"] {
+            assert!(p.host_allowed(ok), "{ok}");
+        }
+        for bad in ["evil.com:5050", "127.0.0.1.evil.com", "localhost.evil.com"] {
+            assert!(!p.host_allowed(bad), "{bad}");
+        }
+        let open = HostPolicy::for_bind("0.0.0.0".parse().unwrap(), &[]);
+        assert!(open.host_allowed("keel.internal:5050"));
+    }
+
+    #[test]
+    fn origins() {
+        let p = HostPolicy::for_bind("127.0.0.1".parse().unwrap(), &["https://ops.example.com/".into()]);
+        assert!(p.origin_allowed("http://127.0.0.1:5050", Some("127.0.0.1:5050")));
+        assert!(p.origin_allowed("https://ops.example.com", Some("127.0.0.1:5050")));
+        assert!(!p.origin_allowed("http://evil.com", Some("127.0.0.1:5050")));
+        assert!(!p.origin_allowed("null", Some("127.0.0.1:5050")));
+        assert!(!p.origin_allowed("http://127.0.0.1:5051", Some("127.0.0.1:5050")));
+    }
+
+    #[test]
+    fn redaction_hides_env_values_but_not_secret_references() {
+        let mut v = json!({
+            "apps": [{ "id": "/a", "env": { "PASSWORD": "hunter2", "DB": { "secret": "db" } }, "cmd": "x" }],
+            "environmentVariables": [{ "name": "K", "value": "v" }],
+            "run": { "env": { "T": "t" } },
+        });
+        redact_secrets(&mut v);
+        assert_eq!(v["apps"][0]["env"]["PASSWORD"], REDACTED);
+        assert_eq!(v["apps"][0]["env"]["DB"], json!({ "secret": "db" }));
+        assert_eq!(v["environmentVariables"][0]["value"], REDACTED);
+        assert_eq!(v["environmentVariables"][0]["name"], "K");
+        assert_eq!(v["run"]["env"]["T"], REDACTED);
+        assert_eq!(v["apps"][0]["cmd"], "x");
+    }
+}
