@@ -5,7 +5,7 @@
 //! process keeps the active tokens' hashes in memory and reloads them from the store every
 //! [`REFRESH`], so a check never touches the database and a revoked token stops working within a second.
 //! A framework serving its REST API on its own port asks the master (`GET /keel/v1/whoami`) instead, and
-//! keeps each answer for at most [`REFRESH`].
+//! keeps each answer for at most [`REMOTE_TTL`].
 //!
 //! The decisions ([`Principal::may`], [`parse_authorization`]) are pure; [`Auth`] holds the state.
 
@@ -23,8 +23,11 @@ use tracing::{debug, warn};
 
 use crate::store::{Store, StoreError, TokenRecord};
 
-/// How often the active tokens are reloaded, and how long a remote answer is trusted.
+/// How often the active tokens are reloaded.
 pub const REFRESH: Duration = Duration::from_millis(500);
+/// How long a framework trusts the master's answer about a credential: with [`REFRESH`], a revoked token
+/// is refused everywhere within 750 ms.
+pub const REMOTE_TTL: Duration = Duration::from_millis(250);
 /// How long a console session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The most console sessions kept at once; the oldest is dropped beyond it.
@@ -368,7 +371,7 @@ impl Auth {
                 let key = hash_token(authorization.unwrap_or(""));
                 let cache = self.inner.remote_cache.lock().expect("lock poisoned");
                 match cache.get(&key) {
-                    Some((at, answer)) if at.elapsed() < REFRESH => answer.clone(),
+                    Some((at, answer)) if at.elapsed() < REMOTE_TTL => answer.clone(),
                     _ => Err(AuthError::Unavailable("not cached".into())),
                 }
             }
@@ -387,7 +390,7 @@ impl Auth {
     }
 
     /// Checks a presented credential; a remote `Auth` asks the master when its cached answer is older than
-    /// [`REFRESH`].
+    /// [`REMOTE_TTL`].
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>, AuthError> {
         let Mode::Remote { whoami, client } = &self.inner.mode else {
             return self.check(authorization);
@@ -403,7 +406,7 @@ impl Auth {
         if !matches!(answer, Err(AuthError::Unavailable(_))) {
             let mut cache = self.inner.remote_cache.lock().expect("lock poisoned");
             if cache.len() >= MAX_SESSIONS {
-                cache.retain(|_, (at, _)| at.elapsed() < REFRESH);
+                cache.retain(|_, (at, _)| at.elapsed() < REMOTE_TTL);
             }
             if cache.len() < MAX_SESSIONS {
                 cache.insert(key, (Instant::now(), answer.clone()));

@@ -174,24 +174,43 @@ impl Gate {
         self.auth.authenticate(None).await
     }
 
-    /// The checks before a request reaches a handler; `Err` is the answer.
-    async fn admit(&self, req: &axum::http::request::Parts) -> Result<Option<Arc<Principal>>, Response> {
+    /// The checks before a request reaches a handler: who asks (once known), and the answer if refused.
+    async fn admit(&self, req: &axum::http::request::Parts) -> (Option<Arc<Principal>>, Result<(), Response>) {
+        match self.check(req).await {
+            Ok(p) => (p, Ok(())),
+            Err((p, refusal)) => (p, Err(refusal)),
+        }
+    }
+
+    #[allow(clippy::result_large_err)]
+    async fn check(
+        &self,
+        req: &axum::http::request::Parts,
+    ) -> Result<Option<Arc<Principal>>, (Option<Arc<Principal>>, Response)> {
         let headers = &req.headers;
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).or(req.uri.authority().map(|a| a.as_str()));
         if let Some(h) = host
             && !self.hosts.host_allowed(h)
         {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                format!("host '{h}' is not this server's (DNS rebinding protection): list it with --allowed-origin"),
+            return Err((
+                None,
+                refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "host '{h}' is not this server's (DNS rebinding protection): list it with --allowed-origin"
+                    ),
+                ),
             ));
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("null");
             if !self.hosts.origin_allowed(origin, host) {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    format!("cross-origin request from '{origin}' refused: list the origin with --allowed-origin"),
+                return Err((
+                    None,
+                    refuse(
+                        StatusCode::FORBIDDEN,
+                        format!("cross-origin request from '{origin}' refused: list the origin with --allowed-origin"),
+                    ),
                 ));
             }
         }
@@ -205,15 +224,21 @@ impl Gate {
                 .map_or(headers.contains_key(header::TRANSFER_ENCODING), |n| n.trim() != "0");
             match content_type {
                 Some(ct) if !is_json(ct) => {
-                    return Err(refuse(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        format!("writes must be JSON: Content-Type '{ct}' is not application/json"),
+                    return Err((
+                        None,
+                        refuse(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            format!("writes must be JSON: Content-Type '{ct}' is not application/json"),
+                        ),
                     ));
                 }
                 None if has_body => {
-                    return Err(refuse(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "writes must be JSON: send Content-Type: application/json",
+                    return Err((
+                        None,
+                        refuse(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "writes must be JSON: send Content-Type: application/json",
+                        ),
                     ));
                 }
                 _ => {}
@@ -223,7 +248,7 @@ impl Gate {
         if class == Class::Public {
             return Ok(None);
         }
-        let principal = self.principal(headers).await.map_err(|e| unauthorized(&e))?;
+        let principal = self.principal(headers).await.map_err(|e| (None, unauthorized(&e)))?;
         let (action, what) = match class {
             Class::Read => (Action::Read, "read"),
             Class::TaskOutput => (Action::ReadTaskOutput, "read task output"),
@@ -231,10 +256,9 @@ impl Gate {
             _ => (Action::Admin, "use admin endpoints"),
         };
         if !principal.may(&action) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                format!("'{}' (role {}) may not {what}", principal.name, principal.role),
-            ));
+            let refusal =
+                refuse(StatusCode::FORBIDDEN, format!("'{}' (role {}) may not {what}", principal.name, principal.role));
+            return Err((Some(principal), refusal));
         }
         Ok(Some(principal))
     }
@@ -269,10 +293,10 @@ async fn guard(gate: Gate, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let write = !is_safe(&method) && classify(&method, &path) != Class::Public;
     let (mut parts, body) = req.into_parts();
-    let admitted = gate.admit(&parts).await;
+    let (principal, admitted) = gate.admit(&parts).await;
     let (principal, mut response) = match admitted {
-        Err(refusal) => (None, refusal),
-        Ok(principal) => {
+        Err(refusal) => (principal, refusal),
+        Ok(()) => {
             if let Some(p) = &principal {
                 parts.extensions.insert(p.clone());
             }

@@ -802,18 +802,31 @@ async fn cancel_deployment(
 }
 
 /// `GET /v2/events`: Server-Sent Events in Marathon's format, optionally only the `event_type`s asked for.
-async fn events(State(api): State<Api>, RawQuery(q): RawQuery) -> impl IntoResponse {
+///
+/// Callers who may not read secrets (viewers) get environment values redacted, as in every other answer.
+async fn events(
+    State(api): State<Api>,
+    RawQuery(q): RawQuery,
+    principal: Option<axum::Extension<std::sync::Arc<keel_core::auth::Principal>>>,
+) -> impl IntoResponse {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
     let wanted: Vec<String> =
         pairs(q.as_deref()).into_iter().filter(|(k, _)| k == "event_type").map(|(_, v)| v).collect();
-    let stream =
-        tokio_stream::wrappers::BroadcastStream::new(api.marathon.subscribe()).filter_map(move |e| {
-            let keep = e.ok().filter(|e| wanted.is_empty() || wanted.iter().any(|w| w == e.event_type));
-            std::future::ready(keep.map(|e| {
-                Ok::<_, std::convert::Infallible>(Event::default().event(e.event_type).data(e.data.to_string()))
-            }))
-        });
+    let redact = principal.is_some_and(|p| !p.may(&keel_core::auth::Action::ReadSecrets));
+    let stream = tokio_stream::wrappers::BroadcastStream::new(api.marathon.subscribe()).filter_map(move |e| {
+        let keep = e.ok().filter(|e| wanted.is_empty() || wanted.iter().any(|w| w == e.event_type));
+        std::future::ready(keep.map(|e| {
+            let data = if redact {
+                let mut data = e.data.clone();
+                keel_core::gate::redact_secrets(&mut data);
+                data.to_string()
+            } else {
+                e.data.to_string()
+            };
+            Ok::<_, std::convert::Infallible>(Event::default().event(e.event_type).data(data))
+        }))
+    });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

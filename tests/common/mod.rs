@@ -114,6 +114,14 @@ pub fn create_token(db_url: &str, role: &str, name: &str, extra: &[&str]) -> Str
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Waits until the server at `base` knows `token` (a new token is seen within half a second).
+pub async fn wait_token(base: &str, token: &str) {
+    wait_for("a new token to be seen", Duration::from_secs(10), || async {
+        (get(&format!("{base}/keel/v1/whoami"), token).await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+}
+
 /// `req` with `token` as a bearer token.
 pub fn authed(req: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
     req.bearer_auth(token)
@@ -206,6 +214,13 @@ pub struct Agent {
 impl Agent {
     pub async fn start(master: &Master, work_dir: &Path, resources: &str) -> Agent {
         Self::start_with(master, work_dir, resources, &[]).await
+    }
+
+    /// Starts an agent that presents `token` rather than the harness's admin token.
+    pub async fn start_as(master: &Master, work_dir: &Path, resources: &str, token: &str) -> Agent {
+        let a = Self::spawn(&master.url(), token, work_dir, resources, &[]);
+        a.wait_registered(master).await;
+        a
     }
 
     /// Starts an agent with extra command-line arguments.

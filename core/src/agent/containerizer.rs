@@ -105,7 +105,12 @@ pub trait Containerizer: Send + Sync + 'static {
     /// Called once at agent start with every checkpointed container, before any `wait` on them, so the
     /// containerizer can re-attach, and clean up what this agent (`agent_id`) started that belongs to no
     /// known task.
-    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError>;
+    async fn recover(
+        &self,
+        agent_id: Option<&AgentId>,
+        work_dir: &std::path::Path,
+        records: &[ContainerRecord],
+    ) -> Result<(), ContainerError>;
 
     /// Runs a health-check command for a running task, inside its container where it has one, and
     /// returns its exit code.
@@ -174,10 +179,15 @@ impl Containerizer for Composite {
         }
     }
 
-    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError> {
-        self.process.recover(agent_id, records).await?;
+    async fn recover(
+        &self,
+        agent_id: Option<&AgentId>,
+        work_dir: &std::path::Path,
+        records: &[ContainerRecord],
+    ) -> Result<(), ContainerError> {
+        self.process.recover(agent_id, work_dir, records).await?;
         if let Some(d) = &self.docker {
-            d.recover(agent_id, records).await?;
+            d.recover(agent_id, work_dir, records).await?;
         }
         Ok(())
     }

@@ -308,7 +308,12 @@ impl Containerizer for DockerContainerizer {
         }
     }
 
-    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError> {
+    async fn recover(
+        &self,
+        agent_id: Option<&AgentId>,
+        work_dir: &std::path::Path,
+        records: &[ContainerRecord],
+    ) -> Result<(), ContainerError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i32);
         let mut known = Vec::new();
         for r in records {
@@ -324,7 +329,13 @@ impl Containerizer for DockerContainerizer {
         let containers = self.docker.list_containers(Some(options)).await.map_err(docker_err)?;
         for c in containers {
             let Some(id) = c.id else { continue };
-            if known.contains(&id.as_str()) {
+            // Only containers whose sandbox is under this agent's work directory are its own.
+            let ours = c
+                .mounts
+                .iter()
+                .flatten()
+                .any(|m| m.source.as_deref().is_some_and(|s| s.starts_with(&*work_dir.to_string_lossy())));
+            if known.contains(&id.as_str()) || !ours {
                 continue;
             }
             let task = c.labels.as_ref().and_then(|l| l.get(LABEL_TASK)).cloned().unwrap_or_default();

@@ -64,7 +64,12 @@ impl Containerizer for MemoryContainerizer {
         Ok(())
     }
 
-    async fn recover(&self, _agent_id: Option<&AgentId>, _records: &[ContainerRecord]) -> Result<(), ContainerError> {
+    async fn recover(
+        &self,
+        _agent_id: Option<&AgentId>,
+        _work_dir: &std::path::Path,
+        _records: &[ContainerRecord],
+    ) -> Result<(), ContainerError> {
         Ok(())
     }
 }

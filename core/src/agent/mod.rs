@@ -344,7 +344,7 @@ impl Agent {
         }
         let records: Vec<ContainerRecord> =
             self.tasks.values().filter(|t| !t.state.is_terminal()).filter_map(|t| t.container.clone()).collect();
-        self.containerizer.recover(self.agent_id.as_ref(), &records).await?;
+        self.containerizer.recover(self.agent_id.as_ref(), &self.config.work_dir, &records).await?;
         let keys: Vec<Key> = self.tasks.keys().cloned().collect();
         for key in keys {
             let task = &self.tasks[&key];

@@ -53,9 +53,11 @@ fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
-/// Process-group leaders whose environment contains `marker` (`KEEL_AGENT_ID=…`) and `KEEL_SANDBOX`, which
-/// only this containerizer sets (a Docker task's processes carry the agent id too, and are not ours).
-fn stray_groups(marker: &str) -> Vec<i32> {
+/// Process-group leaders whose environment contains `marker` (`KEEL_AGENT_ID=…`) and a `KEEL_SANDBOX` under
+/// `work_dir`, which only this containerizer sets (a Docker task's processes carry the agent id too, and
+/// are not ours; nor are those of another agent that claims the same id from another work directory).
+fn stray_groups(marker: &str, work_dir: &std::path::Path) -> Vec<i32> {
+    let sandbox = format!("KEEL_SANDBOX={}/", work_dir.display());
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -67,7 +69,7 @@ fn stray_groups(marker: &str) -> Vec<i32> {
             leader
                 && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
                     env.split(|b| *b == 0).any(|var| var == marker.as_bytes())
-                        && env.split(|b| *b == 0).any(|var| var.starts_with(b"KEEL_SANDBOX="))
+                        && env.split(|b| *b == 0).any(|var| var.starts_with(sandbox.as_bytes()))
                 })
         })
         .collect()
@@ -188,7 +190,12 @@ impl Containerizer for ProcessContainerizer {
         Ok(())
     }
 
-    async fn recover(&self, agent_id: Option<&AgentId>, records: &[ContainerRecord]) -> Result<(), ContainerError> {
+    async fn recover(
+        &self,
+        agent_id: Option<&AgentId>,
+        work_dir: &std::path::Path,
+        records: &[ContainerRecord],
+    ) -> Result<(), ContainerError> {
         // Known processes need nothing: `wait` watches recovered pids by itself. Process groups this agent
         // started that no checkpoint names (the agent died between spawning and checkpointing) are killed.
         let Some(agent_id) = agent_id else { return Ok(()) };
@@ -197,7 +204,7 @@ impl Containerizer for ProcessContainerizer {
             .filter_map(|r| if let ContainerRecord::Process { pid, .. } = r { Some(*pid) } else { None })
             .collect();
         let marker = format!("KEEL_AGENT_ID={agent_id}");
-        for pid in stray_groups(&marker) {
+        for pid in stray_groups(&marker, work_dir) {
             if !known.contains(&pid) {
                 tracing::warn!(pid, "process group of this agent belongs to no known task; killing it");
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);

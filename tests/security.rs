@@ -1,0 +1,332 @@
+//! Security end to end: the authorization matrix over HTTP and gRPC, the impostor agent and the framework
+//! takeover refused, revocation seen by every process, and `keel dev` against a hostile web page.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use keel_core::api::{AgentInfo, FrameworkInfo};
+use keel_core::client::Target;
+use keel_core::proto;
+use keel_core::scheduler::{self, DriverEvent};
+use keel_core::task::TaskState;
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn status(req: reqwest::RequestBuilder) -> u16 {
+    req.send().await.unwrap().status().as_u16()
+}
+
+fn with(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+/// The gRPC outcome of opening a scheduler subscription: "ok" or the status code's name.
+async fn grpc_subscribe(master: &Master, token: Option<&str>) -> String {
+    let target = Target::new(master.url(), token.map(str::to_owned));
+    let channel = target.connect().await.unwrap();
+    let mut client = proto::scheduler_client::SchedulerClient::with_interceptor(channel, target.credential());
+    let call = keel_core::convert::subscribe_to_proto(None, &FrameworkInfo::new("matrix"));
+    match client.subscribe(futures::stream::iter(vec![call])).await {
+        Ok(_) => "ok".into(),
+        Err(s) => format!("{:?}", s.code()),
+    }
+}
+
+/// The gRPC outcome of registering an agent.
+async fn grpc_register(master: &Master, token: Option<&str>) -> String {
+    let target = Target::new(master.url(), token.map(str::to_owned));
+    let channel = target.connect().await.unwrap();
+    let mut client = proto::agent_service_client::AgentServiceClient::with_interceptor(channel, target.credential());
+    let info = AgentInfo {
+        id: None,
+        hostname: "matrix".into(),
+        resources: "cpus:0.1;mem:1".parse().unwrap(),
+        attributes: vec![],
+        docker: false,
+    };
+    let register = proto::AgentMessage {
+        kind: Some(proto::agent_message::Kind::Register(proto::agent_message::Register {
+            info: Some((&info).into()),
+            tasks: vec![],
+        })),
+    };
+    match client.attach(futures::stream::iter(vec![register])).await {
+        Ok(_) => "ok".into(),
+        Err(s) => format!("{:?}", s.code()),
+    }
+}
+
+/// Every role (and no credential, and a wrong one) against every class of endpoint, over HTTP on the
+/// master and on a framework's own port, and over gRPC.
+#[tokio::test]
+async fn the_authorization_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let mdb = format!("sqlite:{}", dir.path().join("m.db").display());
+    let marathon = FrameworkProc::start("marathon", &master, &mdb, &[], dir.path().join("marathon.log")).await;
+    let mut principals: Vec<(&str, Option<String>)> = vec![("none", None), ("wrong", Some("keel_wrong".into()))];
+    for role in ["viewer", "operator", "admin", "framework", "agent"] {
+        let token = create_token(&db, role, &format!("m-{role}"), &[]);
+        wait_token(&master.url(), &token).await;
+        principals.push((role, Some(token)));
+    }
+    let http = reqwest::Client::new();
+    let m = master.url();
+    // Columns: master read, task output, admin, framework-port read, framework-port write, subscribe,
+    // register an agent.
+    let expected: [(&str, [&str; 7]); 7] = [
+        ("none", ["401", "401", "401", "401", "401", "Unauthenticated", "Unauthenticated"]),
+        ("wrong", ["401", "401", "401", "401", "401", "Unauthenticated", "Unauthenticated"]),
+        ("viewer", ["200", "404", "403", "200", "403", "PermissionDenied", "PermissionDenied"]),
+        ("operator", ["200", "404", "403", "200", "422", "PermissionDenied", "PermissionDenied"]),
+        ("admin", ["200", "404", "200", "200", "422", "ok", "ok"]),
+        ("framework", ["403", "404", "403", "403", "403", "ok", "PermissionDenied"]),
+        ("agent", ["403", "403", "403", "403", "403", "PermissionDenied", "ok"]),
+    ];
+    for ((who, token), (row_who, want)) in principals.iter().zip(expected) {
+        assert_eq!(*who, row_who);
+        let t = token.as_deref();
+        let got = [
+            status(with(http.get(format!("{m}/master/state")), t)).await.to_string(),
+            status(with(http.get(format!("{m}/master/tasks/nope/files/stdout")), t)).await.to_string(),
+            status(with(http.get(format!("{m}/keel/v1/tokens")), t)).await.to_string(),
+            status(with(http.get(format!("{}/v2/apps", marathon.url)), t)).await.to_string(),
+            status(with(http.post(format!("{}/v2/apps", marathon.url)).json(&json!({})), t)).await.to_string(),
+            grpc_subscribe(&master, t).await,
+            grpc_register(&master, t).await,
+        ];
+        assert_eq!(got, want.map(str::to_owned), "role {who}");
+    }
+    // A framework token limited to a role may subscribe under that role only.
+    let batch = create_token(&db, "framework", "batch-only", &["--framework-role", "batch"]);
+    wait_token(&master.url(), &batch).await;
+    assert_eq!(grpc_subscribe(&master, Some(&batch)).await, "PermissionDenied");
+}
+
+/// A rogue agent that presents another credential with a real agent's id is refused and logged; the real
+/// agent and its task are untouched.
+#[tokio::test]
+async fn an_impostor_agent_is_refused_and_the_real_one_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let real_token = create_token(&db, "agent", "rack1-agent", &[]);
+    let rogue_token = create_token(&db, "agent", "rogue-agent", &[]);
+    wait_token(&master.url(), &real_token).await;
+    wait_token(&master.url(), &rogue_token).await;
+    let agent = Agent::start_as(&master, &dir.path().join("agent"), "cpus:1;mem:256", &real_token).await;
+    let mut fw = Framework::subscribe(&master, "fw", Duration::from_secs(60)).await;
+    fw.launch(task("sleeper", "exec sleep 1000")).await;
+    fw.wait_state("sleeper", TaskState::Running, LONG).await;
+
+    let id = agent.agent_id().unwrap();
+    let rogue_dir = dir.path().join("rogue");
+    std::fs::create_dir_all(rogue_dir.join("meta")).unwrap();
+    std::fs::write(rogue_dir.join("meta/agent_id"), &id).unwrap();
+    let log = dir.path().join("rogue.log");
+    let out = std::process::Command::new(KEEL)
+        .args(["agent", "--master", &master.url(), "--work-dir", rogue_dir.to_str().unwrap()])
+        .args(["--resources", "cpus:1;mem:256", "--no-docker"])
+        .env("KEEL_TOKEN", &rogue_token)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("rogue.err")).unwrap())
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(dir.path().join("rogue.err")).unwrap();
+    assert!(!out.success(), "the rogue agent kept running");
+    assert!(err.contains("refused") && err.contains("another principal"), "{err}");
+
+    fw.drain_for(Duration::from_secs(1)).await;
+    let last = fw.last("sleeper").unwrap();
+    assert_eq!(last.state, TaskState::Running, "the real agent's task was disturbed: {last:?}");
+    let state = master.state().await;
+    let agents = state["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0]["status"], "active");
+    let master_log = std::fs::read_to_string(&master.proc.log).unwrap();
+    assert!(master_log.contains("refused an agent registering with an id that belongs to another principal"));
+    let audit = master.get("/keel/v1/audit").await.unwrap();
+    let denied = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["principal"] == "rogue-agent" && r["action"] == "register agent" && r["outcome"] == "denied");
+    assert!(denied, "{audit}");
+}
+
+/// A framework id belongs to the principal that created it: another one cannot subscribe with it (and so
+/// cannot tear it down).
+#[tokio::test]
+async fn a_framework_cannot_be_taken_over_with_another_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let owner = create_token(&db, "framework", "services", &[]);
+    let thief = create_token(&db, "framework", "thief", &[]);
+    wait_token(&master.url(), &owner).await;
+    wait_token(&master.url(), &thief).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut info = FrameworkInfo::new("services");
+    info.failover_timeout = Duration::from_secs(60);
+    let (_h, mut events) =
+        scheduler::start(Target::new(master.url(), Some(owner)), info.clone(), None, shutdown.clone());
+    let id = match tokio::time::timeout(LONG, events.recv()).await.unwrap().unwrap() {
+        DriverEvent::Event(keel_core::api::Event::Subscribed { framework_id, .. }) => framework_id,
+        other => panic!("{other:?}"),
+    };
+    let (_t, mut thief_events) =
+        scheduler::start(Target::new(master.url(), Some(thief)), info, Some(id.clone()), shutdown.clone());
+    match tokio::time::timeout(LONG, thief_events.recv()).await.unwrap().unwrap() {
+        DriverEvent::Stopped(reason) => assert!(reason.contains("another principal"), "{reason}"),
+        other => panic!("the takeover was not refused: {other:?}"),
+    }
+    let state = master.state().await;
+    let fw = state["frameworks"].as_array().unwrap().iter().find(|f| f["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(fw["connected"], true, "{fw}");
+    shutdown.cancel();
+}
+
+/// A revoked token is refused by the master and by a framework on its own port within a second.
+#[tokio::test]
+async fn revocation_reaches_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let mdb = format!("sqlite:{}", dir.path().join("m.db").display());
+    let marathon = FrameworkProc::start("marathon", &master, &mdb, &[], dir.path().join("marathon.log")).await;
+    let ops = create_token(&db, "operator", "ops", &[]);
+    wait_token(&master.url(), &ops).await;
+    let urls = [format!("{}/master/state", master.url()), format!("{}/v2/apps", marathon.url)];
+    for url in &urls {
+        assert_eq!(get(url, &ops).await.unwrap().status(), 200, "{url}");
+    }
+    let listed = std::process::Command::new(KEEL).args(["token", "list", "--database-url", &db]).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("ops") && listed.contains("operator") && !listed.contains(&ops), "{listed}");
+
+    let revoked =
+        std::process::Command::new(KEEL).args(["token", "revoke", "ops", "--database-url", &db]).status().unwrap();
+    assert!(revoked.success());
+    let at = Instant::now();
+    for url in &urls {
+        wait_for("the revoked token to be refused", LONG, || async {
+            (get(url, &ops).await.ok()?.status() == 401).then_some(())
+        })
+        .await;
+    }
+    let took = at.elapsed();
+    eprintln!("revocation seen by the master and the framework after {took:?}");
+    assert!(took < Duration::from_millis(1500), "revocation took {took:?}");
+}
+
+/// What `keel dev` prints, once it has printed its login link.
+async fn start_dev(dir: &std::path::Path) -> (Proc, String, String, String) {
+    let port = free_port();
+    let data = dir.join("data");
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["dev", "--listen", &listen, "--data-dir", data.to_str().unwrap(), "--no-docker"];
+    let proc = Proc::spawn(&args, dir.join("dev.log"));
+    let log = proc.log.clone();
+    let link = wait_for("keel dev's login link", LONG, || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines().find_map(|l| l.split_once("sign in (this link works once): ").map(|(_, u)| u.trim().to_owned()))
+    })
+    .await;
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("admin.token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin.token must be readable by its owner only");
+    (proc, format!("http://{listen}"), link, token)
+}
+
+/// A hostile page cannot write through an operator's browser; the login link works once; logout ends the
+/// session; viewers see environment values redacted; writes are audited.
+#[tokio::test]
+async fn keel_dev_against_a_hostile_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, base, link, admin) = start_dev(dir.path()).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    wait_for("keel dev to be healthy", LONG, || async {
+        (http.get(format!("{base}/health")).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    let app = json!({"id": "/web", "cmd": "exec sleep 1000", "cpus": 0.01, "mem": 16, "instances": 0,
+                     "env": {"PASSWORD": "hunter2"}});
+
+    // A cross-origin form post (text/plain) is refused, even with a valid credential; so are a foreign
+    // Origin and a rebound Host.
+    let plain = http.post(format!("{base}/v2/apps")).header("content-type", "text/plain").body(app.to_string());
+    assert_eq!(status(plain.bearer_auth(&admin)).await, 415);
+    let foreign = http.post(format!("{base}/v2/apps")).header("origin", "http://evil.example").json(&app);
+    assert_eq!(status(foreign.bearer_auth(&admin)).await, 403);
+    let rebound = http.get(format!("{base}/v2/apps")).header("host", "evil.example");
+    assert_eq!(status(rebound.bearer_auth(&admin)).await, 403);
+    assert_eq!(status(http.post(format!("{base}/v2/apps")).json(&app)).await, 401);
+    let apps: Value =
+        http.get(format!("{base}/v2/apps")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(apps["apps"], json!([]), "a refused write created an app");
+
+    // The login link works once, and logging out ends the session.
+    let first = http.get(&link).send().await.unwrap();
+    assert_eq!(first.status(), 303);
+    let cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    assert_eq!(status(http.get(&link)).await, 401, "the login link worked twice");
+    assert_eq!(status(http.get(format!("{base}/v2/apps")).header("cookie", &session)).await, 200);
+    assert_eq!(status(http.post(format!("{base}/logout")).header("cookie", &session)).await, 303);
+    assert_eq!(status(http.get(format!("{base}/v2/apps")).header("cookie", &session)).await, 401);
+    // The login form takes the token.
+    let form = http.post(format!("{base}/login")).form(&[("token", admin.as_str())]).send().await.unwrap();
+    assert_eq!(form.status(), 303);
+
+    // Environment values: the operator sees them, a viewer does not (nor on the event stream).
+    let created: Value = http
+        .post(format!("{base}/keel/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "watcher", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let viewer = created["token"].as_str().unwrap().to_owned();
+    wait_token(&base, &viewer).await;
+    let mut events = http.get(format!("{base}/v2/events")).bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(http.post(format!("{base}/v2/apps")).bearer_auth(&admin).json(&app).send().await.unwrap().status(), 201);
+    let seen: Value =
+        http.get(format!("{base}/v2/apps/web")).bearer_auth(&viewer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(seen["app"]["env"]["PASSWORD"], keel_core::gate::REDACTED);
+    let full: Value =
+        http.get(format!("{base}/v2/apps/web")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    assert_eq!(full["app"]["env"]["PASSWORD"], "hunter2");
+    let mut stream = String::new();
+    while !stream.contains("PASSWORD") {
+        let chunk = tokio::time::timeout(LONG, events.chunk()).await.unwrap().unwrap().unwrap();
+        stream.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!stream.contains("hunter2"), "a viewer's event stream showed a secret: {stream}");
+    assert_eq!(status(http.post(format!("{base}/v2/apps")).bearer_auth(&viewer).json(&app)).await, 403);
+
+    // The audit record: every write, with its principal and outcome; admins only.
+    assert_eq!(status(http.get(format!("{base}/keel/v1/audit")).bearer_auth(&viewer)).await, 403);
+    let audit: Value =
+        http.get(format!("{base}/keel/v1/audit")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let has = |principal: &str, outcome: &str, status: u16| {
+        audit.as_array().unwrap().iter().any(|r| {
+            r["principal"] == principal
+                && r["action"] == "POST /v2/apps"
+                && r["outcome"] == outcome
+                && r["status"] == status
+        })
+    };
+    assert!(has("admin", "ok", 201) && has("watcher", "denied", 403) && has("-", "denied", 401), "{audit}");
+}
