@@ -68,6 +68,7 @@ fn tiny_task(n: usize, resources: &Resources) -> TaskSpec {
         kill_grace: None,
         container: None,
         health_check: None,
+        user: None,
     }
 }
 

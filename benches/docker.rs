@@ -120,6 +120,7 @@ async fn measure(n: usize) -> (Vec<Duration>, Vec<Duration>) {
             kill_grace: Some(Duration::from_secs(1)),
             container: Some(DockerSpec { image: IMAGE.into(), ..Default::default() }),
             health_check: None,
+            user: None,
         };
         let mut sent: Option<Instant> = None;
         loop {

@@ -39,6 +39,9 @@ pub struct ExecuteArgs {
     /// An environment variable for the task, as KEY=VALUE; repeat for more.
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// The user to run the task as (default: the agent's --default-user).
+    #[arg(long)]
+    user: Option<String>,
     /// The role to take resources from.
     #[arg(long, default_value = "*")]
     role: String,
@@ -98,6 +101,7 @@ pub async fn run(args: ExecuteArgs) -> Result<u8> {
             ..Default::default()
         }),
         health_check: None,
+        user: args.user.clone(),
     };
     spec.validate()?;
     let mut info = FrameworkInfo::new(format!("keel-execute {}", args.name));

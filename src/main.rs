@@ -259,6 +259,11 @@ struct ResourceOptions {
     /// Keep Docker containers after their tasks end, for inspection (they are removed by default).
     #[arg(long)]
     keep_containers: bool,
+    /// The user that process tasks naming no user run as. Default for `keel agent` run as root: nobody
+    /// (tasks run as root only if you name root, here or in the task); otherwise, the agent's own user.
+    /// Docker tasks that name no user run as their image's user.
+    #[arg(long)]
+    default_user: Option<String>,
 }
 
 #[derive(Args)]
@@ -589,7 +594,8 @@ async fn open_store(url: &str) -> Result<Store> {
 }
 
 impl ResourceOptions {
-    fn agent_config(&self, master: &keel_core::client::Target, work_dir: PathBuf) -> Result<AgentConfig> {
+    /// The agent's settings; `dev` keeps the agent's own user as the default task user.
+    fn agent_config(&self, master: &keel_core::client::Target, work_dir: PathBuf, dev: bool) -> Result<AgentConfig> {
         std::fs::create_dir_all(&work_dir)
             .with_context(|| format!("cannot create work directory {}", work_dir.display()))?;
         let resources: Resources = match &self.resources {
@@ -605,6 +611,23 @@ impl ResourceOptions {
             .with_context(|| format!("invalid --attributes '{}'", self.attributes))?;
         if let Some(h) = &self.hostname {
             config.hostname = h.clone();
+        }
+        let root = nix::unistd::geteuid().is_root();
+        config.default_user = match &self.default_user {
+            Some(u) => Some(u.clone()),
+            None if root && !dev => Some("nobody".into()),
+            None => None,
+        };
+        if let Some(u) = &config.default_user {
+            if !keel_core::task::valid_user(u) {
+                bail!("--default-user '{u}' is not a user name");
+            }
+            if nix::unistd::User::from_name(u).ok().flatten().is_none() {
+                bail!("--default-user '{u}' is not a user on this machine");
+            }
+            info!(user = %u, "process tasks that name no user run as {u}");
+        } else if root {
+            tracing::warn!("process tasks that name no user run as root: pass --default-user to change that");
         }
         Ok(config)
     }
@@ -703,7 +726,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Token(command) => token_command(command).await?,
         Command::Agent(args) => {
             let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
-            let config = args.resources.agent_config(&target, args.work_dir)?;
+            let config = args.resources.agent_config(&target, args.work_dir, false)?;
             let containerizer = args.resources.containerizer().await;
             run_agent(config, containerizer, shutdown).await?;
         }
@@ -727,9 +750,11 @@ async fn run(command: Command) -> Result<()> {
             extras.json_metrics = Some(std::sync::Arc::new(move || {
                 Box::pin(keel_marathon::api::json_metrics(api.clone())) as futures::future::BoxFuture<'static, _>
             }));
-            let config = args
-                .resources
-                .agent_config(&internal("keel:agent", Role::Agent), args.master.store.data_dir.join("agent"))?;
+            let config = args.resources.agent_config(
+                &internal("keel:agent", Role::Agent),
+                args.master.store.data_dir.join("agent"),
+                true,
+            )?;
             let admin_token = started.admin_token.clone();
             let token_path = args.master.store.data_dir.join("admin.token");
             let containerizer = args.resources.containerizer().await;

@@ -449,11 +449,13 @@ async fn a_task_that_ends_while_its_agent_is_down_is_reported_once_and_frees_its
     fw.launch(task("brief", "sleep 1; exit 7")).await;
     fw.wait_state("brief", TaskState::Running, LONG).await;
 
-    // A process group that claims this agent but is in no checkpoint (as if the agent died mid-launch).
+    // A process group that claims this agent, in a sandbox of its work directory, but is in no checkpoint
+    // (as if the agent died mid-launch).
+    let sandbox = std::fs::canonicalize(&agent.work_dir).unwrap().join("sandboxes/fw/lost");
     let mut stray = std::process::Command::new("sleep")
         .arg("60")
         .env("KEEL_AGENT_ID", agent.agent_id().unwrap())
-        .env("KEEL_SANDBOX", dir.path())
+        .env("KEEL_SANDBOX", &sandbox)
         .process_group(0)
         .spawn()
         .unwrap();

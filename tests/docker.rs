@@ -134,9 +134,14 @@ async fn a_restarted_agent_reattaches_to_its_containers_and_removes_orphans() {
     fw.wait_state("svc", TaskState::Running, LONG).await;
     let id = containers_of("svc");
     let agent_id = agent.agent_id().unwrap();
+    // A container of this agent (its sandbox is in the agent's work directory) that no checkpoint names.
+    let sandbox = std::fs::canonicalize(&agent.work_dir).unwrap().join("sandboxes/fw/orphan");
+    std::fs::create_dir_all(&sandbox).unwrap();
     let orphan = docker(&[
         "run",
         "-d",
+        "-v",
+        &format!("{}:/mnt/mesos/sandbox", sandbox.display()),
         "--label",
         &format!("keel.agent_id={agent_id}"),
         "--label",
@@ -149,8 +154,8 @@ async fn a_restarted_agent_reattaches_to_its_containers_and_removes_orphans() {
     let updates_before = fw.updates.len();
 
     agent.restart(&master).await;
-    wait_for("the orphan container to be removed", LONG, || async { containers_of("orphan").is_empty().then_some(()) })
-        .await;
+    let gone = || async { docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &format!("id={orphan}")]).is_empty() };
+    wait_for("the orphan container to be removed", LONG, || async { gone().await.then_some(()) }).await;
     assert_eq!(containers_of("svc"), id, "the task's container was neither restarted nor replaced");
     assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", &id]), "true");
     fw.drain_for(Duration::from_secs(2)).await;

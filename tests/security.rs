@@ -330,3 +330,41 @@ async fn keel_dev_against_a_hostile_page() {
     };
     assert!(has("admin", "ok", 201) && has("watcher", "denied", 403) && has("-", "denied", 401), "{audit}");
 }
+
+/// Tasks run as the user they name, else as the agent's --default-user; an unknown user fails the task
+/// with the reason; a container runs as the user its task names.
+#[tokio::test]
+async fn tasks_run_as_the_user_they_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The sandboxes must be reachable by the task's user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let agent =
+        Agent::start_with(&master, &dir.path().join("agent"), "cpus:2;mem:512", &["--default-user", "nobody"]).await;
+    let mut fw = Framework::subscribe(&master, "users", Duration::from_secs(60)).await;
+    let run = |id: &str, user: Option<&str>| {
+        let mut t = task(id, "id -u; touch mine");
+        t.user = user.map(str::to_owned);
+        t
+    };
+    for t in [run("unnamed", None), run("as-root", Some("root")), run("ghost", Some("no-such-user"))] {
+        fw.launch(t).await;
+    }
+    fw.wait_state("unnamed", TaskState::Finished, LONG).await;
+    fw.wait_state("as-root", TaskState::Finished, LONG).await;
+    let ghost = fw.wait_state("ghost", TaskState::Failed, LONG).await;
+    assert!(ghost.message.contains("unknown user 'no-such-user'"), "{ghost:?}");
+    let fid = fw.id();
+    let uid = |t: &str| sandbox_file(&agent, &fid, t, "stdout").trim().to_owned();
+    assert_eq!(uid("unnamed"), "65534", "a task naming no user runs as --default-user");
+    assert_eq!(uid("as-root"), "0");
+    if docker_available() {
+        let mut t = docker_task("in-container", "id -u");
+        t.user = Some("65534".into());
+        fw.launch(t).await;
+        fw.wait_state("in-container", TaskState::Finished, LONG).await;
+        assert_eq!(uid("in-container"), "65534");
+    }
+}

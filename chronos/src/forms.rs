@@ -175,9 +175,6 @@ pub fn metronome_job(body: &Value) -> Result<(Job, Option<Vec<ScheduleSpec>>), I
             return unsupported(path);
         }
     }
-    if r.user.as_deref().is_some_and(|u| !u.is_empty()) {
-        return unsupported("/run/user");
-    }
     if let Some(d) = &r.docker
         && (d.privileged || !d.parameters.is_empty())
     {
@@ -216,6 +213,7 @@ pub fn metronome_job(body: &Value) -> Result<(Job, Option<Vec<ScheduleSpec>>), I
         env,
         task_kill_grace_period_seconds: r.task_kill_grace_period_seconds.map(|s| s.max(0.0).ceil() as u64),
         max_launch_delay_seconds: r.max_launch_delay,
+        user: r.user.filter(|u| !u.is_empty()),
     };
     job.retries = retries;
     job.active_deadline_seconds = deadline;
@@ -305,6 +303,9 @@ pub fn metronome_job_json(job: &Job) -> Value {
     }
     if let Some(d) = &r.docker {
         run["docker"] = json!({"image": d.image});
+    }
+    if let Some(u) = &r.user {
+        run["user"] = json!(u);
     }
     if let Some(d) = job.active_deadline_seconds {
         run["restart"]["activeDeadlineSeconds"] = json!(d);
@@ -470,6 +471,7 @@ struct ChronosJob {
     fetch: Vec<Value>,
     #[serde(default)]
     constraints: Vec<Value>,
+    run_as_user: Option<String>,
 }
 
 fn yes() -> bool {
@@ -577,6 +579,7 @@ pub fn chronos_job(body: &Value, dependent: bool) -> Result<Job, Invalid> {
         mem: nonzero(c.mem, CHRONOS_MEM),
         disk: nonzero(c.disk, CHRONOS_DISK),
         env: c.environment_variables.into_iter().map(|e| (e.name, e.value)).collect(),
+        user: c.run_as_user.filter(|u| !u.is_empty()),
         ..RunSpec::default()
     };
     let deadline = match &c.epsilon {
@@ -650,6 +653,9 @@ pub fn chronos_job_json(job: &Job, stats: &JobStats) -> Value {
         "highPriority": false,
         "constraints": [],
     });
+    if let Some(u) = &r.user {
+        v["runAsUser"] = json!(u);
+    }
     if let Some(d) = &r.docker {
         v["container"] = json!({"type": "DOCKER", "image": d.image, "network": "HOST", "volumes": [], "forcePullImage": d.force_pull_image});
     }

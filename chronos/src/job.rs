@@ -81,6 +81,8 @@ pub enum JobError {
     BadResource(JobId, &'static str),
     #[error("job '{0}' asks for neither cpus nor mem")]
     NoResources(JobId),
+    #[error("job '{0}': user '{1}' is not a user name (1 to 32 of a-z A-Z 0-9 . _ -)")]
+    BadUser(JobId, String),
     #[error("job '{job}': {field} must be between {min} and {max} seconds, got {value}")]
     OutOfRange { job: JobId, field: &'static str, min: u64, max: u64, value: u64 },
 }
@@ -193,6 +195,9 @@ pub struct RunSpec {
     pub task_kill_grace_period_seconds: Option<u64>,
     /// The longest wait between two attempts of a run.
     pub max_launch_delay_seconds: u64,
+    /// The user the run's task runs as; `None`: the agent's default.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl Default for RunSpec {
@@ -207,6 +212,7 @@ impl Default for RunSpec {
             env: BTreeMap::new(),
             task_kill_grace_period_seconds: None,
             max_launch_delay_seconds: 3600,
+            user: None,
         }
     }
 }
@@ -283,6 +289,11 @@ impl Job {
             range("taskKillGracePeriodSeconds", g, 0, 86_400)?;
         }
         range("maxLaunchDelay", self.run.max_launch_delay_seconds, 1, MAX_SECONDS)?;
+        if let Some(u) = &self.run.user
+            && !keel_core::task::valid_user(u)
+        {
+            return Err(JobError::BadUser(id(), u.chars().take(64).collect()));
+        }
         for s in &self.schedules {
             range("startingDeadlineSeconds", s.starting_deadline_seconds, 1, MAX_SECONDS)?;
         }

@@ -1816,6 +1816,7 @@ fn task_spec(job: &Job, run: &Run, attempt: u32) -> Result<TaskSpec, String> {
             ..Default::default()
         }),
         health_check: None,
+        user: job.run.user.clone(),
     };
     spec.validate().map_err(|e| e.to_string())?;
     Ok(spec)

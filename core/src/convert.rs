@@ -192,6 +192,7 @@ pub fn task_to_proto(t: &TaskSpec, agent_id: Option<&AgentId>) -> proto::TaskInf
         kill_grace_period_seconds: t.kill_grace.map(|d| d.as_secs_f64()).unwrap_or(0.0),
         container: t.container.as_ref().map(|d| proto::ContainerInfo { docker: Some(docker_to_proto(d)) }),
         health_check: t.health_check.as_ref().map(health_check_to_proto),
+        user: t.user.clone().unwrap_or_default(),
     }
 }
 
@@ -335,6 +336,7 @@ impl TryFrom<proto::TaskInfo> for TaskSpec {
                 .map(|c| c.docker.ok_or(ConvertError::Missing("container.docker")).and_then(docker_from_proto))
                 .transpose()?,
             health_check: p.health_check.map(health_check_from_proto).transpose()?,
+            user: Some(p.user).filter(|u| !u.is_empty()),
         })
     }
 }
@@ -765,6 +767,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 max_consecutive_failures: 3,
             }),
+            user: Some("nobody".into()),
         }
     }
 

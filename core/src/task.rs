@@ -299,6 +299,9 @@ pub struct TaskSpec {
     pub container: Option<DockerSpec>,
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// The user the task runs as; `None`: the agent's `--default-user`.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Why a [`TaskSpec`] cannot run.
@@ -310,6 +313,8 @@ pub enum TaskSpecError {
     NoResources(TaskId),
     #[error("task {0} has a container with no image")]
     NoImage(TaskId),
+    #[error("task {task}: user '{user}' is not a user name (1 to 32 of a-z A-Z 0-9 . _ -, not starting with -)")]
+    BadUser { task: TaskId, user: String },
     #[error("task {task}: host port {port} of a port mapping is not among the task's port resources")]
     UnmappedPort { task: TaskId, port: u16 },
     #[error("task {task}: port mappings need BRIDGE networking")]
@@ -318,6 +323,14 @@ pub enum TaskSpecError {
     HealthCheckPort { task: TaskId, index: usize, ports: usize },
     #[error("task {0}: health check interval and timeout must be positive")]
     HealthCheckTiming(TaskId),
+}
+
+/// A POSIX-portable user name.
+pub fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 32
+        && !user.starts_with('-')
+        && user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl TaskSpec {
@@ -329,6 +342,11 @@ impl TaskSpec {
         }
         if self.resources.cpus.milli() == 0 && self.resources.mem.milli() == 0 {
             return Err(TaskSpecError::NoResources(id()));
+        }
+        if let Some(user) = &self.user
+            && !valid_user(user)
+        {
+            return Err(TaskSpecError::BadUser { task: id(), user: user.chars().take(64).collect() });
         }
         if let Some(docker) = &self.container {
             if docker.image.trim().is_empty() {
@@ -415,11 +433,19 @@ mod tests {
             kill_grace: None,
             container: None,
             health_check: None,
+            user: None,
         };
         assert_eq!(spec.validate(), Err(TaskSpecError::NoResources(spec.id.clone())));
         let mut spec = spec;
         spec.resources = "cpus:0.1".parse().unwrap();
         assert!(spec.validate().is_ok());
+        for bad in ["", "-x", "a b", "root;rm", &"u".repeat(33)] {
+            spec.user = Some(bad.into());
+            assert!(matches!(spec.validate(), Err(TaskSpecError::BadUser { .. })), "{bad}");
+        }
+        spec.user = Some("www-data".into());
+        assert!(spec.validate().is_ok());
+        spec.user = None;
         spec.command.value = " ".into();
         assert!(spec.validate().is_err());
         // A container may use its image's command.

@@ -375,6 +375,11 @@ impl AppDefinition {
         if self.gpus > 0 {
             v.push(Violation::new("/gpus", "Keel's agents offer no GPUs"));
         }
+        if let Some(u) = self.user.as_deref().filter(|u| !u.is_empty())
+            && !keel_core::task::valid_user(u)
+        {
+            v.push(Violation::new("/user", "must be a user name: 1 to 32 of a-z A-Z 0-9 . _ -"));
+        }
         if self.instances > MAX_INSTANCES {
             v.push(Violation::new("/instances", format!("got {}, expected at most {MAX_INSTANCES}", self.instances)));
         }

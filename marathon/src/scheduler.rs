@@ -1434,6 +1434,7 @@ impl Marathon {
             kill_grace: app.task_kill_grace_period_seconds.map(Duration::from_secs),
             container,
             health_check,
+            user: app.user.clone().filter(|u| !u.is_empty()),
         };
         spec.validate().map_err(|e| e.to_string())?;
         Ok((spec, ports))

@@ -237,6 +237,10 @@ impl Agent {
         let log = work_dir.parent().unwrap().join(format!("agent-{n}.log"));
         let mut args = vec!["agent", "--master", master, "--work-dir", work_dir.to_str().unwrap()];
         args.extend(["--resources", resources, "--attributes", "rack:r1"]);
+        if !extra.contains(&"--default-user") {
+            // The tests' directories are private to root, so tasks run as root unless a test says otherwise.
+            args.extend(["--default-user", "root"]);
+        }
         args.extend_from_slice(extra);
         let proc = Proc::spawn_as(&args, log, Some(token));
         Agent {
@@ -300,6 +304,7 @@ pub fn task(id: &str, command: &str) -> TaskSpec {
         kill_grace: None,
         container: None,
         health_check: None,
+        user: None,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct LaunchRequest {
     pub task: TaskSpec,
     /// The task's own directory; stdout and stderr go to files in it.
     pub sandbox: PathBuf,
+    /// The user to run as; `None`: the agent's own.
+    pub user: Option<String>,
 }
 
 /// Enough to find a container again after an agent restart.
@@ -123,6 +125,9 @@ pub trait Containerizer: Send + Sync + 'static {
         let _ = record;
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.arg("-c").arg(command).current_dir(&request.sandbox).envs(&request.task.command.env);
+        if let Some(user) = &request.user {
+            run_as(&mut cmd, user, None)?;
+        }
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         cmd.kill_on_drop(true);
         let status = cmd.status().await.map_err(ContainerError::Spawn)?;
@@ -203,4 +208,56 @@ impl Containerizer for Composite {
             _ => self.process.run_check(record, request, command).await,
         }
     }
+}
+
+/// Makes `cmd` run as `user` (its uid, primary group and supplementary groups) and, if given, hands it
+/// `sandbox` and the files in it. Nothing changes when the agent already is that user; an agent that is
+/// not root cannot run tasks as anyone else, and an unknown user is an error that names it.
+pub(crate) fn run_as(
+    cmd: &mut tokio::process::Command,
+    user: &str,
+    sandbox: Option<&std::path::Path>,
+) -> Result<(), ContainerError> {
+    use nix::unistd::{Gid, Uid, User, chown, geteuid, getgrouplist};
+    let found = User::from_name(user)
+        .map_err(|e| ContainerError::Other(format!("cannot look up user '{user}': {e}")))?
+        .ok_or_else(|| ContainerError::Other(format!("unknown user '{user}' on this agent")))?;
+    let me = geteuid();
+    if found.uid == me {
+        return Ok(());
+    }
+    if !me.is_root() {
+        return Err(ContainerError::Other(format!("this agent runs as uid {me} and cannot run tasks as '{user}'")));
+    }
+    let name = std::ffi::CString::new(user).map_err(|_| ContainerError::Other("user name has a NUL".into()))?;
+    let groups: Vec<libc::gid_t> = getgrouplist(&name, found.gid)
+        .map_err(|e| ContainerError::Other(format!("cannot list the groups of '{user}': {e}")))?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
+    if let Some(dir) = sandbox {
+        let give = |p: &std::path::Path| {
+            chown(p, Some(found.uid), Some(found.gid))
+                .map_err(|e| ContainerError::Sandbox { path: p.to_owned(), source: e.into() })
+        };
+        give(dir)?;
+        for entry in std::fs::read_dir(dir).map_err(|e| ContainerError::Sandbox { path: dir.to_owned(), source: e })? {
+            give(&entry.map_err(|e| ContainerError::Sandbox { path: dir.to_owned(), source: e })?.path())?;
+        }
+    }
+    let (uid, gid): (Uid, Gid) = (found.uid, found.gid);
+    // SAFETY: between fork and exec only async-signal-safe calls are made (setgroups, setgid, setuid), on
+    // data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                || libc::setgid(gid.as_raw()) != 0
+                || libc::setuid(uid.as_raw()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

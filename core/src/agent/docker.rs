@@ -230,6 +230,7 @@ impl Containerizer for DockerContainerizer {
             labels: Some(labels),
             exposed_ports: Some(exposed).filter(|e| !e.is_empty()),
             host_config: Some(host_config),
+            user: request.user.clone(),
             ..Default::default()
         };
         let began = std::time::Instant::now();

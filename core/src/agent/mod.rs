@@ -57,6 +57,8 @@ pub struct AgentConfig {
     pub status_retry: Duration,
     /// Write checkpoints to disk. Off only for simulated agents in benchmarks.
     pub checkpoint: bool,
+    /// The user of tasks that name none; `None`: the agent's own user.
+    pub default_user: Option<String>,
 }
 
 impl AgentConfig {
@@ -71,7 +73,19 @@ impl AgentConfig {
             default_kill_grace: DEFAULT_KILL_GRACE,
             status_retry: Duration::from_secs(5),
             checkpoint: true,
+            default_user: None,
         }
+    }
+}
+
+/// The user a task runs as: the one it names, else (for a process) the agent's default. `None` is the
+/// agent's own user for a process, and the image's user for a container: an image need not know the
+/// agent's default user.
+pub fn effective_user(task: &TaskSpec, default: Option<&str>) -> Option<String> {
+    match (&task.user, &task.container) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(_)) => None,
+        (None, None) => default.map(str::to_owned),
     }
 }
 
@@ -475,6 +489,7 @@ impl Agent {
             agent_id: self.agent_id.clone().unwrap_or_else(|| AgentId::parse("unregistered").expect("valid id")),
             task: spec.clone(),
             sandbox: self.sandbox(key),
+            user: effective_user(spec, self.config.default_user.as_deref()),
         }
     }
 
@@ -664,6 +679,7 @@ impl Agent {
             agent_id,
             task: spec.clone(),
             sandbox: self.sandbox(&key),
+            user: effective_user(&spec, self.config.default_user.as_deref()),
         };
         self.tasks.insert(
             key.clone(),
@@ -759,4 +775,34 @@ fn read_chunk(path: &Path, offset: Option<u64>, length: u64) -> std::io::Result<
     let mut data = Vec::new();
     file.take(length.min(crate::master::MAX_FILE_READ)).read_to_end(&mut data)?;
     Ok((data, start, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{CommandSpec, DockerSpec};
+
+    fn spec(user: Option<&str>, docker: bool) -> TaskSpec {
+        TaskSpec {
+            id: TaskId::parse("t").unwrap(),
+            name: "t".into(),
+            resources: "cpus:0.1".parse().unwrap(),
+            command: CommandSpec { value: "true".into(), shell: true, ..Default::default() },
+            labels: Default::default(),
+            kill_grace: None,
+            container: docker.then(|| DockerSpec { image: "img".into(), ..Default::default() }),
+            health_check: None,
+            user: user.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn who_a_task_runs_as() {
+        assert_eq!(effective_user(&spec(Some("web"), false), Some("nobody")).as_deref(), Some("web"));
+        assert_eq!(effective_user(&spec(None, false), Some("nobody")).as_deref(), Some("nobody"));
+        assert_eq!(effective_user(&spec(None, false), None), None);
+        // A container that names no user runs as its image's user, whatever the agent's default.
+        assert_eq!(effective_user(&spec(None, true), Some("nobody")), None);
+        assert_eq!(effective_user(&spec(Some("65534"), true), Some("nobody")).as_deref(), Some("65534"));
+    }
 }

@@ -124,7 +124,13 @@ impl Containerizer for ProcessContainerizer {
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
-        let child = cmd.spawn().map_err(ContainerError::Spawn)?;
+        if let Some(user) = &req.user {
+            super::containerizer::run_as(&mut cmd, user, Some(sandbox))?;
+        }
+        let child = cmd.spawn().map_err(|e| match &req.user {
+            Some(u) => ContainerError::Other(format!("cannot start the command as '{u}': {e}")),
+            None => ContainerError::Spawn(e),
+        })?;
         let pid =
             child.id().ok_or_else(|| ContainerError::Other("the process exited before it could be watched".into()))?
                 as i32;
