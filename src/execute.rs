@@ -109,7 +109,7 @@ pub async fn run(args: ExecuteArgs) -> Result<u8> {
     // Survive a master restart or a dropped connection while the task runs.
     info.failover_timeout = Duration::from_secs(60);
     let shutdown = CancellationToken::new();
-    let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+    let target = args.credentials.target(&args.master)?;
     let (driver, mut events) = scheduler::start(target, info, None, shutdown.clone());
     let result = drive(&args, &spec, &driver, &mut events).await;
     let _ = driver.teardown().await;

@@ -99,9 +99,39 @@ pub(crate) struct Credentials {
     /// gives the token itself instead.
     #[arg(long, env = "KEEL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that the master's TLS certificate must chain to, for an https:// master.
+    #[arg(long, env = "KEEL_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) to present to a master that verifies clients (--client-ca-cert).
+    #[arg(long, requires = "tls_client_key")]
+    tls_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-client-cert.
+    #[arg(long, requires = "tls_client_cert")]
+    tls_client_key: Option<PathBuf>,
 }
 
 impl Credentials {
+    /// The master at `url`, with this token and CA.
+    pub(crate) fn target(&self, url: &str) -> Result<keel_core::client::Target> {
+        let ca = match &self.ca_cert {
+            Some(path) => Some(keel_core::tls::read_ca(path).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        if ca.is_some() && !keel_core::agent::normalize_url(url).starts_with("https://") {
+            bail!("--ca-cert is given but the master's address {url} is not https://");
+        }
+        let identity = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => {
+                keel_core::tls::read_certs(cert).map_err(anyhow::Error::msg)?;
+                keel_core::tls::read_key(key).map_err(anyhow::Error::msg)?;
+                let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+                Some((read(cert)?, read(key)?))
+            }
+            _ => None,
+        };
+        Ok(keel_core::client::Target::new(url, self.token()?).with_ca(ca).with_identity(identity))
+    }
+
     pub(crate) fn token(&self) -> Result<Option<String>> {
         if let Ok(t) = std::env::var("KEEL_TOKEN")
             && !t.trim().is_empty()
@@ -113,6 +143,40 @@ impl Credentials {
             None => Ok(None),
         }
     }
+}
+
+/// TLS on a serving port.
+#[derive(Args, Clone)]
+struct TlsOptions {
+    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Verify client certificates (mTLS) against this CA (PEM). Clients without one are still served
+    /// (tokens authenticate them); a certificate that does not chain to it is refused.
+    #[arg(long, requires = "tls_cert")]
+    client_ca_cert: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    fn config(&self) -> Result<Option<Arc<keel_core::server::TlsServerConfig>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let config = keel_core::server::tls_config(cert, key, self.client_ca_cert.as_deref())
+            .map_err(anyhow::Error::msg)
+            .context("cannot set up TLS")?;
+        Ok(Some(config))
+    }
+}
+
+/// Says where a server listens, and warns when tokens would cross the network in clear.
+fn announce(what: &str, local: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if !tls && !local.ip().is_loopback() {
+        tracing::warn!(addr = %local, "{what} serves plain HTTP on a non-loopback address: tokens cross the network in clear (use --tls-cert)");
+    }
+    format!("{scheme}://{local}")
 }
 
 /// What guards a port against web pages.
@@ -169,6 +233,8 @@ struct MarathonArgs {
     credentials: Credentials,
     #[command(flatten)]
     web: WebOptions,
+    #[command(flatten)]
+    tls: TlsOptions,
     /// Address to serve the REST API on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -190,6 +256,8 @@ struct ChronosArgs {
     credentials: Credentials,
     #[command(flatten)]
     web: WebOptions,
+    #[command(flatten)]
+    tls: TlsOptions,
     /// Address to serve the REST APIs on.
     #[arg(long, default_value = "127.0.0.1:4400")]
     listen: String,
@@ -207,6 +275,8 @@ struct MasterOptions {
     store: StoreOptions,
     #[command(flatten)]
     web: WebOptions,
+    #[command(flatten)]
+    tls: TlsOptions,
     /// Serve without authentication: anyone who can reach the port may run commands on every agent. For a
     /// closed test network only; a warning says so at start and every minute.
     #[arg(long)]
@@ -272,6 +342,10 @@ struct DevArgs {
     master: MasterOptions,
     #[command(flatten)]
     resources: ResourceOptions,
+    /// Serve over TLS with a throwaway CA and certificate made for this machine (kept in DATA_DIR/tls,
+    /// so clients can trust DATA_DIR/tls/ca.pem), for trying TLS out. Production uses --tls-cert.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls: bool,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h` or a plain number of seconds.
@@ -317,7 +391,12 @@ impl MasterOptions {
     /// Opens the store, starts the master and binds its port; serving is left to [`Started::serve`], so
     /// that routes of built-in frameworks can join the master's. `dev` makes the admin token of `keel dev`
     /// if there is none.
-    async fn start(&self, shutdown: &CancellationToken, dev: bool) -> Result<Started> {
+    async fn start(
+        &self,
+        shutdown: &CancellationToken,
+        dev: bool,
+        tls: Option<Arc<keel_core::server::TlsServerConfig>>,
+    ) -> Result<Started> {
         let url = self.store.database_url()?;
         let store = self.store.open().await?;
         info!(store = %redact(&url), "store ready");
@@ -346,18 +425,77 @@ impl MasterOptions {
         let listener =
             TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
         let local = listener.local_addr()?;
-        if !local.ip().is_loopback() {
-            tracing::warn!(addr = %local, "serving plain HTTP on a non-loopback address: tokens cross the network in clear");
-        }
+        let url = announce("the master", local, tls.is_some());
         let gate = keel_core::gate::Gate {
             auth,
             hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &self.web.allowed_origins),
             audit: keel_core::audit::Audit::start(store.clone(), shutdown.clone()),
             tokens: Some(store.clone()),
-            secure_cookie: false,
+            secure_cookie: tls.is_some(),
         };
-        Ok(Started { store, master, listener, addr: local.to_string(), gate, admin_token })
+        Ok(Started { store, master, listener, addr: local.to_string(), url, gate, admin_token, tls })
     }
+}
+
+/// The files of `keel dev --tls`.
+struct DevCertificates {
+    cert: PathBuf,
+    key: PathBuf,
+    ca_pem: Vec<u8>,
+}
+
+/// A throwaway CA and a server certificate it signed, for localhost, 127.0.0.1, ::1, this machine's name
+/// and the address `listen` names; made once in `dir` and kept, so clients trust `dir/ca.pem` across
+/// restarts.
+fn dev_certificates(dir: &std::path::Path, listen: &str) -> Result<DevCertificates> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let (cert, key, ca_path) = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+    if !(cert.exists() && key.exists() && ca_path.exists()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "Keel dev CA (throwaway)");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        if let Some(h) = hostname_of_machine() {
+            names.push(h);
+        }
+        if let Some((host, _)) = listen.rsplit_once(':') {
+            let host = host.trim_matches(['[', ']']).to_owned();
+            if !names.contains(&host) && !host.is_empty() && host != "0.0.0.0" && host != "::" {
+                names.push(host);
+            }
+        }
+        let server_key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, "keel dev");
+        let server = params.signed_by(&server_key, &ca, &ca_key)?;
+        write_private(&key, server_key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert, server.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
+        std::fs::write(&ca_path, ca.pem()).with_context(|| format!("cannot write {}", ca_path.display()))?;
+        info!(ca = %ca_path.display(), "made a throwaway CA and server certificate for keel dev --tls");
+    }
+    let ca_pem = std::fs::read(&ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
+    Ok(DevCertificates { cert, key, ca_pem })
+}
+
+fn hostname_of_machine() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Logs, at start and then every minute, that anyone may use this master.
@@ -412,7 +550,10 @@ struct Started {
     master: keel_core::master::MasterHandle,
     listener: TcpListener,
     addr: String,
+    /// `http://ADDR` or `https://ADDR`.
+    url: String,
     gate: keel_core::gate::Gate,
+    tls: Option<Arc<keel_core::server::TlsServerConfig>>,
     /// `keel dev`'s admin token.
     admin_token: Option<String>,
 }
@@ -427,7 +568,7 @@ impl Started {
         let limits = keel_core::server::Limits::default();
         extras.gate = self.gate;
         let router = keel_core::server::router_with(self.master, extra, extras, limits);
-        tokio::spawn(keel_core::server::serve_with(self.listener, router, limits, shutdown.clone()))
+        tokio::spawn(keel_core::server::serve_tls(self.listener, router, limits, self.tls, shutdown.clone()))
     }
 }
 
@@ -484,24 +625,22 @@ async fn serve_framework(
     name: &str,
     routes: axum::Router,
     health: keel_core::health::Health,
-    master: &str,
+    master: &keel_core::client::Target,
     store: Store,
     web: &WebOptions,
+    tls: &TlsOptions,
     shutdown: &CancellationToken,
 ) -> Result<()> {
+    let tls = tls.config()?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
-    println!("keel {name} listening on http://{local}");
-    if !local.ip().is_loopback() {
-        tracing::warn!(addr = %local, "serving plain HTTP on a non-loopback address: tokens cross the network in clear");
-    }
-    let client = reqwest::Client::builder().build().context("cannot build an HTTP client")?;
+    println!("keel {name} listening on {}", announce(name, local, tls.is_some()));
     let gate = keel_core::gate::Gate {
-        auth: keel_core::auth::Auth::remote(master, client),
+        auth: keel_core::auth::Auth::remote(master),
         hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &web.allowed_origins),
         audit: keel_core::audit::Audit::start(store, shutdown.clone()),
         tokens: None,
-        secure_cookie: false,
+        secure_cookie: tls.is_some(),
     };
     let limits = keel_core::server::Limits::default();
     let health_route = axum::routing::get(move || {
@@ -512,7 +651,7 @@ async fn serve_framework(
     let routes = routes.route("/health", health_route).merge(keel_core::gate::routes(gate.clone()));
     let routes = keel_core::gate::protect(routes, gate).fallback(keel_core::master::http::not_found);
     let routes = keel_core::server::rest_limits(routes, limits);
-    keel_core::server::serve_with(listener, routes, limits, shutdown.clone()).await?;
+    keel_core::server::serve_tls(listener, routes, limits, tls, shutdown.clone()).await?;
     Ok(())
 }
 
@@ -607,6 +746,8 @@ impl ResourceOptions {
         }
         let mut config = AgentConfig::new(&master.url, work_dir, resources);
         config.token = master.token.clone();
+        config.ca_cert = master.ca.as_deref().cloned();
+        config.identity = master.identity.as_deref().cloned();
         config.attributes = parse_attributes(&self.attributes)
             .with_context(|| format!("invalid --attributes '{}'", self.attributes))?;
         if let Some(h) = &self.hostname {
@@ -697,8 +838,8 @@ async fn run(command: Command) -> Result<()> {
     cancel_on_signal(shutdown.clone());
     match command {
         Command::Master(args) => {
-            let started = args.master.start(&shutdown, false).await?;
-            println!("keel master listening on http://{}", started.addr);
+            let started = args.master.start(&shutdown, false, args.master.tls.config()?).await?;
+            println!("keel master listening on {}", started.url);
             let extras = keel_core::master::http::Extras::default();
             exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
             started.serve(axum::Router::new(), extras, &shutdown).await??;
@@ -706,26 +847,28 @@ async fn run(command: Command) -> Result<()> {
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
-            let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+            let target = args.credentials.target(&args.master)?;
             let (routes, api) =
                 marathon_routes(&target, &args.listen, store.clone(), args.deployment_timeout, &health, &shutdown)
                     .await?;
             let routes = routes.merge(keel_marathon::api::metrics_router(api));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
-            serve_framework(&args.listen, "marathon", routes, health, &target.url, store, &args.web, &shutdown).await?;
+            serve_framework(&args.listen, "marathon", routes, health, &target, store, &args.web, &args.tls, &shutdown)
+                .await?;
         }
         Command::Chronos(args) => {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
-            let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+            let target = args.credentials.target(&args.master)?;
             let routes = chronos_routes(&target, store.clone(), &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
-            serve_framework(&args.listen, "chronos", routes, health, &target.url, store, &args.web, &shutdown).await?;
+            serve_framework(&args.listen, "chronos", routes, health, &target, store, &args.web, &args.tls, &shutdown)
+                .await?;
         }
         Command::Token(command) => token_command(command).await?,
         Command::Agent(args) => {
-            let target = keel_core::client::Target::new(&args.master, args.credentials.token()?);
+            let target = args.credentials.target(&args.master)?;
             let config = args.resources.agent_config(&target, args.work_dir, false)?;
             let containerizer = args.resources.containerizer().await;
             run_agent(config, containerizer, shutdown).await?;
@@ -733,11 +876,25 @@ async fn run(command: Command) -> Result<()> {
         Command::Dev(args) => {
             use keel_core::auth::{Principal, Role};
             use keel_core::client::Target;
-            let started = args.master.start(&shutdown, true).await?;
+            if args.master.tls.tls_cert.is_some() {
+                bail!("keel dev makes its own certificate: use --tls rather than --tls-cert");
+            }
+            let (tls, ca) = if args.tls {
+                let files = dev_certificates(&args.master.store.data_dir.join("tls"), &args.master.listen)?;
+                let config =
+                    keel_core::server::tls_config(&files.cert, &files.key, None).map_err(anyhow::Error::msg)?;
+                (Some(config), Some(files.ca_pem))
+            } else {
+                (None, None)
+            };
+            let started = args.master.start(&shutdown, true, tls).await?;
             let addr = started.addr.clone();
+            let base = started.url.clone();
             let auth = started.gate.auth.clone();
             // The parts in this process present credentials that exist only in its memory.
-            let internal = |name: &str, role: Role| Target::new(&addr, Some(auth.internal(Principal::new(name, role))));
+            let internal = |name: &str, role: Role| {
+                Target::new(&base, Some(auth.internal(Principal::new(name, role)))).with_ca(ca.clone())
+            };
             let timeout = keel_marathon::scheduler::DEFAULT_DEPLOYMENT_TIMEOUT;
             let mut extras = keel_core::master::http::Extras::default();
             let marathon_target = internal("keel:marathon", Role::Framework);
@@ -772,17 +929,25 @@ async fn run(command: Command) -> Result<()> {
                 agent_up.store(false, std::sync::atomic::Ordering::SeqCst);
                 result
             });
-            println!("Keel is running at http://{addr}");
+            println!("Keel is running at {base}");
+            let (cacert, ca_flag) = if args.tls {
+                let ca = args.master.store.data_dir.join("tls").join("ca.pem");
+                (format!(" --cacert {}", ca.display()), format!(" --ca-cert {}", ca.display()))
+            } else {
+                (String::new(), String::new())
+            };
             if let Some(token) = &admin_token {
                 let code = auth.login_code_for(token).unwrap_or_default();
                 let file = token_path.display();
-                println!("  sign in (this link works once): http://{addr}/?token={code}");
+                println!("  sign in (this link works once): {base}/?token={code}");
                 println!("  admin token:   {file}  (every API needs it)");
-                println!("  cluster state: curl -H \"Authorization: Bearer $(cat {file})\" http://{addr}/master/state");
-                println!("  apps (Marathon API): http://{addr}/v2/apps");
-                println!("  jobs (Metronome API): http://{addr}/v1/jobs  (Chronos API: http://{addr}/scheduler/jobs)");
                 println!(
-                    "  try:           KEEL_TOKEN_FILE={file} keel execute --master http://{addr} --name hello --command 'echo hello'"
+                    "  cluster state: curl{cacert} -H \"Authorization: Bearer $(cat {file})\" {base}/master/state"
+                );
+                println!("  apps (Marathon API): {base}/v2/apps");
+                println!("  jobs (Metronome API): {base}/v1/jobs  (Chronos API: {base}/scheduler/jobs)");
+                println!(
+                    "  try:           KEEL_TOKEN_FILE={file} keel execute --master {base}{ca_flag} --name hello --command 'echo hello'"
                 );
             } else {
                 println!("  auth is OFF (--insecure-no-auth)");

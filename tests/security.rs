@@ -368,3 +368,137 @@ async fn tasks_run_as_the_user_they_name() {
         assert_eq!(uid("in-container"), "65534");
     }
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, written to `dir`: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = (dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// TLS on the one port: an agent and a framework reach the master over TLS (the framework serving TLS
+/// itself), and a client that trusts another CA is refused.
+#[tokio::test]
+async fn a_cluster_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path(), "server");
+    let (wrong_ca, _, _) = certificates(dir.path(), "other");
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let admin = create_token(&db, "admin", "tls-admin", &[]);
+    let port = free_port();
+    let master = format!("https://127.0.0.1:{port}");
+    let (cert_s, key_s, ca_s) = (cert.to_str().unwrap(), key.to_str().unwrap(), ca.to_str().unwrap());
+    let listen = format!("127.0.0.1:{port}");
+    let _master = Proc::spawn(
+        &["master", "--listen", &listen, "--database-url", &db, "--tls-cert", cert_s, "--tls-key", key_s],
+        dir.path().join("master.log"),
+    );
+    let pem = std::fs::read(&ca).unwrap();
+    let http =
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap();
+    let state = || async {
+        http.get(format!("{master}/master/state")).bearer_auth(&admin).send().await.ok()?.json::<Value>().await.ok()
+    };
+    wait_for("the master to answer over TLS", LONG, state).await;
+    // Plain HTTP on the TLS port gets nothing.
+    let plain = reqwest::get(format!("http://{listen}/health")).await.map(|r| r.status().is_success());
+    assert!(!plain.unwrap_or(false), "plain HTTP was served on the TLS port");
+
+    let work = dir.path().join("agent");
+    let _agent = Proc::spawn_as(
+        &["agent", "--master", &master, "--ca-cert", ca_s, "--work-dir", work.to_str().unwrap()],
+        dir.path().join("agent.log"),
+        Some(&admin),
+    );
+    wait_for("the agent to register over TLS", LONG, || async {
+        (state().await?["agents"].as_array()?.iter().any(|a| a["status"] == "active")).then_some(())
+    })
+    .await;
+
+    let mport = free_port();
+    let marathon = format!("https://127.0.0.1:{mport}");
+    let mdb = format!("sqlite:{}", dir.path().join("m.db").display());
+    let mlisten = format!("127.0.0.1:{mport}");
+    let _marathon = Proc::spawn_as(
+        &["marathon", "--master", &master, "--ca-cert", ca_s, "--listen", &mlisten, "--database-url", &mdb]
+            .into_iter()
+            .chain(["--tls-cert", cert_s, "--tls-key", key_s])
+            .collect::<Vec<_>>(),
+        dir.path().join("marathon.log"),
+        Some(&admin),
+    );
+    let app = json!({"id": "/tls", "cmd": "exec sleep 1000", "cpus": 0.01, "mem": 16, "instances": 1});
+    wait_for("the framework to take an app over TLS", LONG, || async {
+        let r = http.post(format!("{marathon}/v2/apps")).bearer_auth(&admin).json(&app).send().await.ok()?;
+        (r.status() == 201).then_some(())
+    })
+    .await;
+    wait_for("the app's task to run", LONG, || async {
+        let a: Value =
+            http.get(format!("{marathon}/v2/apps/tls")).bearer_auth(&admin).send().await.ok()?.json().await.ok()?;
+        (a["app"]["tasksRunning"] == 1).then_some(())
+    })
+    .await;
+
+    // A master that verifies client certificates takes an agent that presents one from its CA, and refuses
+    // one from another CA.
+    let (client_ca, client_cert, client_key) = certificates(dir.path(), "client");
+    let (_, rogue_cert, rogue_key) = certificates(dir.path(), "rogue");
+    let mtls_port = free_port();
+    let mtls_listen = format!("127.0.0.1:{mtls_port}");
+    let mtls_db = format!("sqlite:{}", dir.path().join("mtls.db").display());
+    let mtls_admin = create_token(&mtls_db, "admin", "mtls-admin", &[]);
+    let _mtls_master = Proc::spawn(
+        &["master", "--listen", &mtls_listen, "--database-url", &mtls_db, "--tls-cert", cert_s, "--tls-key", key_s]
+            .into_iter()
+            .chain(["--client-ca-cert", client_ca.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        dir.path().join("mtls-master.log"),
+    );
+    let mtls = format!("https://{mtls_listen}");
+    let agents = || async {
+        let s: Value =
+            http.get(format!("{mtls}/master/state")).bearer_auth(&mtls_admin).send().await.ok()?.json().await.ok()?;
+        Some(s["agents"].as_array()?.len())
+    };
+    wait_for("the mTLS master", LONG, agents).await;
+    let agent_with = |name: &str, cert: &std::path::Path, key: &std::path::Path| {
+        let work = dir.path().join(name);
+        Proc::spawn_as(
+            &["agent", "--master", &mtls, "--ca-cert", ca_s, "--work-dir", work.to_str().unwrap()]
+                .into_iter()
+                .chain(["--tls-client-cert", cert.to_str().unwrap(), "--tls-client-key", key.to_str().unwrap()])
+                .collect::<Vec<_>>(),
+            dir.path().join(format!("{name}.log")),
+            Some(&mtls_admin),
+        )
+    };
+    let _good = agent_with("good-agent", &client_cert, &client_key);
+    wait_for("the agent with a good client certificate", LONG, || async { (agents().await? == 1).then_some(()) }).await;
+    let _bad = agent_with("bad-agent", &rogue_cert, &rogue_key);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agents().await, Some(1), "an agent with a certificate from another CA registered");
+
+    // A client that trusts another CA does not get through.
+    let out = std::process::Command::new(KEEL)
+        .args(["execute", "--master", &master, "--ca-cert", wrong_ca.to_str().unwrap(), "--name", "x"])
+        .args(["--command", "true", "--offer-wait", "3s"])
+        .env("KEEL_TOKEN", &admin)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a client with the wrong CA ran a task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("TASK_RUNNING"), "{stdout}");
+}

@@ -424,7 +424,7 @@ pub async fn start(
         driver,
         clock,
         master: master.clone(),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+        http: master.http_client(),
         tail_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(8)),
         me: tx.clone(),
         jobs: BTreeMap::new(),

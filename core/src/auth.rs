@@ -326,10 +326,10 @@ impl Auth {
         Ok(auth)
     }
 
-    /// Checks tokens by asking the master at `master` (its `/keel/v1/whoami`).
-    pub fn remote(master: &str, client: reqwest::Client) -> Auth {
-        let base = crate::agent::normalize_url(master);
-        Auth::with_mode(Mode::Remote { whoami: format!("{}/keel/v1/whoami", base.trim_end_matches('/')), client })
+    /// Checks tokens by asking the master (its `/keel/v1/whoami`).
+    pub fn remote(master: &crate::client::Target) -> Auth {
+        let whoami = format!("{}/keel/v1/whoami", master.url.trim_end_matches('/'));
+        Auth::with_mode(Mode::Remote { whoami, client: master.http_client() })
     }
 
     pub fn is_off(&self) -> bool {

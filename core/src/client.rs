@@ -1,16 +1,23 @@
-//! How agents, frameworks and `keel execute` reach the master: its address and the credential they
-//! present (gRPC metadata `authorization: Bearer …`).
+//! How agents, frameworks and `keel execute` reach the master: its address, the credential they present
+//! (gRPC metadata `authorization: Bearer …`) and, for `https://` addresses, the CA that the master's
+//! certificate must chain to.
+
+use std::sync::Arc;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-/// A master to talk to, and the token to present.
+/// A master to talk to, the token to present, and the CA to verify it with.
 #[derive(Clone, Default)]
 pub struct Target {
-    /// `http://host:port` (a bare `host:port` is taken as http).
+    /// `http://host:port` or `https://host:port` (a bare `host:port` is taken as http).
     pub url: String,
     pub token: Option<String>,
+    /// PEM of the CA that signed the master's certificate (`--ca-cert`).
+    pub ca: Option<Arc<Vec<u8>>>,
+    /// PEM of a client certificate and its key, for a master that verifies clients (mTLS).
+    pub identity: Option<Arc<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -22,7 +29,32 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     pub fn new(url: impl Into<String>, token: Option<String>) -> Target {
-        Target { url: crate::agent::normalize_url(&url.into()), token }
+        Target { url: crate::agent::normalize_url(&url.into()), token, ca: None, identity: None }
+    }
+
+    /// This target, verifying the master with the CA in `pem`.
+    pub fn with_ca(mut self, pem: Option<Vec<u8>>) -> Target {
+        self.ca = pem.map(Arc::new);
+        self
+    }
+
+    /// This target, presenting a client certificate (PEM) and its key.
+    pub fn with_identity(mut self, identity: Option<(Vec<u8>, Vec<u8>)>) -> Target {
+        self.identity = identity.map(Arc::new);
+        self
+    }
+
+    fn is_tls(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// An HTTP client for the master's REST API that trusts the same CA.
+    pub fn http_client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
+        if let Some(cert) = self.ca.as_deref().and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
+            b = b.add_root_certificate(cert);
+        }
+        b.build().unwrap_or_default()
     }
 
     /// The interceptor that adds this target's credential to every call.
@@ -31,9 +63,20 @@ impl Target {
         Credential(value)
     }
 
-    /// A channel to the master (connected lazily by the first call's `ready`).
+    /// A channel to the master, over TLS for an `https://` address.
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        Endpoint::from_shared(self.url.clone())?.connect().await
+        let mut endpoint = Endpoint::from_shared(self.url.clone())?;
+        if self.is_tls() {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(pem) = &self.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(pem.as_slice()));
+            }
+            if let Some(id) = &self.identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(&id.0, &id.1));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        endpoint.connect().await
     }
 }
 

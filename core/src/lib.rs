@@ -20,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod task;
 pub mod testing;
+pub mod tls;
 
 /// The generated protobuf and gRPC types of `proto/keel.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -36,6 +36,9 @@ use crate::proto::agent_service_server::AgentServiceServer;
 use crate::proto::scheduler_server::SchedulerServer;
 use tonic::service::interceptor::InterceptedService;
 
+/// A server's TLS settings.
+pub type TlsServerConfig = rustls::ServerConfig;
+
 /// How long open streams get to finish after shutdown is asked for before connections are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -161,8 +164,53 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_tls(listener, router, limits, None, shutdown).await
+}
+
+/// A server's TLS settings: its certificate chain and key, and, for optional client certificates, the
+/// CA they must chain to.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = crate::tls::read_certs(cert)?;
+    let key = crate::tls::read_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::tls::read_certs(ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| format!("{}: {e}", cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// [`serve_with`], with TLS on every connection when `tls` is given (HTTP/2, for gRPC, by ALPN).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    info!(%addr, max_connections = limits.max_connections, "listening (gRPC and HTTP)");
+    let scheme = if tls.is_some() { "TLS" } else { "plain" };
+    info!(%addr, max_connections = limits.max_connections, scheme, "listening (gRPC and HTTP)");
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = tokio_util::task::TaskTracker::new();
     let mut saturated = false;
@@ -199,9 +247,10 @@ pub async fn serve_with(
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let acceptor = acceptor.clone();
         connections.spawn(async move {
             let _permit = permit;
-            if let Err(e) = serve_connection(tcp, router, limits, shutdown).await {
+            if let Err(e) = serve_connection(tcp, acceptor, router, limits, shutdown).await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -236,16 +285,41 @@ async fn is_http2(tcp: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
 async fn serve_connection(
     tcp: TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), ConnError> {
+    if let Some(acceptor) = acceptor {
+        // The handshake gets the same time as a request's head.
+        let stream = match tokio::time::timeout(limits.header_read, acceptor.accept(tcp)).await {
+            Ok(r) => r?,
+            Err(_) => return Err("no TLS handshake within the header read timeout".into()),
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        return serve_io(stream, h2, router, limits, shutdown).await;
+    }
     let h2 = match tokio::time::timeout(limits.header_read, is_http2(&tcp)).await {
         Ok(r) => r?,
         Err(_) => return Err("no request within the header read timeout".into()),
     };
+    serve_io(tcp, h2, router, limits, shutdown).await
+}
+
+async fn serve_io<I>(
+    io: I,
+    h2: bool,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // The protocol is known, so the builder does not sniff it again; each has its own bounds.
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read).keep_alive(true);
@@ -256,7 +330,7 @@ async fn serve_connection(
         .keep_alive_timeout(limits.h2_keepalive)
         .max_concurrent_streams(1024);
     let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-    let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router));
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r?,

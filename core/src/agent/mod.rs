@@ -47,6 +47,10 @@ pub struct AgentConfig {
     pub master: String,
     /// The token presented to the master (an `agent` or `admin` token).
     pub token: Option<String>,
+    /// PEM of the CA the master's certificate must chain to, for an https:// master.
+    pub ca_cert: Option<Vec<u8>>,
+    /// PEM of a client certificate and key for a master that verifies clients (mTLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
     /// Sandboxes and checkpoints live here.
     pub work_dir: PathBuf,
     pub resources: Resources,
@@ -66,6 +70,8 @@ impl AgentConfig {
         AgentConfig {
             master: normalize_url(&master.into()),
             token: None,
+            ca_cert: None,
+            identity: None,
             work_dir: work_dir.into(),
             resources,
             attributes: Vec::new(),
@@ -223,7 +229,9 @@ pub async fn run(
         config,
     };
     agent.recover().await?;
-    let target = crate::client::Target::new(agent.config.master.clone(), agent.config.token.clone());
+    let target = crate::client::Target::new(agent.config.master.clone(), agent.config.token.clone())
+        .with_ca(agent.config.ca_cert.clone())
+        .with_identity(agent.config.identity.clone());
     tokio::spawn(connection_loop(target, inputs, shutdown.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_heartbeat = Instant::now();
