@@ -61,6 +61,54 @@ enum Command {
     /// within a second everywhere.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Store, list and delete the secrets that apps' environments name (Marathon's `secrets`).
+    ///
+    /// Values are sealed (ChaCha20-Poly1305) with the key in --secrets-key-file (made if missing) and
+    /// reach only the environments of the tasks that name them, never an answer or a log.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Store (or replace) the secret NAME, reading its value from stdin.
+    Put {
+        name: String,
+        #[command(flatten)]
+        store: StoreOptions,
+        #[command(flatten)]
+        key: SecretsKeyOption,
+    },
+    /// List the stored secrets' names (never their values).
+    List {
+        #[command(flatten)]
+        store: StoreOptions,
+    },
+    /// Delete the secret NAME.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        store: StoreOptions,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SecretsKeyOption {
+    /// The key secrets are sealed with (base64 of 32 bytes; made, readable by its owner only, if missing).
+    /// Default: DATA_DIR/secrets.key.
+    #[arg(long, env = "KEEL_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+}
+
+impl SecretsKeyOption {
+    fn key(&self, data_dir: &std::path::Path) -> Result<keel_core::secrets::SecretKey> {
+        let path = self.secrets_key_file.clone().unwrap_or_else(|| data_dir.join("secrets.key"));
+        let (key, made) = keel_core::secrets::SecretKey::load_or_create(&path).map_err(anyhow::Error::msg)?;
+        if made {
+            eprintln!("made a new secrets key in {} (keep it: the secrets cannot be read without it)", path.display());
+        }
+        Ok(key)
+    }
 }
 
 #[derive(Subcommand)]
@@ -226,6 +274,9 @@ impl StoreOptions {
 
 #[derive(Args)]
 struct MarathonArgs {
+    /// The key of the secrets apps name (see `keel secret`); without it, apps that name secrets are refused.
+    #[arg(long, env = "KEEL_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// The master's address, such as http://127.0.0.1:5050.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
@@ -346,6 +397,8 @@ struct DevArgs {
     /// so clients can trust DATA_DIR/tls/ca.pem), for trying TLS out. Production uses --tls-cert.
     #[arg(long, conflicts_with = "tls_cert")]
     tls: bool,
+    #[command(flatten)]
+    secrets: SecretsKeyOption,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h` or a plain number of seconds.
@@ -575,15 +628,17 @@ impl Started {
 /// Starts the services framework on `store` against `master`; returns its REST routes and its API (for
 /// Marathon's JSON metrics, which `keel dev` serves on the shared `/metrics`). `listen` is where its REST
 /// API is reached, as `/v2/info` and `/v2/leader` report it.
+#[allow(clippy::too_many_arguments)]
 async fn marathon_routes(
     master: &keel_core::client::Target,
     listen: &str,
     store: Store,
+    secrets: keel_core::secrets::Secrets,
     deployment_timeout: Duration,
     health: &keel_core::health::Health,
     shutdown: &CancellationToken,
 ) -> Result<(axum::Router, keel_marathon::api::Api)> {
-    let apps = keel_marathon::store::AppStore::new(store);
+    let apps = keel_marathon::store::AppStore::new(store).with_secrets(secrets);
     let handle = keel_marathon::scheduler::start_with(master, apps.clone(), deployment_timeout, shutdown.clone())
         .await
         .context("cannot start the services framework")?;
@@ -713,6 +768,40 @@ async fn token_command(command: TokenCommand) -> Result<()> {
                 Some(id) => eprintln!("revoked {id}; every process refuses it within a second"),
                 None => bail!("no active token with id or name '{id_or_name}'"),
             }
+        }
+    }
+    Ok(())
+}
+
+async fn secret_command(command: SecretCommand) -> Result<()> {
+    match command {
+        SecretCommand::Put { name, store, key } => {
+            keel_core::secrets::check_name(&name).map_err(anyhow::Error::msg)?;
+            let key = key.key(&store.data_dir)?;
+            let mut value = String::new();
+            use std::io::Read;
+            std::io::stdin()
+                .take(keel_core::secrets::MAX_VALUE as u64 + 2)
+                .read_to_string(&mut value)
+                .context("cannot read the secret's value from stdin")?;
+            // One trailing newline (from `echo` or a terminal) is not part of the value.
+            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
+            let store = store.open().await?;
+            keel_core::secrets::put(&store, &key, &name, value).await.map_err(anyhow::Error::msg)?;
+            eprintln!("stored secret '{name}' ({} bytes)", value.len());
+        }
+        SecretCommand::List { store } => {
+            let store = store.open().await?;
+            for (name, at) in keel_core::secrets::list(&store).await? {
+                println!("{name:<40} {}", chrono_like(at));
+            }
+        }
+        SecretCommand::Delete { name, store } => {
+            let store = store.open().await?;
+            if !keel_core::secrets::delete(&store, &name).await? {
+                bail!("no secret named '{name}'");
+            }
+            eprintln!("deleted secret '{name}'");
         }
     }
     Ok(())
@@ -848,9 +937,23 @@ async fn run(command: Command) -> Result<()> {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
             let target = args.credentials.target(&args.master)?;
-            let (routes, api) =
-                marathon_routes(&target, &args.listen, store.clone(), args.deployment_timeout, &health, &shutdown)
-                    .await?;
+            let secrets = match &args.secrets_key_file {
+                Some(path) => {
+                    let key = keel_core::secrets::SecretKey::load(path).map_err(anyhow::Error::msg)?;
+                    keel_core::secrets::Secrets::start(store.clone(), key, shutdown.clone()).await?
+                }
+                None => keel_core::secrets::Secrets::none(),
+            };
+            let (routes, api) = marathon_routes(
+                &target,
+                &args.listen,
+                store.clone(),
+                secrets,
+                args.deployment_timeout,
+                &health,
+                &shutdown,
+            )
+            .await?;
             let routes = routes.merge(keel_marathon::api::metrics_router(api));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
             serve_framework(&args.listen, "marathon", routes, health, &target, store, &args.web, &args.tls, &shutdown)
@@ -867,6 +970,7 @@ async fn run(command: Command) -> Result<()> {
                 .await?;
         }
         Command::Token(command) => token_command(command).await?,
+        Command::Secret(command) => secret_command(command).await?,
         Command::Agent(args) => {
             let target = args.credentials.target(&args.master)?;
             let config = args.resources.agent_config(&target, args.work_dir, false)?;
@@ -898,9 +1002,18 @@ async fn run(command: Command) -> Result<()> {
             let timeout = keel_marathon::scheduler::DEFAULT_DEPLOYMENT_TIMEOUT;
             let mut extras = keel_core::master::http::Extras::default();
             let marathon_target = internal("keel:marathon", Role::Framework);
-            let (marathon, api) =
-                marathon_routes(&marathon_target, &addr, started.store.clone(), timeout, &extras.health, &shutdown)
-                    .await?;
+            let key = args.secrets.key(&args.master.store.data_dir)?;
+            let secrets = keel_core::secrets::Secrets::start(started.store.clone(), key, shutdown.clone()).await?;
+            let (marathon, api) = marathon_routes(
+                &marathon_target,
+                &addr,
+                started.store.clone(),
+                secrets,
+                timeout,
+                &extras.health,
+                &shutdown,
+            )
+            .await?;
             let chronos_target = internal("keel:chronos", Role::Framework);
             let chronos = chronos_routes(&chronos_target, started.store.clone(), &extras.health, &shutdown).await?;
             // Marathon clients read Marathon's JSON metrics at `/metrics`; Prometheus gets the master's text.

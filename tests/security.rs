@@ -502,3 +502,82 @@ async fn a_cluster_over_tls() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("TASK_RUNNING"), "{stdout}");
 }
+
+/// A secret stored with `keel secret put` reaches the environment of the task that names it, and nothing
+/// else: not the app as the API shows it, not the store in clear.
+#[tokio::test]
+async fn secrets_reach_only_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, base, _link, admin) = start_dev(dir.path()).await;
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let put = |name: &str, value: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(KEEL)
+            .args(["secret", "put", name, "--data-dir", data.to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    let app = json!({"id": "/vault", "cmd": "echo \"pw=$DB_PASS\"; exec sleep 1000", "cpus": 0.01, "mem": 16,
+                     "env": {"DB_PASS": {"secret": "db"}}, "secrets": {"db": {"source": "db-password"}}});
+    // Not stored yet: refused with the reason.
+    let refused = http.post(format!("{base}/v2/apps")).bearer_auth(&admin).json(&app).send().await.unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("keel secret put db-password"));
+
+    put("db-password", "hunter2\n");
+    let created = wait_for("the secret to be seen", LONG, || async {
+        let r = http.post(format!("{base}/v2/apps")).bearer_auth(&admin).json(&app).send().await.ok()?;
+        (r.status() == 201).then_some(())
+    });
+    created.await;
+    let state_of = || async {
+        http.get(format!("{base}/v2/apps/vault?embed=app.tasks"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    let shown = wait_for("the task to run", LONG, || async {
+        let text = state_of().await?;
+        text.contains("\"tasksRunning\":1").then_some(text)
+    })
+    .await;
+    assert!(!shown.contains("hunter2"), "the API showed a secret: {shown}");
+    let answer: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(answer["app"]["env"]["DB_PASS"], json!({"secret": "db"}));
+    let task_id = answer["app"]["tasks"][0]["id"].as_str().unwrap().to_owned();
+    let out = wait_for("the task's output", LONG, || async {
+        let r: Value = http
+            .get(format!("{base}/master/tasks/{task_id}/files/stdout"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        r["data"].as_str().filter(|d| d.contains("pw=")).map(str::to_owned)
+    })
+    .await;
+    assert_eq!(out.trim(), "pw=hunter2", "the task got the secret without the newline echo added");
+    let listed = std::process::Command::new(KEEL)
+        .args(["secret", "list", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("db-password") && !listed.contains("hunter2"), "{listed}");
+    let db = std::fs::read(data.join("keel.db")).unwrap();
+    let wal = std::fs::read(data.join("keel.db-wal")).unwrap_or_default();
+    let needle = b"hunter2";
+    assert!(
+        !db.windows(needle.len()).chain(wal.windows(needle.len())).any(|w| w == needle),
+        "the store holds the secret in clear"
+    );
+}

@@ -16,6 +16,7 @@ pub mod master;
 pub mod query;
 pub mod resources;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod task;

@@ -242,6 +242,13 @@ fn failures() -> u32 {
     3
 }
 
+/// Where a secret of an app comes from: the name it is stored under (`keel secret put NAME`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub source: String,
+}
+
 /// An app as Marathon's `/v2/apps` accepts and returns it (computed fields aside).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -263,8 +270,12 @@ pub struct AppDefinition {
     pub gpus: u32,
     #[serde(default = "default_instances")]
     pub instances: u32,
+    /// Values are strings, or `{"secret": KEY}` naming an entry of `secrets`.
     #[serde(default)]
     pub env: BTreeMap<String, serde_json::Value>,
+    /// Secrets the app's environment refers to: KEY -> `{"source": NAME}` of a stored secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretSource>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,7 +330,7 @@ pub struct Violation {
 }
 
 impl Violation {
-    fn new(path: &str, error: impl Into<String>) -> Violation {
+    pub fn new(path: &str, error: impl Into<String>) -> Violation {
         Violation { path: path.into(), errors: vec![error.into()] }
     }
 }
@@ -374,6 +385,26 @@ impl AppDefinition {
         }
         if self.gpus > 0 {
             v.push(Violation::new("/gpus", "Keel's agents offer no GPUs"));
+        }
+        for (k, value) in &self.env {
+            match value {
+                serde_json::Value::String(_) => {}
+                serde_json::Value::Object(o) if o.len() == 1 && o.get("secret").is_some_and(|s| s.is_string()) => {
+                    let key = o["secret"].as_str().unwrap_or_default();
+                    if !self.secrets.contains_key(key) {
+                        v.push(Violation::new(
+                            &format!("/env/{k}"),
+                            format!("names secret '{key}', which 'secrets' does not declare"),
+                        ));
+                    }
+                }
+                _ => v.push(Violation::new(&format!("/env/{k}"), "must be a string or {\"secret\": KEY}")),
+            }
+        }
+        for (k, s) in &self.secrets {
+            if let Err(e) = keel_core::secrets::check_name(&s.source) {
+                v.push(Violation::new(&format!("/secrets/{k}/source"), e));
+            }
         }
         if let Some(u) = self.user.as_deref().filter(|u| !u.is_empty())
             && !keel_core::task::valid_user(u)

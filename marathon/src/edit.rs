@@ -250,3 +250,53 @@ mod tests {
         assert_eq!(patched.unwrap().unwrap().version.as_deref(), Some("v2"));
     }
 }
+
+/// What is wrong with an app's secrets given what the framework holds: no secrets key at all, or a source
+/// that is not stored. Pure (given the secrets).
+pub fn missing_secrets(app: &AppDefinition, secrets: &keel_core::secrets::Secrets) -> Vec<Violation> {
+    if app.secrets.is_empty() {
+        return Vec::new();
+    }
+    if !secrets.enabled() {
+        return vec![Violation::new("/secrets", "this framework has no secrets key (--secrets-key-file)")];
+    }
+    app.secrets
+        .iter()
+        .filter(|(_, s)| secrets.get(&s.source).is_none())
+        .map(|(k, s)| {
+            Violation::new(
+                &format!("/secrets/{k}/source"),
+                format!("no secret named '{}' is stored: store it with `keel secret put {}`", s.source, s.source),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_must_be_declared_and_stored() {
+        let app: AppDefinition = serde_json::from_value(serde_json::json!({
+            "id": "/a", "cmd": "x",
+            "env": {"DB": {"secret": "db"}, "PLAIN": "v"},
+            "secrets": {"db": {"source": "db-password"}}
+        }))
+        .unwrap();
+        assert!(app.validate().is_empty(), "{:?}", app.validate());
+        let none = keel_core::secrets::Secrets::none();
+        assert_eq!(missing_secrets(&app, &none)[0].path, "/secrets");
+        let empty = keel_core::secrets::Secrets::fixed(Default::default());
+        assert_eq!(missing_secrets(&app, &empty)[0].path, "/secrets/db/source");
+        let stored = keel_core::secrets::Secrets::fixed([("db-password".into(), "x".into())].into());
+        assert!(missing_secrets(&app, &stored).is_empty());
+        let undeclared: AppDefinition =
+            serde_json::from_value(serde_json::json!({"id": "/a", "cmd": "x", "env": {"DB": {"secret": "nope"}}}))
+                .unwrap();
+        assert_eq!(undeclared.validate()[0].path, "/env/DB");
+        let bad: AppDefinition =
+            serde_json::from_value(serde_json::json!({"id": "/a", "cmd": "x", "env": {"N": 5}})).unwrap();
+        assert_eq!(bad.validate()[0].path, "/env/N");
+    }
+}

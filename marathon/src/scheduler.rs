@@ -775,6 +775,12 @@ impl Marathon {
         };
         let version = crate::store::new_version();
         let new = edit::apply(&id, current.as_ref(), change, &taken, &version)?;
+        if let Some(app) = &new {
+            let missing = edit::missing_secrets(app, self.store.secrets());
+            if !missing.is_empty() {
+                return Err(ChangeError::Invalid(missing));
+            }
+        }
         let written = match &new {
             Some(app) => self.store.put(&id, app).await,
             None => self.store.delete(&id).await.map(|_| ()),
@@ -1359,8 +1365,18 @@ impl Marathon {
         // Reasons are counted per kind for the queue: never put the (random) task id in one.
         let task_id = TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4()))
             .map_err(|_| "InvalidTaskId".to_owned())?;
-        let mut env: BTreeMap<String, String> =
-            app.env.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect();
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in &app.env {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                v => {
+                    let key = v["secret"].as_str().unwrap_or_default();
+                    let source = app.secrets.get(key).map(|s| s.source.as_str()).unwrap_or_default();
+                    self.store.secrets().get(source).ok_or_else(|| "SecretNotFound".to_owned())?
+                }
+            };
+            env.insert(k.clone(), value);
+        }
         for (i, p) in ports.iter().enumerate() {
             env.insert(format!("PORT{i}"), p.to_string());
         }

@@ -17,11 +17,23 @@ pub enum AppStoreError {
 #[derive(Clone)]
 pub struct AppStore {
     store: keel_core::store::Store,
+    secrets: keel_core::secrets::Secrets,
 }
 
 impl AppStore {
     pub fn new(store: keel_core::store::Store) -> AppStore {
-        AppStore { store }
+        AppStore { store, secrets: keel_core::secrets::Secrets::none() }
+    }
+
+    /// This store, with the secrets apps' environments may name.
+    pub fn with_secrets(mut self, secrets: keel_core::secrets::Secrets) -> AppStore {
+        self.secrets = secrets;
+        self
+    }
+
+    /// The secrets apps' environments may name.
+    pub fn secrets(&self) -> &keel_core::secrets::Secrets {
+        &self.secrets
     }
 
     /// Stores `app` as the current definition of its id and as a new version. `app.version` must be set.
