@@ -38,7 +38,7 @@ fn main() {
         let master = support::MasterProcess::start();
         let shutdown = CancellationToken::new();
         let _agents = support::start_agents(
-            &master.url,
+            &master.target,
             100,
             "cpus:64;mem:65536;disk:65536",
             Some(Duration::from_secs(1)),

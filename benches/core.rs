@@ -74,9 +74,14 @@ fn tiny_task(n: usize, resources: &Resources) -> TaskSpec {
 
 /// Launches `total` tasks through the scheduler API and waits until `done_state` was reported for all of
 /// them; returns the elapsed time from the first offer.
-async fn launch_all(url: &str, total: usize, task_resources: &str, done_state: TaskState) -> Duration {
+async fn launch_all(
+    target: &keel_core::client::Target,
+    total: usize,
+    task_resources: &str,
+    done_state: TaskState,
+) -> Duration {
     let shutdown = CancellationToken::new();
-    let (driver, mut events) = scheduler::start(url, FrameworkInfo::new("bench"), None, shutdown.clone());
+    let (driver, mut events) = scheduler::start(target, FrameworkInfo::new("bench"), None, shutdown.clone());
     let per_task: Resources = task_resources.parse().unwrap();
     let (mut launched, mut done) = (0usize, 0usize);
     let mut started: Option<Instant> = None;
@@ -123,14 +128,16 @@ async fn launch_all(url: &str, total: usize, task_resources: &str, done_state: T
     elapsed
 }
 
-async fn throughput() -> (usize, Duration) {
+/// Launch throughput against a master without auth or TLS, or (`secure`) with both.
+async fn throughput(secure: bool) -> (usize, Duration) {
     let total = if quick() { 5_000 } else { 100_000 };
-    let master = support::MasterProcess::start();
+    let master = if secure { support::MasterProcess::start_secure() } else { support::MasterProcess::start() };
     let shutdown = CancellationToken::new();
     // Sized so that 640 tasks fill an agent exactly: no leftover offer has to be declined.
-    let _dirs = support::start_agents(&master.url, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
+    let _dirs =
+        support::start_agents(&master.target, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let elapsed = launch_all(&master.url, total, "cpus:0.1;mem:32", TaskState::Finished).await;
+    let elapsed = launch_all(&master.target, total, "cpus:0.1;mem:32", TaskState::Finished).await;
     shutdown.cancel();
     (total, elapsed)
 }
@@ -140,10 +147,10 @@ async fn memory() -> (usize, f64, f64, Duration) {
     let master = support::MasterProcess::start();
     let shutdown = CancellationToken::new();
     // 1,000 tasks fit on each agent, so no agent's connection has to queue more than that at once.
-    let _dirs = support::start_agents(&master.url, total / 1000, "cpus:10;mem:1000;disk:0", None, &shutdown);
+    let _dirs = support::start_agents(&master.target, total / 1000, "cpus:10;mem:1000;disk:0", None, &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = master.rss_mb();
-    let elapsed = launch_all(&master.url, total, "cpus:0.01;mem:1", TaskState::Running).await;
+    let elapsed = launch_all(&master.target, total, "cpus:0.01;mem:1", TaskState::Running).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = master.rss_mb();
     shutdown.cancel();
@@ -180,14 +187,20 @@ fn main() {
         max.as_secs_f64() * 1e3
     );
 
-    let (n, elapsed) = rt.block_on(throughput());
+    let (n, elapsed) = rt.block_on(throughput(false));
     let rate = n as f64 / elapsed.as_secs_f64();
     println!("launch throughput: {n} tasks in {elapsed:?} = {rate:.0} tasks/s");
+    let (secure_n, secure_elapsed) = rt.block_on(throughput(true));
+    let secure_rate = secure_n as f64 / secure_elapsed.as_secs_f64();
+    let loss = (1.0 - secure_rate / rate) * 100.0;
+    println!("launch throughput with auth and TLS: {secure_n} tasks in {secure_elapsed:?} = {secure_rate:.0} tasks/s ({loss:.1}% less)");
     let verdict = if rate >= 10_000.0 { "meets" } else { "MISSES" };
+    let secure_verdict = if loss <= 10.0 { "meets" } else { "MISSES" };
     let _ = writeln!(
         report,
-        "## 2. End-to-end launch throughput\n\nA `keel master` process; 100 simulated agents (in-memory containerizer: RUNNING, then FINISHED) and one framework in the benchmark process, all on gRPC over loopback, sharing the same cores. A task counts once its FINISHED update is received and acknowledged.\n\n| tasks | seconds | tasks/s | target |\n|---|---|---|---|\n| {n} | {:.2} | {rate:.0} | >= 10,000/s ({verdict}) |\n",
-        elapsed.as_secs_f64()
+        "## 2. End-to-end launch throughput\n\nA `keel master` process; 100 simulated agents (in-memory containerizer: RUNNING, then FINISHED) and one framework in the benchmark process, all on gRPC over loopback, sharing the same cores. A task counts once its FINISHED update is received and acknowledged. Run twice: without auth or TLS (`--insecure-no-auth`), and as production runs it, with a token checked on every stream and TLS on the port.\n\n| master | tasks | seconds | tasks/s | target |\n|---|---|---|---|---|\n| no auth, no TLS | {n} | {:.2} | {rate:.0} | >= 10,000/s ({verdict}) |\n| auth and TLS | {secure_n} | {:.2} | {secure_rate:.0} | at most 10% less: {loss:.1}% ({secure_verdict}) |\n",
+        elapsed.as_secs_f64(),
+        secure_elapsed.as_secs_f64()
     );
 
     let (n, before, after, elapsed) = rt.block_on(memory());

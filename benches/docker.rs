@@ -79,6 +79,7 @@ async fn measure(n: usize) -> (Vec<Duration>, Vec<Duration>) {
     let _master = Kill(
         Command::new(keel)
             .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", dir.path().to_str().unwrap()])
+            .arg("--insecure-no-auth")
             .env("KEEL_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -95,6 +96,8 @@ async fn measure(n: usize) -> (Vec<Duration>, Vec<Duration>) {
                 dir.path().join("agent").to_str().unwrap(),
                 "--resources",
                 "cpus:4;mem:4096",
+                "--default-user",
+                "root",
             ])
             .env("KEEL_LOG", "warn")
             .stdout(Stdio::null())

@@ -22,7 +22,7 @@ fn main() {
     let (deploy, p50, p99, bytes) = rt.block_on(async move {
         let master = support::MasterProcess::start();
         let shutdown = CancellationToken::new();
-        let _agents = support::start_agents(&master.url, agents, "cpus:16;mem:16384;disk:0;ports:[31000-31999]", None, &shutdown);
+        let _agents = support::start_agents(&master.target, agents, "cpus:16;mem:16384;disk:0;ports:[31000-31999]", None, &shutdown);
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         let dir = tempfile::tempdir().unwrap();

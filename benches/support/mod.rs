@@ -6,34 +6,61 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_core::agent::{self, AgentConfig, memory::MemoryContainerizer};
+use keel_core::client::Target;
 use tokio_util::sync::CancellationToken;
 
 /// A `keel master` process on a free loopback port, on SQLite in a temporary directory.
 pub struct MasterProcess {
     child: Child,
     pub url: String,
+    /// The address with the credential and CA to reach it.
+    pub target: Target,
     _dir: tempfile::TempDir,
 }
 
 impl MasterProcess {
+    /// A master without auth or TLS (`--insecure-no-auth`): the engine alone.
     pub fn start() -> MasterProcess {
+        Self::launch(false)
+    }
+
+    /// A master as production runs it: tokens checked on every stream, TLS on the port.
+    pub fn start_secure() -> MasterProcess {
+        Self::launch(true)
+    }
+
+    fn launch(secure: bool) -> MasterProcess {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", dir.path().to_str().unwrap()])
+        let data = dir.path().to_str().unwrap().to_owned();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .args(["master", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", &data])
             .args(["--agent-timeout", "60s", "--offer-timeout", "0"])
             .env("KEEL_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn keel master");
-        let url = format!("http://127.0.0.1:{port}");
+            .stdout(Stdio::null());
+        let target = if secure {
+            let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args(["token", "create", "--data-dir", &data, "--role", "admin", "--name", "bench"])
+                .output()
+                .expect("keel token create");
+            let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+            let ca = certificates(dir.path());
+            command.args(["--tls-cert", &format!("{data}/server.pem"), "--tls-key", &format!("{data}/server.key")]);
+            Target::new(format!("https://127.0.0.1:{port}"), Some(token)).with_ca(Some(ca))
+        } else {
+            command.arg("--insecure-no-auth");
+            Target::new(format!("http://127.0.0.1:{port}"), None)
+        };
+        let child = command.spawn().expect("spawn keel master");
+        let url = target.url.clone();
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        MasterProcess { child, url, _dir: dir }
+        MasterProcess { child, url, target, _dir: dir }
     }
 
     pub fn rss_mb(&self) -> f64 {
@@ -54,9 +81,24 @@ impl Drop for MasterProcess {
     }
 }
 
-/// Starts `n` simulated agents against `url`.
+/// A CA and a server certificate for 127.0.0.1 in `dir` (server.pem, server.key); returns the CA's PEM.
+fn certificates(dir: &std::path::Path) -> Vec<u8> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert =
+        CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    ca.pem().into_bytes()
+}
+
+/// Starts `n` simulated agents against `target`.
 pub fn start_agents(
-    url: &str,
+    target: &Target,
     n: usize,
     resources: &str,
     run_for: Option<Duration>,
@@ -65,7 +107,10 @@ pub fn start_agents(
     let dir = tempfile::tempdir().unwrap();
     let containerizer = Arc::new(MemoryContainerizer::new(run_for));
     for i in 0..n {
-        let mut config = AgentConfig::new(url, dir.path().join(format!("agent-{i}")), resources.parse().unwrap());
+        let mut config =
+            AgentConfig::new(&target.url, dir.path().join(format!("agent-{i}")), resources.parse().unwrap());
+        config.token = target.token.clone();
+        config.ca_cert = target.ca.as_deref().cloned();
         config.hostname = format!("sim-{i}");
         config.checkpoint = false;
         tokio::spawn(agent::run(config, containerizer.clone(), shutdown.clone()));

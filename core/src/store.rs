@@ -437,18 +437,29 @@ impl Store {
     }
 }
 
-/// Hides a password in a database URL before it reaches a log or an error.
+/// Hides the passwords of a database URL (`user:PASSWORD@` and `?password=` or `sslpassword=` query
+/// values) before it reaches a log or an error.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match base[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{}:***{}", &base[..s + 3], user, &base[at..]),
+            None => base.to_owned(),
+        },
+        _ => base.to_owned(),
+    };
+    let Some(query) = query else { return base };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -457,5 +468,10 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(super::redact("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
         assert_eq!(super::redact("sqlite:/x"), "sqlite:/x");
+        assert_eq!(
+            super::redact("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(super::redact("postgres://u:p@h/db?sslpassword=k"), "postgres://u:***@h/db?sslpassword=***");
     }
 }
