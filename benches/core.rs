@@ -134,8 +134,7 @@ async fn throughput(secure: bool) -> (usize, Duration) {
     let master = if secure { support::MasterProcess::start_secure() } else { support::MasterProcess::start() };
     let shutdown = CancellationToken::new();
     // Sized so that 640 tasks fill an agent exactly: no leftover offer has to be declined.
-    let _dirs =
-        support::start_agents(&master.target, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
+    let _dirs = support::start_agents(&master.target, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let elapsed = launch_all(&master.target, total, "cpus:0.1;mem:32", TaskState::Finished).await;
     shutdown.cancel();
@@ -193,7 +192,9 @@ fn main() {
     let (secure_n, secure_elapsed) = rt.block_on(throughput(true));
     let secure_rate = secure_n as f64 / secure_elapsed.as_secs_f64();
     let loss = (1.0 - secure_rate / rate) * 100.0;
-    println!("launch throughput with auth and TLS: {secure_n} tasks in {secure_elapsed:?} = {secure_rate:.0} tasks/s ({loss:.1}% less)");
+    println!(
+        "launch throughput with auth and TLS: {secure_n} tasks in {secure_elapsed:?} = {secure_rate:.0} tasks/s ({loss:.1}% less)"
+    );
     let verdict = if rate >= 10_000.0 { "meets" } else { "MISSES" };
     let secure_verdict = if loss <= 10.0 { "meets" } else { "MISSES" };
     let _ = writeln!(

@@ -235,6 +235,15 @@ struct WebOptions {
     /// loopback names and IP addresses otherwise (DNS rebinding protection).
     #[arg(long = "allowed-origin", value_parser = parse_origin)]
     allowed_origins: Vec<String>,
+    /// The largest REST request body, in bytes (larger ones answer 413). 1 KiB to 64 MiB.
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..=64 << 20))]
+    max_body_bytes: u32,
+}
+
+impl WebOptions {
+    fn limits(&self) -> keel_core::server::Limits {
+        keel_core::server::Limits { max_body: self.max_body_bytes as usize, ..keel_core::server::Limits::default() }
+    }
 }
 
 fn parse_origin(s: &str) -> Result<String, String> {
@@ -481,12 +490,13 @@ impl MasterOptions {
         let url = announce("the master", local, tls.is_some());
         let gate = keel_core::gate::Gate {
             auth,
-            hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &self.web.allowed_origins),
+            hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &self.web.allowed_origins, self.insecure_no_auth),
             audit: keel_core::audit::Audit::start(store.clone(), shutdown.clone()),
             tokens: Some(store.clone()),
             secure_cookie: tls.is_some(),
         };
-        Ok(Started { store, master, listener, addr: local.to_string(), url, gate, admin_token, tls })
+        let limits = self.web.limits();
+        Ok(Started { store, master, listener, addr: local.to_string(), url, gate, admin_token, tls, limits })
     }
 }
 
@@ -607,6 +617,7 @@ struct Started {
     url: String,
     gate: keel_core::gate::Gate,
     tls: Option<Arc<keel_core::server::TlsServerConfig>>,
+    limits: keel_core::server::Limits,
     /// `keel dev`'s admin token.
     admin_token: Option<String>,
 }
@@ -618,7 +629,7 @@ impl Started {
         mut extras: keel_core::master::http::Extras,
         shutdown: &CancellationToken,
     ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-        let limits = keel_core::server::Limits::default();
+        let limits = self.limits;
         extras.gate = self.gate;
         let router = keel_core::server::router_with(self.master, extra, extras, limits);
         tokio::spawn(keel_core::server::serve_tls(self.listener, router, limits, self.tls, shutdown.clone()))
@@ -692,12 +703,12 @@ async fn serve_framework(
     println!("keel {name} listening on {}", announce(name, local, tls.is_some()));
     let gate = keel_core::gate::Gate {
         auth: keel_core::auth::Auth::remote(master),
-        hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &web.allowed_origins),
+        hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &web.allowed_origins, false),
         audit: keel_core::audit::Audit::start(store, shutdown.clone()),
         tokens: None,
         secure_cookie: tls.is_some(),
     };
-    let limits = keel_core::server::Limits::default();
+    let limits = web.limits();
     let health_route = axum::routing::get(move || {
         let (up, body) = health.report(|_| true);
         let status = if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };

@@ -12,6 +12,10 @@ use crate::store::{AuditRecord, Store, StoreError};
 const QUEUE: usize = 4096;
 /// The most records written in one transaction.
 const BATCH: usize = 256;
+/// The records kept; older ones are deleted every [`TRIM_EVERY`] batches, so that a flood of refused
+/// requests cannot fill the store.
+const KEEP: i64 = 1_000_000;
+const TRIM_EVERY: u64 = 100;
 
 /// Where audit records go; cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -32,6 +36,7 @@ impl Audit {
         let writer_store = store.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut batches = 0u64;
             loop {
                 let first = tokio::select! {
                     r = rx.recv() => r,
@@ -49,6 +54,12 @@ impl Audit {
                     warn!(error = %e, records = batch.len(), "cannot store audit records (they are in the log)");
                 }
                 batch.clear();
+                batches += 1;
+                if batches % TRIM_EVERY == 0
+                    && let Err(e) = writer_store.trim_audit(KEEP).await
+                {
+                    warn!(error = %e, "cannot trim the audit record");
+                }
             }
         });
         Audit { writer: Some(tx), store: Some(store) }

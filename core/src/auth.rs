@@ -398,8 +398,10 @@ impl Auth {
         if authorization.is_none() {
             return Err(AuthError::Missing);
         }
-        if let Ok(p) = self.check(authorization) {
-            return Ok(p);
+        match self.check(authorization) {
+            Err(AuthError::Unavailable(_)) => {}
+            // A cached answer, refusals included: a bad token costs the master one question per REMOTE_TTL.
+            answer => return answer,
         }
         let key = hash_token(authorization.unwrap_or(""));
         let answer = ask_master(client, whoami, authorization).await;
@@ -431,16 +433,26 @@ impl Auth {
         Some(code)
     }
 
-    /// Opens a console session for a one-time login code (which is then spent) or a token; returns the
-    /// session's cookie value.
-    pub fn open_session(&self, code_or_token: &str) -> Result<(String, Arc<Principal>), AuthError> {
-        let hash = hash_token(code_or_token);
-        let from_code = self.inner.login_codes.lock().expect("lock poisoned").remove(&hash);
-        let (principal, token_hash) = match from_code {
-            Some(found) => found,
+    /// Opens a console session for a one-time login code, which is then spent; returns the session's
+    /// cookie value. Only codes: a link must never carry a long-lived token.
+    pub fn open_session_with_code(&self, code: &str) -> Result<(String, Arc<Principal>), AuthError> {
+        let found = self.inner.login_codes.lock().expect("lock poisoned").remove(&hash_token(code));
+        let (principal, token_hash) = found.ok_or(AuthError::Invalid)?;
+        Ok(self.new_session(principal, token_hash))
+    }
+
+    /// Opens a console session for a token (the login form); returns the session's cookie value.
+    pub fn open_session_with_token(&self, token: &str) -> Result<(String, Arc<Principal>), AuthError> {
+        let hash = hash_token(token);
+        let (principal, token_hash) = match self.lookup(&hash) {
+            Some(p) => (p, Some(hash)),
             None if self.is_off() => (Arc::new(Principal::anonymous()), None),
-            None => (self.lookup(&hash).ok_or(AuthError::Invalid)?, Some(hash)),
+            None => return Err(AuthError::Invalid),
         };
+        Ok(self.new_session(principal, token_hash))
+    }
+
+    fn new_session(&self, principal: Arc<Principal>, token_hash: Option<String>) -> (String, Arc<Principal>) {
         let cookie = generate_token();
         let mut sessions = self.inner.sessions.lock().expect("lock poisoned");
         if sessions.len() >= MAX_SESSIONS {
@@ -451,7 +463,7 @@ impl Auth {
         }
         let session = Session { principal: principal.clone(), token_hash, expires: Instant::now() + SESSION_TTL };
         sessions.insert(hash_token(&cookie), session);
-        Ok((cookie, principal))
+        (cookie, principal)
     }
 
     /// The principal of a console session, if it is open and the token it came from is still valid.
@@ -611,14 +623,15 @@ mod tests {
     fn login_codes_work_once_and_sessions_end_with_logout_or_their_token() {
         let (auth, t) = local_with(&[("admin", Role::Admin)]);
         let code = auth.login_code(Principal::new("admin", Role::Admin));
-        let (cookie, who) = auth.open_session(&code).unwrap();
+        let (cookie, who) = auth.open_session_with_code(&code).unwrap();
         assert_eq!(who.name, "admin");
-        assert!(auth.open_session(&code).is_err(), "a login code works once");
+        assert!(auth.open_session_with_code(&code).is_err(), "a login code works once");
+        assert!(auth.open_session_with_code(&t[0]).is_err(), "a token is not a login code");
         assert!(auth.session(&cookie).is_some());
         assert!(auth.close_session(&cookie));
         assert!(auth.session(&cookie).is_none());
         // A session opened with a token ends when the token is revoked.
-        let (cookie, _) = auth.open_session(&t[0]).unwrap();
+        let (cookie, _) = auth.open_session_with_token(&t[0]).unwrap();
         assert!(auth.session(&cookie).is_some());
         auth.load(&[]);
         assert!(auth.session(&cookie).is_none());

@@ -20,8 +20,11 @@ use crate::audit::Audit;
 use crate::auth::{Action, Auth, AuthError, Principal, Role};
 use crate::store::{AuditRecord, now_millis};
 
-/// The console's session cookie.
+/// The console's session cookie on plain HTTP.
 pub const SESSION_COOKIE: &str = "keel_session";
+/// The console's session cookie on TLS: the `__Host-` prefix makes browsers refuse one set by another
+/// origin, or for a wider path or domain.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-keel_session";
 /// What replaces a secret value for those who may not read it.
 pub const REDACTED: &str = "[redacted]";
 /// The largest response body the gate reads to redact it.
@@ -39,12 +42,17 @@ pub struct HostPolicy {
 }
 
 impl HostPolicy {
-    /// The policy for a server bound to `bind`, with the operator's `--allowed-origin` values.
-    pub fn for_bind(bind: IpAddr, allowed_origins: &[String]) -> HostPolicy {
+    /// The policy for a server bound to `bind`, with the operator's `--allowed-origin` values. Host is
+    /// checked on loopback addresses, which pages reach by DNS rebinding, and everywhere when auth is off
+    /// (then nothing else stands in a rebinding page's way).
+    pub fn for_bind(bind: IpAddr, allowed_origins: &[String], auth_off: bool) -> HostPolicy {
         let origins: Vec<String> =
             allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
-        let hosts = origins.iter().filter_map(|o| origin_host(o)).collect();
-        HostPolicy { enforce: bind.is_loopback(), hosts, origins }
+        let mut hosts: Vec<String> = origins.iter().filter_map(|o| origin_host(o)).collect();
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            hosts.push(h.trim().to_ascii_lowercase());
+        }
+        HostPolicy { enforce: bind.is_loopback() || auth_off, hosts, origins }
     }
 
     /// Whether a request's Host names this server.
@@ -155,20 +163,31 @@ fn unauthorized(e: &AuthError) -> Response {
     r
 }
 
+/// The value of cookie `name`; none when it is sent twice (a cookie planted by another site on this host,
+/// beside the real one, must not pick the session).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
-        let (k, v) = c.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
+    let mut found =
+        headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
+            |c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then_some(v)
+            },
+        );
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 impl Gate {
+    fn cookie_name(&self) -> &'static str {
+        if self.secure_cookie { SECURE_SESSION_COOKIE } else { SESSION_COOKIE }
+    }
+
     /// Who sent `headers`: the `Authorization` header, else the session cookie.
     pub async fn principal(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthError> {
         if let Some(a) = headers.get(header::AUTHORIZATION) {
             return self.auth.authenticate(Some(a.to_str().map_err(|_| AuthError::Invalid)?)).await;
         }
-        if let Some(c) = cookie(headers, SESSION_COOKIE) {
+        if let Some(c) = cookie(headers, self.cookie_name()) {
             return self.auth.session(c).ok_or(AuthError::Invalid);
         }
         self.auth.authenticate(None).await
@@ -272,12 +291,24 @@ impl Gate {
         self.audit.record(AuditRecord {
             at: now_millis(),
             principal: principal.map_or_else(|| "-".to_owned(), |p| p.name.clone()),
-            action: format!("{method} {path}"),
-            target: path.to_owned(),
+            action: format!("{method} {}", truncate(path)),
+            target: truncate(path),
             outcome: outcome.to_owned(),
             status: i64::from(status.as_u16()),
         });
     }
+}
+
+/// At most 256 characters of a path, for the audit record.
+fn truncate(path: &str) -> String {
+    if path.len() <= 256 {
+        return path.to_owned();
+    }
+    let mut end = 256;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
 }
 
 /// Puts `gate` in front of every route of `router`.
@@ -534,7 +565,8 @@ async fn read_audit(State(gate): State<Gate>, Query(q): Query<AuditQuery>) -> Re
 
 fn session_cookie(gate: &Gate, value: &str, max_age: u64) -> HeaderValue {
     let secure = if gate.secure_cookie { "; Secure" } else { "" };
-    let c = format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let name = gate.cookie_name();
+    let c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -558,7 +590,7 @@ fn escape(s: &str) -> String {
 /// signed in, or sends the browser to the login form.
 async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: HeaderMap) -> Response {
     if let Some(code) = q.token {
-        return match gate.auth.open_session(&code) {
+        return match gate.auth.open_session_with_code(&code) {
             Ok((cookie, _)) => {
                 let mut r = Redirect::to("/").into_response();
                 r.headers_mut().insert(header::SET_COOKIE, session_cookie(&gate, &cookie, crate::auth::SESSION_TTL.as_secs()));
@@ -571,7 +603,7 @@ async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: Hea
                 .into_response(),
         };
     }
-    match cookie(&headers, SESSION_COOKIE).and_then(|c| gate.auth.session(c)) {
+    match cookie(&headers, gate.cookie_name()).and_then(|c| gate.auth.session(c)) {
         Some(p) => page(
             "Keel",
             &format!(
@@ -600,7 +632,7 @@ struct LoginForm {
 /// `POST /login` (a form with `token`): opens a session.
 async fn login(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
     let form: Option<LoginForm> = serde_urlencoded_form(&body);
-    match form.map(|f| gate.auth.open_session(f.token.trim())) {
+    match form.map(|f| gate.auth.open_session_with_token(f.token.trim())) {
         Some(Ok((cookie, _))) => {
             let mut r = Redirect::to("/").into_response();
             r.headers_mut()
@@ -619,7 +651,7 @@ fn serde_urlencoded_form(body: &[u8]) -> Option<LoginForm> {
 
 /// `POST /logout`: ends the session.
 async fn logout(State(gate): State<Gate>, headers: HeaderMap) -> Response {
-    if let Some(c) = cookie(&headers, SESSION_COOKIE) {
+    if let Some(c) = cookie(&headers, gate.cookie_name()) {
         gate.auth.close_session(c);
     }
     let mut r = Redirect::to("/login").into_response();
@@ -656,20 +688,23 @@ mod tests {
 
     #[test]
     fn hosts_on_loopback_refuse_rebinding() {
-        let p = HostPolicy::for_bind("127.0.0.1".parse().unwrap(), &["https://ops.example.com".into()]);
+        let p = HostPolicy::for_bind("127.0.0.1".parse().unwrap(), &["https://ops.example.com".into()], false);
         for ok in ["127.0.0.1:5050", "localhost:5050", "[::1]:5050", "ops.example.com", "10.0.0.1"] {
             assert!(p.host_allowed(ok), "{ok}");
         }
         for bad in ["evil.com:5050", "127.0.0.1.evil.com", "localhost.evil.com"] {
             assert!(!p.host_allowed(bad), "{bad}");
         }
-        let open = HostPolicy::for_bind("0.0.0.0".parse().unwrap(), &[]);
+        let open = HostPolicy::for_bind("0.0.0.0".parse().unwrap(), &[], false);
         assert!(open.host_allowed("keel.internal:5050"));
+        let unauthenticated = HostPolicy::for_bind("0.0.0.0".parse().unwrap(), &[], true);
+        assert!(!unauthenticated.host_allowed("evil.example:5050"));
+        assert!(unauthenticated.host_allowed("10.1.2.3:5050"));
     }
 
     #[test]
     fn origins() {
-        let p = HostPolicy::for_bind("127.0.0.1".parse().unwrap(), &["https://ops.example.com/".into()]);
+        let p = HostPolicy::for_bind("127.0.0.1".parse().unwrap(), &["https://ops.example.com/".into()], false);
         assert!(p.origin_allowed("http://127.0.0.1:5050", Some("127.0.0.1:5050")));
         assert!(p.origin_allowed("https://ops.example.com", Some("127.0.0.1:5050")));
         assert!(!p.origin_allowed("http://evil.com", Some("127.0.0.1:5050")));

@@ -406,6 +406,16 @@ impl Store {
         tx.commit().await.map_err(query_err("commit audit"))
     }
 
+    /// Deletes all but the newest `keep` audit records.
+    pub async fn trim_audit(&self, keep: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - $1")
+            .bind(keep)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("trim audit"))?;
+        Ok(done.rows_affected())
+    }
+
     /// The newest audit records first, at most `limit`, older than `before` (milliseconds) if given.
     pub async fn audit(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(

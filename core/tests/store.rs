@@ -165,3 +165,22 @@ async fn tokens_audit_and_owners() {
         assert_eq!(stored.principal.as_deref(), Some("fw-1"));
     }
 }
+
+#[tokio::test]
+async fn the_audit_record_is_trimmed_to_the_newest() {
+    use keel_core::store::AuditRecord;
+    for (store, _dir) in stores().await {
+        let rec = |at: i64| AuditRecord {
+            at,
+            principal: "-".into(),
+            action: "POST /x".into(),
+            target: "/x".into(),
+            outcome: "denied".into(),
+            status: 401,
+        };
+        store.append_audit(&(1..=10).map(rec).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(store.trim_audit(3).await.unwrap(), 7, "{:?}", store.backend());
+        let left: Vec<i64> = store.audit(100, None).await.unwrap().iter().map(|r| r.at).collect();
+        assert_eq!(left, [10, 9, 8]);
+    }
+}

@@ -124,7 +124,17 @@ pub trait Containerizer: Send + Sync + 'static {
     ) -> Result<i32, ContainerError> {
         let _ = record;
         let mut cmd = tokio::process::Command::new("/bin/sh");
-        cmd.arg("-c").arg(command).current_dir(&request.sandbox).envs(&request.task.command.env);
+        // The task's environment, not the agent's: the agent's holds its token.
+        cmd.arg("-c")
+            .arg(command)
+            .current_dir(&request.sandbox)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
+            .env("HOME", &request.sandbox)
+            .env("MESOS_SANDBOX", &request.sandbox)
+            .env("KEEL_SANDBOX", &request.sandbox)
+            .envs(&request.task.command.env)
+            .process_group(0);
         if let Some(user) = &request.user {
             run_as(&mut cmd, user, None)?;
         }
@@ -218,7 +228,7 @@ pub(crate) fn run_as(
     user: &str,
     sandbox: Option<&std::path::Path>,
 ) -> Result<(), ContainerError> {
-    use nix::unistd::{Gid, Uid, User, chown, geteuid, getgrouplist};
+    use nix::unistd::{Gid, Uid, User, geteuid, getgrouplist};
     let found = User::from_name(user)
         .map_err(|e| ContainerError::Other(format!("cannot look up user '{user}': {e}")))?
         .ok_or_else(|| ContainerError::Other(format!("unknown user '{user}' on this agent")))?;
@@ -236,9 +246,16 @@ pub(crate) fn run_as(
         .map(Gid::as_raw)
         .collect();
     if let Some(dir) = sandbox {
+        // Not following symlinks: a sandbox reused by a task id's next launch may hold one its last run put.
         let give = |p: &std::path::Path| {
-            chown(p, Some(found.uid), Some(found.gid))
-                .map_err(|e| ContainerError::Sandbox { path: p.to_owned(), source: e.into() })
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                p,
+                Some(found.uid),
+                Some(found.gid),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| ContainerError::Sandbox { path: p.to_owned(), source: e.into() })
         };
         give(dir)?;
         for entry in std::fs::read_dir(dir).map_err(|e| ContainerError::Sandbox { path: dir.to_owned(), source: e })? {

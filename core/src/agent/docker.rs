@@ -335,7 +335,7 @@ impl Containerizer for DockerContainerizer {
                 .mounts
                 .iter()
                 .flatten()
-                .any(|m| m.source.as_deref().is_some_and(|s| s.starts_with(&*work_dir.to_string_lossy())));
+                .any(|m| m.source.as_deref().is_some_and(|s| std::path::Path::new(s).starts_with(work_dir)));
             if known.contains(&id.as_str()) || !ours {
                 continue;
             }

@@ -41,7 +41,7 @@ pub const MAX_STATUS_RETRY: Duration = Duration::from_secs(60);
 /// How long a kill waits between SIGTERM and SIGKILL when the task does not say.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// The master's URL, such as `http://127.0.0.1:5050`.
     pub master: String,
@@ -81,6 +81,19 @@ impl AgentConfig {
             checkpoint: true,
             default_user: None,
         }
+    }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("master", &self.master)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("work_dir", &self.work_dir)
+            .field("resources", &self.resources.to_string())
+            .field("hostname", &self.hostname)
+            .field("default_user", &self.default_user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -344,6 +357,10 @@ impl Agent {
         };
         let meta = self.meta_dir();
         std::fs::create_dir_all(meta.join("tasks")).map_err(work_err(&meta))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o700)).map_err(work_err(&meta))?;
+        }
         // Containers mount sandboxes by absolute path.
         self.config.work_dir = std::fs::canonicalize(&self.config.work_dir).map_err(work_err(&self.config.work_dir))?;
         if let Ok(id) = std::fs::read_to_string(meta.join("agent_id"))
@@ -407,8 +424,14 @@ impl Agent {
                 };
             };
             std::fs::create_dir_all(path.parent().expect("task file has a parent"))?;
+            // Checkpoints hold tasks' environments, secrets included: readable by the agent only.
             let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(task)?)?;
+            let _ = std::fs::remove_file(&tmp);
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(&serde_json::to_vec(task)?)?;
+            drop(f);
             std::fs::rename(&tmp, &path)
         })();
         if let Err(e) = result {
@@ -776,8 +799,15 @@ impl Agent {
 /// where they start, and the file's size.
 fn read_chunk(path: &Path, offset: Option<u64>, length: u64) -> std::io::Result<(Vec<u8>, u64, u64)> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    // A task owns its sandbox and could put a symlink (to a file only root may read) where its output was:
+    // never follow one, and read regular files only.
+    let mut file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let size = meta.len();
     let start = offset.unwrap_or_else(|| size.saturating_sub(length)).min(size);
     file.seek(SeekFrom::Start(start))?;
     let mut data = Vec::new();

@@ -93,10 +93,18 @@ impl Containerizer for ProcessContainerizer {
         let sandbox = &req.sandbox;
         let sandbox_err = |source| ContainerError::Sandbox { path: sandbox.clone(), source };
         std::fs::create_dir_all(sandbox).map_err(sandbox_err)?;
-        let stdout =
-            std::fs::File::options().create(true).append(true).open(sandbox.join("stdout")).map_err(sandbox_err)?;
-        let stderr =
-            std::fs::File::options().create(true).append(true).open(sandbox.join("stderr")).map_err(sandbox_err)?;
+        {
+            // Other tasks on this agent may not read this one's output.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(sandbox, std::fs::Permissions::from_mode(0o700)).map_err(sandbox_err)?;
+        }
+        // Never through a symlink a previous run of this task id may have left.
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |name: &str| {
+            std::fs::File::options().create(true).append(true).custom_flags(libc::O_NOFOLLOW).open(sandbox.join(name))
+        };
+        let stdout = open("stdout").map_err(sandbox_err)?;
+        let stderr = open("stderr").map_err(sandbox_err)?;
         let status_file = sandbox.join(".exit_status");
         let _ = std::fs::remove_file(&status_file);
 

@@ -90,11 +90,14 @@ struct FileQuery {
 /// output, read from its agent. Without `offset`, the last `length` bytes (64 KiB by default).
 async fn read_file(
     State(master): State<MasterHandle>,
+    principal: Option<axum::Extension<std::sync::Arc<crate::auth::Principal>>>,
     Path((task_id, file)): Path<(String, String)>,
     Query(q): Query<FileQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let bad = |e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let owner = principal.filter(|p| p.role == crate::auth::Role::Framework).map(|p| p.name.clone());
     let request = FileRequest {
+        owner,
         framework_id: q.framework_id.map(FrameworkId::parse).transpose().map_err(bad)?,
         task_id: TaskId::parse(task_id).map_err(bad)?,
         file,

@@ -165,6 +165,8 @@ pub(crate) enum Command {
 /// Which part of which task's sandbox file to read.
 #[derive(Clone, Debug)]
 pub struct FileRequest {
+    /// For a framework's own credential: only the tasks of frameworks this principal owns.
+    pub owner: Option<String>,
     /// Needed only when several frameworks use the task id.
     pub framework_id: Option<FrameworkId>,
     pub task_id: TaskId,

@@ -129,7 +129,7 @@ pub(crate) struct Master {
     last_heartbeat: Instant,
     counters: Counters,
     /// File reads waiting for their agent's answer.
-    file_reads: HashMap<u64, (Instant, FileReply)>,
+    file_reads: HashMap<u64, (Instant, FileReply, AgentId)>,
     /// Teardowns the store has not recorded yet; retried until it does.
     unsaved_removals: HashSet<FrameworkId>,
     /// Reconciliation questions about tasks that an agent still recovering may hold, in the order asked.
@@ -436,6 +436,15 @@ impl Master {
         let mut kills = Vec::new();
         for t in reported {
             let key = (t.framework_id.clone(), t.spec.id.clone());
+            let elsewhere = self
+                .frameworks
+                .get(&t.framework_id)
+                .and_then(|f| f.tasks.get(&t.spec.id))
+                .is_some_and(|task| &task.agent_id != agent_id);
+            if elsewhere {
+                warn!(agent_id = %agent_id, task_id = %t.spec.id, "an agent reports a task that runs on another agent; ignoring it");
+                continue;
+            }
             seen.insert(key.clone());
             if !self.frameworks.contains_key(&t.framework_id) {
                 if self.removed.contains(&t.framework_id) {
@@ -566,7 +575,10 @@ impl Master {
             AgentMessage::Heartbeat => {}
             AgentMessage::StatusUpdate { framework_id, status } => self.status_update(&agent_id, framework_id, status),
             AgentMessage::FileData { request_id, chunk } => {
-                if let Some((_, reply)) = self.file_reads.remove(&request_id) {
+                // Only the agent asked may answer.
+                if self.file_reads.get(&request_id).is_some_and(|(_, _, asked)| *asked == agent_id)
+                    && let Some((_, reply, _)) = self.file_reads.remove(&request_id)
+                {
                     let _ = reply.send(chunk.map_err(MasterError::NotFound));
                 }
             }
@@ -585,6 +597,10 @@ impl Master {
         let mut found: Vec<(FrameworkId, AgentId)> = Vec::new();
         for (fid, fw) in &self.frameworks {
             if req.framework_id.as_ref().is_some_and(|f| f != fid) {
+                continue;
+            }
+            // A framework reads its own tasks' output only.
+            if req.owner.is_some() && fw.principal != req.owner {
                 continue;
             }
             if let Some(t) = fw.tasks.get(&req.task_id) {
@@ -625,7 +641,7 @@ impl Master {
         if !self.send_agent(&agent_id, msg) {
             return fail(MasterError::Unavailable(format!("agent {agent_id} is not reachable")), reply);
         }
-        self.file_reads.insert(request_id, (Instant::now(), reply));
+        self.file_reads.insert(request_id, (Instant::now(), reply, agent_id));
         Ok(())
     }
 
@@ -639,6 +655,13 @@ impl Master {
             return;
         };
         let removed = fw.removed;
+        if let Some(known) = fw.tasks.get(&tid)
+            && &known.agent_id != agent_id
+        {
+            warn!(agent_id = %agent_id, task_id = %tid, owner = %known.agent_id,
+                "an agent sent an update for a task of another agent; ignoring it");
+            return;
+        }
         let task = fw.tasks.entry(tid.clone()).or_insert_with(|| Task {
             agent_id: agent_id.clone(),
             name: tid.to_string(),
@@ -1267,11 +1290,11 @@ impl Master {
         let stale: Vec<u64> = self
             .file_reads
             .iter()
-            .filter(|(_, (t, _))| now.duration_since(*t) > FILE_READ_TIMEOUT)
+            .filter(|(_, (t, _, _))| now.duration_since(*t) > FILE_READ_TIMEOUT)
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
-            if let Some((_, reply)) = self.file_reads.remove(&id) {
+            if let Some((_, reply, _)) = self.file_reads.remove(&id) {
                 let _ =
                     reply.send(Err(MasterError::Unavailable("the agent did not answer the file read in time".into())));
             }
