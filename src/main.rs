@@ -942,7 +942,8 @@ async fn run(command: Command) -> Result<()> {
             println!("keel master listening on {}", started.url);
             let extras = keel_core::master::http::Extras::default();
             exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
-            started.serve(axum::Router::new(), extras, &shutdown).await??;
+            let doc = keel_core::openapi::route(keel_core::openapi::finish(keel_core::openapi::master()));
+            started.serve(doc, extras, &shutdown).await??;
         }
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
@@ -966,6 +967,9 @@ async fn run(command: Command) -> Result<()> {
             )
             .await?;
             let routes = routes.merge(keel_marathon::api::metrics_router(api));
+            let mut doc = keel_core::openapi::framework_port();
+            doc.merge(keel_marathon::api::openapi());
+            let routes = routes.merge(keel_core::openapi::route(keel_core::openapi::finish(doc)));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
             serve_framework(&args.listen, "marathon", routes, health, &target, store, &args.web, &args.tls, &shutdown)
                 .await?;
@@ -976,6 +980,10 @@ async fn run(command: Command) -> Result<()> {
             let target = args.credentials.target(&args.master)?;
             let routes = chronos_routes(&target, store.clone(), &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
+            let mut doc = keel_core::openapi::framework_port();
+            doc.merge(keel_core::openapi::ping());
+            doc.merge(keel_chronos::api::openapi());
+            let routes = routes.merge(keel_core::openapi::route(keel_core::openapi::finish(doc)));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
             serve_framework(&args.listen, "chronos", routes, health, &target, store, &args.web, &args.tls, &shutdown)
                 .await?;
@@ -1043,7 +1051,11 @@ async fn run(command: Command) -> Result<()> {
             let agent_flag = agent_up.clone();
             extras.health.register("agent", move || agent_flag.load(std::sync::atomic::Ordering::SeqCst));
             exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
-            let server = started.serve(marathon.merge(chronos), extras, &shutdown);
+            let mut doc = keel_core::openapi::master();
+            doc.merge(keel_marathon::api::openapi());
+            doc.merge(keel_chronos::api::openapi());
+            let doc = keel_core::openapi::route(keel_core::openapi::finish(doc));
+            let server = started.serve(marathon.merge(chronos).merge(doc), extras, &shutdown);
             let agent_shutdown = shutdown.clone();
             let agent = tokio::spawn(async move {
                 let result = run_agent(config, containerizer, agent_shutdown).await;

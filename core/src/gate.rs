@@ -331,7 +331,7 @@ async fn guard(gate: Gate, req: Request, next: Next) -> Response {
             if let Some(p) = &principal {
                 parts.extensions.insert(p.clone());
             }
-            let response = next.run(Request::from_parts(parts, body)).await;
+            let response = json_rejection(next.run(Request::from_parts(parts, body)).await).await;
             let redact = principal.as_ref().is_some_and(|p| !p.may(&Action::ReadSecrets));
             let response = if redact { redact_response(response).await } else { response };
             (principal, response)
@@ -349,6 +349,22 @@ async fn guard(gate: Gate, req: Request, next: Next) -> Response {
         HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
     );
     response
+}
+
+/// An extractor's refusal (a bad query string or path) comes as plain text: answer it as JSON, as every
+/// other error is.
+async fn json_rejection(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !(response.status().is_client_error() && plain) {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    refuse(status, String::from_utf8_lossy(&text).into_owned())
 }
 
 async fn redact_response(response: Response) -> Response {
@@ -425,6 +441,16 @@ fn principal_json(p: &Principal) -> Value {
 
 /// `GET /keel/v1/whoami`: the caller's principal, or 401. Frameworks on their own ports check their
 /// callers' credentials here.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/whoami",
+    tag = "keel",
+    description = "The caller's principal: name, role and framework roles.",
+    responses(
+        (status = 200, description = "Who the credential is", body = serde_json::Value),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+    )
+)]
 async fn whoami(State(gate): State<Gate>, headers: HeaderMap) -> Response {
     match gate.principal(&headers).await {
         Ok(p) => axum::Json(principal_json(&p)).into_response(),
@@ -438,6 +464,19 @@ fn token_store(gate: &Gate) -> Result<&crate::store::Store, Box<Response>> {
     gate.tokens.as_ref().ok_or_else(|| Box::new(refuse(StatusCode::NOT_FOUND, "tokens are managed on the master")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/keel/v1/tokens",
+    tag = "keel",
+    description = "Every token's id, name, role and dates (never the token). Admins only.",
+    responses(
+        (status = 200, description = "The tokens", body = serde_json::Value),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 404, description = "Tokens are managed on the master", body = crate::gate::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
+    )
+)]
 async fn list_tokens(State(gate): State<Gate>) -> Response {
     let store = match token_store(&gate) {
         Ok(s) => s,
@@ -456,6 +495,29 @@ fn token_json(t: &crate::store::TokenRecord) -> Value {
     })
 }
 
+/// The login form's field.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = LoginForm)]
+#[allow(dead_code)]
+struct LoginFormDoc {
+    /// A token.
+    token: String,
+}
+
+/// A new token, as `POST /keel/v1/tokens` takes it.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = NewToken)]
+#[allow(dead_code)]
+struct NewTokenDoc {
+    /// The principal's name: 1 to 64 of A-Z a-z 0-9 - _ .
+    name: String,
+    /// viewer, operator, admin, framework or agent
+    role: String,
+    /// For framework tokens: the roles it may subscribe under (any when empty).
+    #[serde(default)]
+    framework_roles: Vec<String>,
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
@@ -466,6 +528,24 @@ struct NewToken {
 }
 
 /// `POST /keel/v1/tokens` `{"name", "role", "framework_roles"}`: answers the new token, once.
+#[utoipa::path(
+    post,
+    path = "/keel/v1/tokens",
+    tag = "keel",
+    description = "Makes a token; the answer shows it, once. Admins only.",
+    request_body(content = NewTokenDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token, with its record", body = serde_json::Value),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 404, description = "Tokens are managed on the master", body = crate::gate::ErrorBody),
+        (status = 409, description = "An active token has that name", body = crate::gate::ErrorBody),
+        (status = 413, description = "The body is too large", body = crate::gate::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = crate::gate::ErrorBody),
+        (status = 422, description = "A bad name, role or framework role", body = crate::gate::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
+    )
+)]
 async fn create_token(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
     let store = match token_store(&gate) {
         Ok(s) => s,
@@ -490,6 +570,21 @@ async fn create_token(State(gate): State<Gate>, body: axum::body::Bytes) -> Resp
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/keel/v1/tokens/{id}",
+    tag = "keel",
+    description = "Revokes the active token with this id or name; every process refuses it within a second.",
+    params(("id" = String, Path, description = "The token's id or name")),
+    responses(
+        (status = 200, description = "The revoked token's id", body = serde_json::Value),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 404, description = "No such active token", body = crate::gate::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = crate::gate::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
+    )
+)]
 async fn revoke_token(State(gate): State<Gate>, Path(id): Path<String>) -> Response {
     let store = match token_store(&gate) {
         Ok(s) => s,
@@ -552,6 +647,24 @@ struct AuditQuery {
 }
 
 /// `GET /keel/v1/audit?limit=N&before=MILLIS`: the newest records first.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/audit",
+    tag = "keel",
+    description = "The audit record, newest first. Admins only.",
+    params(
+        ("limit" = Option<i64>, Query, description = "At most this many records, 1 to 10000 (default 100)"),
+        ("before" = Option<i64>, Query, description = "Only records older than this (milliseconds since the epoch)"),
+    ),
+    responses(
+        (status = 200, description = "The records", body = serde_json::Value),
+        (status = 400, description = "A bad query", body = crate::gate::ErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 422, description = "limit out of range", body = crate::gate::ErrorBody),
+        (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
+    )
+)]
 async fn read_audit(State(gate): State<Gate>, Query(q): Query<AuditQuery>) -> Response {
     let limit = q.limit.unwrap_or(100);
     if !(1..=10_000).contains(&limit) {
@@ -588,6 +701,18 @@ fn escape(s: &str) -> String {
 
 /// `GET /`: exchanges a one-time login URL (`/?token=…`) for a session cookie; otherwise shows who is
 /// signed in, or sends the browser to the login form.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "console",
+    description = "The console. With `?token=CODE` (the one-time link keel dev prints), opens a session.",
+    params(("token" = Option<String>, Query, description = "A one-time login code")),
+    responses(
+        (status = 200, description = "The console", body = String, content_type = "text/html"),
+        (status = 303, description = "To the console with a session, or to the login form"),
+        (status = 401, description = "A used or unknown login code", body = String, content_type = "text/html"),
+    )
+)]
 async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: HeaderMap) -> Response {
     if let Some(code) = q.token {
         return match gate.auth.open_session_with_code(&code) {
@@ -620,6 +745,13 @@ async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: Hea
 const LOGIN_FORM: &str = "<form method=post action=/login><p><label>Token <input type=password name=token \
     autocomplete=off autofocus></label></p><p><button>Sign in</button></p></form>";
 
+#[utoipa::path(
+    get,
+    path = "/login",
+    tag = "console",
+    description = "The login form.",
+    responses((status = 200, description = "The form", body = String, content_type = "text/html"))
+)]
 async fn login_form() -> Html<String> {
     page("Sign in", LOGIN_FORM)
 }
@@ -630,6 +762,19 @@ struct LoginForm {
 }
 
 /// `POST /login` (a form with `token`): opens a session.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "console",
+    description = "Opens a console session for a token (a form field `token`).",
+    request_body(content = LoginFormDoc, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: a session cookie, and to the console"),
+        (status = 401, description = "Not a valid token", body = String, content_type = "text/html"),
+        (status = 403, description = "A foreign Origin", body = crate::gate::ErrorBody),
+        (status = 413, description = "The body is too large", body = crate::gate::ErrorBody),
+    )
+)]
 async fn login(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
     let form: Option<LoginForm> = serde_urlencoded_form(&body);
     match form.map(|f| gate.auth.open_session_with_token(f.token.trim())) {
@@ -650,6 +795,16 @@ fn serde_urlencoded_form(body: &[u8]) -> Option<LoginForm> {
 }
 
 /// `POST /logout`: ends the session.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "console",
+    description = "Ends the console session.",
+    responses(
+        (status = 303, description = "Signed out, to the login form"),
+        (status = 403, description = "A foreign Origin", body = crate::gate::ErrorBody),
+    )
+)]
 async fn logout(State(gate): State<Gate>, headers: HeaderMap) -> Response {
     if let Some(c) = cookie(&headers, gate.cookie_name()) {
         gate.auth.close_session(c);
@@ -727,4 +882,25 @@ mod tests {
         assert_eq!(v["run"]["env"]["T"], REDACTED);
         assert_eq!(v["apps"][0]["cmd"], "x");
     }
+}
+
+/// The description of auth's own routes and the console's login.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(whoami, list_tokens, create_token, revoke_token, read_audit),
+    components(schemas(ErrorBody, NewTokenDoc, LoginFormDoc)),
+    tags((name = "keel", description = "Keel's own API"))
+)]
+pub struct GateApiDoc;
+
+/// The description of the console's sign-in routes (the master's port only).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(home, login_form, login, logout), tags((name = "console", description = "The console's sign-in")))]
+pub struct LoginApiDoc;
+
+/// The JSON body of every error answer, for the API description.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub message: String,
 }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod ids;
 pub mod json;
 pub mod master;
+pub mod openapi;
 pub mod query;
 pub mod resources;
 pub mod scheduler;

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use keel_core::gate::ErrorBody;
 use keel_core::query::{pairs, param};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -119,7 +120,7 @@ pub fn router(api: Api) -> Router {
         .route("/v2/info", get(info))
         .route("/v2/eventSubscriptions", get(list_subscriptions).post(subscribe).delete(unsubscribe))
         .route("/v2/leader", get(leader))
-        .route("/ping", get(|| async { "pong" }))
+        .route("/ping", get(ping))
         .with_state(api)
 }
 
@@ -267,6 +268,28 @@ fn label_matches(app: &AppDefinition, selector: &str) -> bool {
     app.labels.contains_key(selector.trim())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/apps",
+    tag = "marathon",
+    description = "Lists the apps, with their task counts and deployments, optionally filtered.",
+    params(
+        ("id" = Option<String>, Query, description = "Only apps whose id contains this"),
+        ("cmd" = Option<String>, Query, description = "Only apps whose cmd contains this"),
+        ("label" = Option<String>, Query, description = "Only apps with this label: key, key==value or key!=value"),
+        (
+            "embed" = Option<String>,
+            Query,
+            description = "app(s).tasks adds the tasks, app(s).taskStats their statistics (repeatable)"
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"apps\": [...]}`", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
     let q = pairs(q.as_deref());
     let embeds = Embeds::from_query(&q);
@@ -283,6 +306,29 @@ async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Valu
     Ok(Json(json!({ "apps": chosen })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/apps",
+    tag = "marathon",
+    description = "Creates an app and starts deploying it.",
+    request_body(content = Value, content_type = "application/json", description = "The app definition, with its id"),
+    responses(
+        (
+            status = 201,
+            description = "The stored app; Location names it",
+            body = Value,
+            headers(("Location" = String, description = "/v2/apps{id}"))
+        ),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 409, description = "An app with that id exists", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn create(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let raw: Value = parse_body(&body)?;
     let id = parse_id(raw.get("id").and_then(Value::as_str).unwrap_or_default())?;
@@ -324,6 +370,32 @@ fn target(rest: &str) -> Result<Target, ApiError> {
     Ok(Target::App(parse_id(trimmed)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/apps/{app_id}",
+    tag = "marathon",
+    description = "One app with its tasks, counts, deployments and last failure.",
+    params(
+        (
+            "app_id" = String,
+            Path,
+            description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+        ),
+        (
+            "embed" = Option<String>,
+            Query,
+            description = "app(s).tasks adds the tasks, app(s).taskStats their statistics (repeatable)"
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"app\": {...}}`", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 422, description = "The app id is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn show(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -371,6 +443,52 @@ fn app_target(rest: &str) -> Result<AppId, ApiError> {
 
 /// `PUT /v2/apps/{id}?partialUpdate=&force=`: creates the app (201) or changes it (200). As in Marathon,
 /// the fields given are merged into the current definition unless `partialUpdate=false`.
+#[utoipa::path(
+    put,
+    path = "/v2/apps/{app_id}",
+    tag = "marathon",
+    description = "Creates or changes an app; `{\"version\": V}` rolls it back to version V.",
+    params(
+        (
+            "app_id" = String,
+            Path,
+            description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+        ),
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+        (
+            "partialUpdate" = Option<bool>,
+            Query,
+            description = "false: the body replaces the definition (by default its fields are merged)"
+        ),
+    ),
+    request_body(
+        content = Value,
+        content_type = "application/json",
+        description = "The app definition (or the fields to change)"
+    ),
+    responses(
+        (status = 200, description = "Changed: `{\"version\", \"deploymentId\"}`", body = Value),
+        (status = 201, description = "Created: `{\"version\", \"deploymentId\"}`", body = Value),
+        (
+            status = 400,
+            description = "The body is not valid JSON, or a query parameter is not true or false",
+            body = ErrorBody
+        ),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "The version to roll back to does not exist", body = ErrorBody),
+        (status = 405, description = "The path names versions or tasks, which cannot be replaced", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn replace(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -388,6 +506,42 @@ async fn replace(
 }
 
 /// `PATCH /v2/apps/{id}`: changes only the fields given.
+#[utoipa::path(
+    patch,
+    path = "/v2/apps/{app_id}",
+    tag = "marathon",
+    description = "Changes only the fields given of an app.",
+    params(
+        (
+            "app_id" = String,
+            Path,
+            description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+        ),
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+    ),
+    request_body(content = Value, content_type = "application/json", description = "The fields to change"),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
+        (
+            status = 400,
+            description = "The body is not valid JSON, or a query parameter is not true or false",
+            body = ErrorBody
+        ),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 405, description = "The path names versions or tasks, which cannot be patched", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn patch(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -403,6 +557,36 @@ async fn patch(
 
 /// `POST /v2/apps/{id}/restart?force=`: replaces every instance (as a rolling upgrade) with the same
 /// definition, under a new version.
+#[utoipa::path(
+    post,
+    path = "/v2/apps/{app_id}/restart",
+    tag = "marathon",
+    description = "Replaces every instance of an app (a rolling upgrade) under a new version.",
+    params(
+        (
+            "app_id" = String,
+            Path,
+            description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+        ),
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
+        (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No such app, or the path does not end in /restart", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The app id is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn restart(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -448,12 +632,85 @@ async fn change_many(api: Api, q: Option<String>, body: Bytes, partial: bool) ->
 }
 
 /// `PUT /v2/apps` with a list: as for one app, partial unless `partialUpdate=false`.
+#[utoipa::path(
+    put,
+    path = "/v2/apps",
+    tag = "marathon",
+    description = "Creates or changes every app in a list, each by its own id, in order.",
+    params(
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+        (
+            "partialUpdate" = Option<bool>,
+            Query,
+            description = "false: the body replaces the definition (by default its fields are merged)"
+        ),
+    ),
+    request_body(
+        content = Value,
+        content_type = "application/json",
+        description = "A list of app definitions, each with its id"
+    ),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}` of the changes", body = Value),
+        (
+            status = 400,
+            description = "The body is not valid JSON, or a query parameter is not true or false",
+            body = ErrorBody
+        ),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "A version to roll back to does not exist", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn replace_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
     let qp = pairs(q.as_deref());
     let partial = param(&qp, "partialUpdate").is_none() || flag(&qp, "partialUpdate")?;
     change_many(api, q, body, partial).await
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v2/apps",
+    tag = "marathon",
+    description = "Changes the fields given of every app in a list, each by its own id, in order.",
+    params(
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+    ),
+    request_body(
+        content = Value,
+        content_type = "application/json",
+        description = "A list of partial app definitions, each with its id"
+    ),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}` of the changes", body = Value),
+        (
+            status = 400,
+            description = "The body is not valid JSON, or a query parameter is not true or false",
+            body = ErrorBody
+        ),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "A version to roll back to does not exist", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn patch_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
     change_many(api, q, body, true).await
 }
@@ -482,11 +739,44 @@ fn group_level(id: &str, apps: &[&AppDefinition], snapshot: &Snapshot) -> Value 
     json!({ "id": id, "apps": direct, "groups": groups, "dependencies": [], "version": now() })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/groups",
+    tag = "marathon",
+    description = "The root group: top-level apps and the groups formed by app ids.",
+    responses(
+        (status = 200, description = "The root group", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn groups(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let apps = api.apps.list().await?;
     Ok(Json(group_tree("/", &apps, &api.marathon.snapshot().await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/groups/{group_id}",
+    tag = "marathon",
+    description = "One group: its apps and subgroups.",
+    params(
+        (
+            "group_id" = String,
+            Path,
+            description = "The group id without its leading slash, e.g. prod/db (it may hold slashes)"
+        ),
+    ),
+    responses(
+        (status = 200, description = "The group", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No app is in the group", body = ErrorBody),
+        (status = 422, description = "The group id is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn groups_at(State(api): State<Api>, Path(rest): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&rest)?;
     let apps = api.apps.list().await?;
@@ -504,6 +794,28 @@ struct GroupBody {
 }
 
 /// `POST /v2/groups`: creates the group's apps (ids relative to the group are made absolute).
+#[utoipa::path(
+    post,
+    path = "/v2/groups",
+    tag = "marathon",
+    description = "Creates a group's apps (ids relative to the group are made absolute).",
+    request_body(
+        content = Value,
+        content_type = "application/json",
+        description = "`{\"id\": group, \"apps\": [...]}`"
+    ),
+    responses(
+        (status = 201, description = "`{\"version\", \"deploymentId\"}`", body = Value),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 409, description = "An app of the group exists", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn create_group(State(api): State<Api>, body: Bytes) -> Result<Response, ApiError> {
     let group: GroupBody = parse_body(&body)?;
     let gid = parse_id(&group.id)?;
@@ -539,6 +851,45 @@ struct GroupUpdate {
 /// `PUT /v2/groups/{id}?force=`: creates or updates the group's `apps` (ids relative to the group are made
 /// absolute; fields given are merged into existing apps), or with `scaleBy` multiplies the instances of
 /// every app in the group and its subgroups.
+#[utoipa::path(
+    put,
+    path = "/v2/groups/{group_id}",
+    tag = "marathon",
+    description = "Creates or updates a group's apps, or scales them all with scaleBy.",
+    params(
+        (
+            "group_id" = String,
+            Path,
+            description = "The group id without its leading slash, e.g. prod/db (it may hold slashes)"
+        ),
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+    ),
+    request_body(
+        content = Value,
+        content_type = "application/json",
+        description = "`{\"apps\": [...]}` and/or `{\"scaleBy\": factor}`"
+    ),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
+        (
+            status = 400,
+            description = "The body is not valid JSON, or a query parameter is not true or false",
+            body = ErrorBody
+        ),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "A version to roll back to does not exist", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The body, an app or scaleBy is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn update_group(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -589,6 +940,36 @@ async fn update_group(
 }
 
 /// `DELETE /v2/groups/{id}`: deletes every app in the group.
+#[utoipa::path(
+    delete,
+    path = "/v2/groups/{group_id}",
+    tag = "marathon",
+    description = "Deletes every app in a group and its subgroups.",
+    params(
+        (
+            "group_id" = String,
+            Path,
+            description = "The group id without its leading slash, e.g. prod/db (it may hold slashes)"
+        ),
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
+        (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No app is in the group", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The group id is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn delete_group(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -618,6 +999,37 @@ async fn delete_group(
     Ok(Json(json!({ "version": now(), "deploymentId": deployment })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v2/apps/{app_id}",
+    tag = "marathon",
+    description = "Deletes an app and kills its tasks.",
+    params(
+        (
+            "app_id" = String,
+            Path,
+            description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+        ),
+        (
+            "force" = Option<bool>,
+            Query,
+            description = "Change even while a deployment is changing the app (otherwise 409)"
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
+        (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No such app", body = ErrorBody),
+        (status = 405, description = "The path names versions, which cannot be deleted", body = ErrorBody),
+        (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The app id is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn remove(
     State(api): State<Api>,
     Path(rest): Path<String>,
@@ -663,6 +1075,18 @@ async fn remove(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/tasks",
+    tag = "marathon",
+    description = "Every task of every app.",
+    responses(
+        (status = 200, description = "`{\"tasks\": [...]}`", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn all_tasks(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let snapshot = api.marathon.snapshot().await?;
     Ok(Json(json!({ "tasks": snapshot.instances })))
@@ -674,6 +1098,39 @@ struct TaskIds {
 }
 
 /// `POST /v2/tasks/delete?scale=&wipe=`: kills the listed tasks of any apps.
+#[utoipa::path(
+    post,
+    path = "/v2/tasks/delete",
+    tag = "marathon",
+    description = "Kills the listed tasks, of any apps.",
+    params(
+        (
+            "scale" = Option<bool>,
+            Query,
+            description = "Also lower the app's instance count by as many tasks as are killed"
+        ),
+        (
+            "wipe" = Option<bool>,
+            Query,
+            description = "Also forget the instances at once, without waiting for their end"
+        ),
+    ),
+    request_body(content = Value, content_type = "application/json", description = "`{\"ids\": [task ids]}`"),
+    responses(
+        (status = 200, description = "`{\"tasks\": [killed]}`, or with scale the deployment that scales", body = Value),
+        (
+            status = 400,
+            description = "The body is not valid JSON, or a query parameter is not true or false",
+            body = ErrorBody
+        ),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The body is not `{\"ids\": [...]}`", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn delete_tasks(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes) -> Result<Json<Value>, ApiError> {
     let q = pairs(q.as_deref());
     let (scale, wipe) = (flag(&q, "scale")?, flag(&q, "wipe")?);
@@ -713,6 +1170,21 @@ fn unused_offer_json(u: &UnusedOffer) -> Value {
 
 /// `GET /v2/queue?embed=lastUnusedOffers`: apps with instances still to launch, their backoff, and why
 /// offers were turned down ("why is my app waiting"); with the embed, the last offers turned down.
+#[utoipa::path(
+    get,
+    path = "/v2/queue",
+    tag = "marathon",
+    description = "Apps with instances still to launch, their backoff, and why offers were declined.",
+    params(
+        ("embed" = Option<String>, Query, description = "lastUnusedOffers adds the last offers declined"),
+    ),
+    responses(
+        (status = 200, description = "`{\"queue\": [...]}`", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn queue(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
     let with_offers = pairs(q.as_deref()).iter().any(|(k, v)| k == "embed" && v == "lastUnusedOffers");
     let snapshot = api.marathon.snapshot().await?;
@@ -751,6 +1223,29 @@ async fn queue(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Val
 }
 
 /// `DELETE /v2/queue/{appId}/delay`: launch again without waiting out the backoff.
+#[utoipa::path(
+    delete,
+    path = "/v2/queue/{app_id}/delay",
+    tag = "marathon",
+    description = "Launches an app's instances again without waiting out the backoff.",
+    params(
+        (
+            "app_id" = String,
+            Path,
+            description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+        ),
+    ),
+    responses(
+        (status = 204, description = "The delay is reset"),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No such app, or the path does not end in /delay", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The app id is not valid", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result<StatusCode, ApiError> {
     let id = rest
         .trim_end_matches('/')
@@ -763,6 +1258,18 @@ async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result
 }
 
 /// `GET /v2/deployments`: changes being rolled out, in Marathon's shape.
+#[utoipa::path(
+    get,
+    path = "/v2/deployments",
+    tag = "marathon",
+    description = "The changes being rolled out.",
+    responses(
+        (status = 200, description = "A list of deployments", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn deployments(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let snapshot = api.marathon.snapshot().await?;
     let list: Vec<Value> = snapshot
@@ -787,6 +1294,28 @@ async fn deployments(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
 
 /// `DELETE /v2/deployments/{id}`: without `force`, rolls the app back to its previous definition (a new
 /// deployment); with `force=true`, only stops the deployment.
+#[utoipa::path(
+    delete,
+    path = "/v2/deployments/{deployment_id}",
+    tag = "marathon",
+    description = "Rolls a deployment back or, with force=true, only stops it.",
+    params(
+        ("deployment_id" = String, Path, description = "The deployment's id"),
+        ("force" = Option<bool>, Query, description = "Only stop the deployment, without rolling the app back"),
+    ),
+    responses(
+        (status = 200, description = "Rolled back: `{\"version\", \"deploymentId\"}` of the rollback", body = Value),
+        (status = 202, description = "Stopped (force=true): `{}`", body = Value),
+        (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No such deployment", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 422, description = "The previous definition cannot be restored", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn cancel_deployment(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -804,6 +1333,20 @@ async fn cancel_deployment(
 /// `GET /v2/events`: Server-Sent Events in Marathon's format, optionally only the `event_type`s asked for.
 ///
 /// Callers who may not read secrets (viewers) get environment values redacted, as in every other answer.
+#[utoipa::path(
+    get,
+    path = "/v2/events",
+    tag = "marathon",
+    description = "Server-Sent Events in Marathon's format.",
+    params(
+        ("event_type" = Option<String>, Query, description = "Only events of this type (repeatable)"),
+    ),
+    responses(
+        (status = 200, description = "An event stream", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+    )
+)]
 async fn events(
     State(api): State<Api>,
     RawQuery(q): RawQuery,
@@ -832,6 +1375,18 @@ async fn events(
 
 /// `GET /v2/info`, in Marathon's shape: marathon-python needs `marathon_config`, `zookeeper_config` and
 /// `http_config` to be objects. Keel keeps its state in its database, so there is no ZooKeeper to name.
+#[utoipa::path(
+    get,
+    path = "/v2/info",
+    tag = "marathon",
+    description = "The framework's configuration, in Marathon's shape.",
+    responses(
+        (status = 200, description = "Marathon's info object", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn info(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let framework_id = api.apps.framework_id().await?;
     let callbacks = api.callbacks.list().await?;
@@ -872,6 +1427,18 @@ async fn info(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
 }
 
 /// `GET /v2/eventSubscriptions`: `{"callbackUrls": [...]}`.
+#[utoipa::path(
+    get,
+    path = "/v2/eventSubscriptions",
+    tag = "marathon",
+    description = "The callback URLs events are POSTed to.",
+    responses(
+        (status = 200, description = "`{\"callbackUrls\": [...]}`", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn list_subscriptions(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "callbackUrls": api.callbacks.list().await? })))
 }
@@ -906,6 +1473,29 @@ fn subscription_event(api: &Api, event_type: &'static str, url: &str) -> Value {
 }
 
 /// `POST /v2/eventSubscriptions?callbackUrl=`: every event from now on is POSTed to the URL.
+#[utoipa::path(
+    post,
+    path = "/v2/eventSubscriptions",
+    tag = "marathon",
+    description = "POSTs every event from now on to a callback URL.",
+    params(
+        ("callbackUrl" = Option<String>, Query, description = "The callback URL (required)"),
+    ),
+    responses(
+        (status = 200, description = "The subscribe_event", body = Value),
+        (status = 400, description = "callbackUrl is missing", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (
+            status = 422,
+            description = "The URL is not an absolute http(s) URL, or there are too many callbacks",
+            body = ErrorBody
+        ),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn subscribe(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
     let url = callback_url(q.as_deref())?;
     api.callbacks.subscribe(&url).await?;
@@ -913,6 +1503,25 @@ async fn subscribe(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json
 }
 
 /// `DELETE /v2/eventSubscriptions?callbackUrl=`.
+#[utoipa::path(
+    delete,
+    path = "/v2/eventSubscriptions",
+    tag = "marathon",
+    description = "Stops POSTing events to a callback URL.",
+    params(
+        ("callbackUrl" = Option<String>, Query, description = "The callback URL (required)"),
+    ),
+    responses(
+        (status = 200, description = "The unsubscribe_event", body = Value),
+        (status = 400, description = "callbackUrl is missing", body = ErrorBody),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 404, description = "No subscription for that URL", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn unsubscribe(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
     let url = callback_url(q.as_deref())?;
     if !api.callbacks.unsubscribe(&url).await? {
@@ -963,6 +1572,18 @@ pub async fn json_metrics(api: Api) -> Response {
     metrics(State(api)).await.into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "marathon",
+    description = "Marathon's gauges as Dropwizard JSON.",
+    responses(
+        (status = 200, description = "Dropwizard metrics", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn metrics(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let gauges: serde_json::Map<String, Value> =
         gauges(&api).await?.into_iter().map(|(name, v)| (name.to_owned(), json!({ "value": v }))).collect();
@@ -976,6 +1597,18 @@ async fn metrics(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics/prometheus",
+    tag = "marathon",
+    description = "Marathon's gauges in Prometheus's text format.",
+    responses(
+        (status = 200, description = "Prometheus text (version 0.0.4)", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+        (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+    )
+)]
 async fn metrics_prometheus(State(api): State<Api>) -> Result<Response, ApiError> {
     let mut out = String::new();
     for (name, v) in gauges(&api).await? {
@@ -985,8 +1618,249 @@ async fn metrics_prometheus(State(api): State<Api>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], out).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/ping",
+    tag = "marathon",
+    description = "Answers pong: the framework serves.",
+    responses(
+        (status = 200, description = "pong", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+    )
+)]
+async fn ping() -> &'static str {
+    "pong"
+}
+
+#[utoipa::path(
+    get,
+    path = "/v2/leader",
+    tag = "marathon",
+    description = "The host:port of the leading (this) framework.",
+    responses(
+        (status = 200, description = "`{\"leader\": \"host:port\"}`", body = Value),
+        (status = 401, description = "No or bad credential", body = ErrorBody),
+        (status = 403, description = "The credential may not do this", body = ErrorBody),
+    )
+)]
 async fn leader(State(api): State<Api>) -> Json<Value> {
     Json(json!({ "leader": api.info.leader }))
+}
+
+/// Marathon's REST API as served by [`router`] and [`metrics_router`], generated from the handlers'
+/// `#[utoipa::path]` attributes. The wildcard routes are described per concrete operation (see
+/// `openapi_paths`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        list,
+        create,
+        replace_many,
+        patch_many,
+        groups,
+        create_group,
+        groups_at,
+        update_group,
+        delete_group,
+        show,
+        replace,
+        patch,
+        remove,
+        restart,
+        openapi_paths::app_tasks,
+        openapi_paths::kill_app_tasks,
+        openapi_paths::kill_app_task,
+        openapi_paths::app_versions,
+        openapi_paths::app_version,
+        all_tasks,
+        delete_tasks,
+        queue,
+        reset_delay,
+        events,
+        deployments,
+        cancel_deployment,
+        info,
+        list_subscriptions,
+        subscribe,
+        unsubscribe,
+        leader,
+        ping,
+        metrics,
+        metrics_prometheus,
+    ),
+    components(schemas(keel_core::gate::ErrorBody)),
+    tags((name = "marathon", description = "Marathon's /v2 REST API"))
+)]
+pub struct MarathonApiDoc;
+
+/// The OpenAPI 3 description of the services framework's REST API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <MarathonApiDoc as utoipa::OpenApi>::openapi()
+}
+
+/// The operations the wildcard routes (`/v2/apps/{*rest}`) serve besides the one their handler is annotated
+/// with: an app id may contain slashes, so one handler dispatches on the end of the path, which OpenAPI path
+/// templates cannot say. These functions only carry the descriptions.
+mod openapi_paths {
+    use keel_core::gate::ErrorBody;
+
+    #[utoipa::path(
+        get,
+        path = "/v2/apps/{app_id}/tasks",
+        tag = "marathon",
+        description = "An app's tasks.",
+        params(
+            (
+                "app_id" = String,
+                Path,
+                description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+            ),
+        ),
+        responses(
+            (status = 200, description = "`{\"tasks\": [...]}`", body = Value),
+            (status = 401, description = "No or bad credential", body = ErrorBody),
+            (status = 403, description = "The credential may not do this", body = ErrorBody),
+            (status = 404, description = "No such app", body = ErrorBody),
+            (status = 422, description = "The app id is not valid", body = ErrorBody),
+            (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+        )
+    )]
+    #[allow(dead_code)]
+    fn app_tasks() {}
+
+    #[utoipa::path(
+        delete,
+        path = "/v2/apps/{app_id}/tasks",
+        tag = "marathon",
+        description = "Kills an app's tasks, optionally only those on one host.",
+        params(
+            (
+                "app_id" = String,
+                Path,
+                description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+            ),
+            ("host" = Option<String>, Query, description = "Only the tasks on this host"),
+            (
+                "scale" = Option<bool>,
+                Query,
+                description = "Also lower the app's instance count by as many tasks as are killed"
+            ),
+            (
+                "wipe" = Option<bool>,
+                Query,
+                description = "Also forget the instances at once, without waiting for their end"
+            ),
+        ),
+        responses(
+            (
+                status = 200,
+                description = "`{\"tasks\": [killed]}`, or with scale the deployment that scales",
+                body = Value
+            ),
+            (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
+            (status = 401, description = "No or bad credential", body = ErrorBody),
+            (status = 403, description = "The credential may not do this", body = ErrorBody),
+            (status = 404, description = "No such app", body = ErrorBody),
+            (status = 413, description = "The body is too large", body = ErrorBody),
+            (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+            (status = 422, description = "The app id is not valid", body = ErrorBody),
+            (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+        )
+    )]
+    #[allow(dead_code)]
+    fn kill_app_tasks() {}
+
+    #[utoipa::path(
+        delete,
+        path = "/v2/apps/{app_id}/tasks/{task_id}",
+        tag = "marathon",
+        description = "Kills one task of an app.",
+        params(
+            (
+                "app_id" = String,
+                Path,
+                description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+            ),
+            ("task_id" = String, Path, description = "The task's id"),
+            (
+                "scale" = Option<bool>,
+                Query,
+                description = "Also lower the app's instance count by as many tasks as are killed"
+            ),
+            (
+                "wipe" = Option<bool>,
+                Query,
+                description = "Also forget the instances at once, without waiting for their end"
+            ),
+        ),
+        responses(
+            (
+                status = 200,
+                description = "`{\"task\": killed}`, or with scale the deployment that scales",
+                body = Value
+            ),
+            (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
+            (status = 401, description = "No or bad credential", body = ErrorBody),
+            (status = 403, description = "The credential may not do this", body = ErrorBody),
+            (status = 404, description = "The app has no such task", body = ErrorBody),
+            (status = 413, description = "The body is too large", body = ErrorBody),
+            (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
+            (status = 422, description = "The app id is not valid", body = ErrorBody),
+            (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+        )
+    )]
+    #[allow(dead_code)]
+    fn kill_app_task() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v2/apps/{app_id}/versions",
+        tag = "marathon",
+        description = "The versions of an app's definition, newest first.",
+        params(
+            (
+                "app_id" = String,
+                Path,
+                description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+            ),
+        ),
+        responses(
+            (status = 200, description = "`{\"versions\": [...]}`", body = Value),
+            (status = 401, description = "No or bad credential", body = ErrorBody),
+            (status = 403, description = "The credential may not do this", body = ErrorBody),
+            (status = 404, description = "No such app", body = ErrorBody),
+            (status = 422, description = "The app id is not valid", body = ErrorBody),
+            (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+        )
+    )]
+    #[allow(dead_code)]
+    fn app_versions() {}
+
+    #[utoipa::path(
+        get,
+        path = "/v2/apps/{app_id}/versions/{version}",
+        tag = "marathon",
+        description = "One version of an app's definition.",
+        params(
+            (
+                "app_id" = String,
+                Path,
+                description = "The app id without its leading slash, e.g. prod/web (it may hold slashes)"
+            ),
+            ("version" = String, Path, description = "The version, a timestamp as listed by /versions"),
+        ),
+        responses(
+            (status = 200, description = "The app definition of that version", body = Value),
+            (status = 401, description = "No or bad credential", body = ErrorBody),
+            (status = 403, description = "The credential may not do this", body = ErrorBody),
+            (status = 404, description = "No such app or version", body = ErrorBody),
+            (status = 422, description = "The app id is not valid", body = ErrorBody),
+            (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
+        )
+    )]
+    #[allow(dead_code)]
+    fn app_version() {}
 }
 
 #[cfg(test)]
@@ -1033,6 +1907,65 @@ mod tests {
         let resp = r.clone().oneshot(req).await.unwrap();
         let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
         assert!(text.contains("# TYPE marathon_apps_active_gauge gauge\nmarathon_apps_active_gauge 3\n"), "{text}");
+    }
+
+    /// `{name}` → `{}`: axum's and OpenAPI's path parameters match by position, whatever their names.
+    fn unnamed_params(path: &str) -> String {
+        let mut out = String::new();
+        let mut in_param = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    in_param = true;
+                    out.push_str("{}");
+                }
+                '}' => in_param = false,
+                c if !in_param => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every route of [`router`] and [`metrics_router`] is in [`openapi`], and every described path outside
+    /// the wildcard routes is routed. A wildcard route (`/v2/apps/{*rest}`) is described by the concrete paths
+    /// under it (`/v2/apps/{app_id}/tasks`, ...).
+    #[test]
+    fn every_route_is_described() {
+        let source = include_str!("api.rs");
+        // Built so that this test's own text is not a match.
+        let needle = concat!(".route", "(\"");
+        let routes: Vec<&str> = source
+            .match_indices(needle)
+            .filter_map(|(at, _)| {
+                let rest = &source[at + needle.len()..];
+                rest.find('"').map(|end| &rest[..end])
+            })
+            .collect();
+        for expected in ["/v2/apps", "/v2/apps/{*rest}", "/ping", "/metrics/prometheus"] {
+            assert!(routes.contains(&expected), "the scan of api.rs missed {expected}: {routes:?}");
+        }
+        let doc = openapi();
+        let described: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        // The part of a wildcard route before its `{*…}`, followed by `{`: `/v2/apps/{`.
+        let wildcards: Vec<String> =
+            routes.iter().filter_map(|r| r.find("{*").map(|at| format!("{}{{", &r[..at]))).collect();
+        for route in &routes {
+            let found = match route.find("{*") {
+                Some(at) => described.iter().any(|d| d.starts_with(&format!("{}{{", &route[..at]))),
+                None => described.iter().any(|d| unnamed_params(d) == unnamed_params(route)),
+            };
+            assert!(found, "route {route} is not described in openapi(): annotate its handler with #[utoipa::path]");
+        }
+        for path in &described {
+            if wildcards.iter().any(|w| path.starts_with(w.as_str())) {
+                continue;
+            }
+            assert!(
+                routes.iter().any(|r| unnamed_params(r) == unnamed_params(path)),
+                "openapi() describes {path}, which no route serves"
+            );
+        }
     }
 
     async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, HeaderMap, Value) {

@@ -88,6 +88,27 @@ struct FileQuery {
 
 /// `GET /master/tasks/{task_id}/files/{stdout|stderr}?offset=&length=&framework_id=`: part of a task's
 /// output, read from its agent. Without `offset`, the last `length` bytes (64 KiB by default).
+#[utoipa::path(
+    get,
+    path = "/master/tasks/{task_id}/files/{file}",
+    tag = "master",
+    description = "Part of a task's stdout or stderr, read from its agent.",
+    params(
+        ("task_id" = String, Path, description = "The task's id"),
+        ("file" = String, Path, description = "stdout or stderr"),
+        ("framework_id" = Option<String>, Query, description = "Needed when several frameworks use the task id"),
+        ("offset" = Option<u64>, Query, description = "Where to start; without it, the last `length` bytes"),
+        ("length" = Option<u64>, Query, description = "How many bytes (default 64 KiB)"),
+    ),
+    responses(
+        (status = 200, description = "`data`, `offset` and `size`", body = serde_json::Value),
+        (status = 400, description = "A bad id or file name", body = crate::gate::ErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 404, description = "No such task", body = crate::gate::ErrorBody),
+        (status = 503, description = "The task's agent is not connected", body = crate::gate::ErrorBody),
+    )
+)]
 async fn read_file(
     State(master): State<MasterHandle>,
     principal: Option<axum::Extension<std::sync::Arc<crate::auth::Principal>>>,
@@ -107,6 +128,18 @@ async fn read_file(
     Ok(Json(master.read_file(request).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/master/state",
+    tag = "master",
+    description = "Agents, frameworks and tasks, as the master knows them.",
+    responses(
+        (status = 200, description = "The cluster's state", body = serde_json::Value),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
 async fn state(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(master.state().await?))
 }
@@ -115,6 +148,16 @@ async fn state(State(master): State<MasterHandle>) -> Result<impl IntoResponse, 
 const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `GET /health`: 200 when every part runs, 503 otherwise; both name every part and its state.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "master",
+    description = "Every part of the process with its state; needs no credential.",
+    responses(
+        (status = 200, description = "Every part runs", body = serde_json::Value),
+        (status = 503, description = "A part has stopped; it is named", body = serde_json::Value),
+    )
+)]
 async fn health(State(ops): State<Ops>) -> Response {
     // Asking the actor proves it is alive and not wedged.
     let master = tokio::time::timeout(HEALTH_WAIT, ops.master.state()).await;
@@ -139,6 +182,18 @@ fn wants_json(headers: &axum::http::HeaderMap) -> bool {
     accept.contains("application/json") && !accept.contains("text/plain") && !accept.contains("openmetrics")
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "master",
+    description = "Prometheus text; JSON (Marathon's metrics, in keel dev) for Accept: application/json or none.",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
+        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
 async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Result<Response, ApiError> {
     if wants_json(&headers)
         && let Some(json_metrics) = &ops.extras.json_metrics
@@ -148,6 +203,11 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
     let text = ops.master.metrics().await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
+
+/// The description of the operator routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(state, read_file, health, metrics), tags((name = "master", description = "The master's operator API")))]
+pub struct MasterApiDoc;
 
 /// The JSON 404 for any path nobody serves.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
