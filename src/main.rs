@@ -206,12 +206,15 @@ struct TlsOptions {
     /// (tokens authenticate them); a certificate that does not chain to it is refused.
     #[arg(long, requires = "tls_cert")]
     client_ca_cert: Option<PathBuf>,
+    /// Refuse clients without a certificate from --client-ca-cert (mTLS required).
+    #[arg(long, requires = "client_ca_cert")]
+    require_client_cert: bool,
 }
 
 impl TlsOptions {
     fn config(&self) -> Result<Option<Arc<keel_core::server::TlsServerConfig>>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
-        let config = keel_core::server::tls_config(cert, key, self.client_ca_cert.as_deref())
+        let config = keel_core::server::tls_config(cert, key, self.client_ca_cert.as_deref(), self.require_client_cert)
             .map_err(anyhow::Error::msg)
             .context("cannot set up TLS")?;
         Ok(Some(config))
@@ -394,6 +397,10 @@ struct ResourceOptions {
     /// Docker tasks that name no user run as their image's user.
     #[arg(long)]
     default_user: Option<String>,
+    /// The only users tasks may run as, comma-separated (e.g. nobody,www-data); a task naming another
+    /// fails with the reason. Default: any user a task names.
+    #[arg(long, value_delimiter = ',')]
+    allowed_users: Vec<String>,
 }
 
 #[derive(Args)]
@@ -859,7 +866,16 @@ impl ResourceOptions {
             None if root && !dev => Some("nobody".into()),
             None => None,
         };
+        for u in &self.allowed_users {
+            if !keel_core::task::valid_user(u) {
+                bail!("--allowed-users: '{u}' is not a user name");
+            }
+        }
+        config.allowed_users = self.allowed_users.clone();
         if let Some(u) = &config.default_user {
+            if !config.allowed_users.is_empty() && !config.allowed_users.contains(u) {
+                bail!("--default-user '{u}' is not among --allowed-users");
+            }
             if !keel_core::task::valid_user(u) {
                 bail!("--default-user '{u}' is not a user name");
             }
@@ -1005,7 +1021,7 @@ async fn run(command: Command) -> Result<()> {
             let (tls, ca) = if args.tls {
                 let files = dev_certificates(&args.master.store.data_dir.join("tls"), &args.master.listen)?;
                 let config =
-                    keel_core::server::tls_config(&files.cert, &files.key, None).map_err(anyhow::Error::msg)?;
+                    keel_core::server::tls_config(&files.cert, &files.key, None, false).map_err(anyhow::Error::msg)?;
                 (Some(config), Some(files.ca_pem))
             } else {
                 (None, None)

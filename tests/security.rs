@@ -341,17 +341,25 @@ async fn tasks_run_as_the_user_they_name() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let db = format!("sqlite:{}", dir.path().join("k.db").display());
     let master = Master::start(dir.path(), &db, "10s").await;
-    let agent =
-        Agent::start_with(&master, &dir.path().join("agent"), "cpus:2;mem:512", &["--default-user", "nobody"]).await;
+    let allowed = ["--allowed-users", "nobody,root,no-such-user,65534"];
+    let extra = ["--default-user", "nobody", allowed[0], allowed[1]];
+    let agent = Agent::start_with(&master, &dir.path().join("agent"), "cpus:2;mem:512", &extra).await;
     let mut fw = Framework::subscribe(&master, "users", Duration::from_secs(60)).await;
     let run = |id: &str, user: Option<&str>| {
         let mut t = task(id, "id -u; touch mine");
         t.user = user.map(str::to_owned);
         t
     };
-    for t in [run("unnamed", None), run("as-root", Some("root")), run("ghost", Some("no-such-user"))] {
+    for t in [
+        run("unnamed", None),
+        run("as-root", Some("root")),
+        run("ghost", Some("no-such-user")),
+        run("daemon", Some("daemon")),
+    ] {
         fw.launch(t).await;
     }
+    let refused = fw.wait_state("daemon", TaskState::Failed, LONG).await;
+    assert!(refused.message.contains("not allowed on this agent"), "{refused:?}");
     fw.wait_state("unnamed", TaskState::Finished, LONG).await;
     fw.wait_state("as-root", TaskState::Finished, LONG).await;
     let ghost = fw.wait_state("ghost", TaskState::Failed, LONG).await;
@@ -463,14 +471,27 @@ async fn a_cluster_over_tls() {
     let _mtls_master = Proc::spawn(
         &["master", "--listen", &mtls_listen, "--database-url", &mtls_db, "--tls-cert", cert_s, "--tls-key", key_s]
             .into_iter()
-            .chain(["--client-ca-cert", client_ca.to_str().unwrap()])
+            .chain(["--client-ca-cert", client_ca.to_str().unwrap(), "--require-client-cert"])
             .collect::<Vec<_>>(),
         dir.path().join("mtls-master.log"),
     );
     let mtls = format!("https://{mtls_listen}");
+    let identity = [std::fs::read(&client_cert).unwrap(), b"\n".to_vec(), std::fs::read(&client_key).unwrap()].concat();
+    let with_cert = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
     let agents = || async {
-        let s: Value =
-            http.get(format!("{mtls}/master/state")).bearer_auth(&mtls_admin).send().await.ok()?.json().await.ok()?;
+        let s: Value = with_cert
+            .get(format!("{mtls}/master/state"))
+            .bearer_auth(&mtls_admin)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         Some(s["agents"].as_array()?.len())
     };
     wait_for("the mTLS master", LONG, agents).await;
@@ -490,6 +511,9 @@ async fn a_cluster_over_tls() {
     let _bad = agent_with("bad-agent", &rogue_cert, &rogue_key);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(agents().await, Some(1), "an agent with a certificate from another CA registered");
+    // Certificates are required there: a client without one is refused in the handshake.
+    let refused = http.get(format!("{mtls}/health")).send().await;
+    assert!(refused.is_err(), "a client without a certificate was served: {refused:?}");
 
     // A client that trusts another CA does not get through.
     let out = std::process::Command::new(KEEL)

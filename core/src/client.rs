@@ -54,6 +54,13 @@ impl Target {
         if let Some(cert) = self.ca.as_deref().and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
             b = b.add_root_certificate(cert);
         }
+        if let Some(id) = &self.identity {
+            let pem = [id.0.as_slice(), b"\n", id.1.as_slice()].concat();
+            match reqwest::Identity::from_pem(&pem) {
+                Ok(identity) => b = b.identity(identity),
+                Err(e) => tracing::warn!(error = %e, "the client certificate cannot be used for HTTP"),
+            }
+        }
         b.build().unwrap_or_default()
     }
 

@@ -167,12 +167,13 @@ pub async fn serve_with(
     serve_tls(listener, router, limits, None, shutdown).await
 }
 
-/// A server's TLS settings: its certificate chain and key, and, for optional client certificates, the
-/// CA they must chain to.
+/// A server's TLS settings: its certificate chain and key, and, for client certificates, the CA they must
+/// chain to; `require_client_cert` refuses clients without one.
 pub fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
     client_ca: Option<&std::path::Path>,
+    require_client_cert: bool,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = crate::tls::read_certs(cert)?;
     let key = crate::tls::read_key(key)?;
@@ -187,10 +188,9 @@ pub fn tls_config(
             for c in crate::tls::read_certs(ca)? {
                 roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| e.to_string())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+            let verifier = verifier.build().map_err(|e| e.to_string())?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub checkpoint: bool,
     /// The user of tasks that name none; `None`: the agent's own user.
     pub default_user: Option<String>,
+    /// The only users tasks may run as (`--allowed-users`); empty: any.
+    pub allowed_users: Vec<String>,
 }
 
 impl AgentConfig {
@@ -80,6 +82,7 @@ impl AgentConfig {
             status_retry: Duration::from_secs(5),
             checkpoint: true,
             default_user: None,
+            allowed_users: Vec::new(),
         }
     }
 }
@@ -106,6 +109,14 @@ pub fn effective_user(task: &TaskSpec, default: Option<&str>) -> Option<String> 
         (None, Some(_)) => None,
         (None, None) => default.map(str::to_owned),
     }
+}
+
+/// Why a task may not run as `user` on an agent that allows only `allowed` (none: any); `None` if it may.
+/// A task with no user runs as the agent's own, which the operator chose by starting the agent.
+pub fn user_refused(user: Option<&str>, allowed: &[String]) -> Option<String> {
+    let user = user?;
+    (!allowed.is_empty() && !allowed.iter().any(|a| a == user))
+        .then(|| format!("user '{user}' is not allowed on this agent (--allowed-users: {})", allowed.join(",")))
 }
 
 /// Accepts `host:port` as well as a full URL.
@@ -730,7 +741,12 @@ impl Agent {
         self.checkpoint(&key);
         let containerizer = self.containerizer.clone();
         let inputs = self.inputs.clone();
+        let refused = user_refused(request.user.as_deref(), &self.config.allowed_users);
         tokio::spawn(async move {
+            if let Some(message) = refused {
+                let _ = inputs.send(Input::Launched { key, result: Err(message) }).await;
+                return;
+            }
             let result = containerizer.launch(&request).await.map_err(|e| {
                 let mut message = e.to_string();
                 let mut source = std::error::Error::source(&e);
@@ -842,5 +858,14 @@ mod tests {
         // A container that names no user runs as its image's user, whatever the agent's default.
         assert_eq!(effective_user(&spec(None, true), Some("nobody")), None);
         assert_eq!(effective_user(&spec(Some("65534"), true), Some("nobody")).as_deref(), Some("65534"));
+    }
+
+    #[test]
+    fn allowed_users() {
+        let allowed = vec!["nobody".to_owned(), "www-data".to_owned()];
+        assert_eq!(user_refused(Some("nobody"), &allowed), None);
+        assert!(user_refused(Some("root"), &allowed).unwrap().contains("not allowed"));
+        assert_eq!(user_refused(None, &allowed), None);
+        assert_eq!(user_refused(Some("root"), &[]), None);
     }
 }

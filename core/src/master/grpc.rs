@@ -47,8 +47,8 @@ fn principal<T>(request: &Request<T>) -> Arc<Principal> {
 }
 
 /// The name bound to the ids a principal creates, or `None` when auth is off (nothing is bound).
-fn owner(auth_off: bool, p: &Principal) -> Option<String> {
-    (!auth_off).then(|| p.name.clone())
+fn owner(auth_off: bool, p: &Principal) -> Option<super::Caller> {
+    (!auth_off).then(|| super::Caller { name: p.name.clone(), admin: p.role == crate::auth::Role::Admin })
 }
 
 fn audit(audit: &Audit, p: &Principal, action: &str, target: &str, result: &Result<(), Status>) {

@@ -96,6 +96,15 @@ impl From<MasterError> for tonic::Status {
     }
 }
 
+/// Who registers an agent or subscribes a framework, when auth is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The principal's name, which the ids it creates are bound to.
+    pub name: String,
+    /// Admins may claim ids that no principal owns yet.
+    pub admin: bool,
+}
+
 /// The sending half of one framework or agent connection. The id tells a stale connection's messages
 /// from the current one's.
 pub(crate) struct Conn<T> {
@@ -114,7 +123,7 @@ pub(crate) enum Command {
         info: AgentInfo,
         tasks: Vec<AgentTask>,
         /// Who registers it; `None` when auth is off.
-        principal: Option<String>,
+        principal: Option<Caller>,
         conn: Conn<MasterMessage>,
         reply: oneshot::Sender<Result<AgentId, MasterError>>,
     },
@@ -131,7 +140,7 @@ pub(crate) enum Command {
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
         /// Who subscribes; `None` when auth is off.
-        principal: Option<String>,
+        principal: Option<Caller>,
         conn: Conn<Event>,
         reply: oneshot::Sender<Result<FrameworkId, MasterError>>,
     },
@@ -221,7 +230,7 @@ impl MasterHandle {
         &self,
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
-        principal: Option<String>,
+        principal: Option<Caller>,
     ) -> Result<Subscription, MasterError> {
         let (tx, events) = mpsc::channel(CONNECTION_BUFFER);
         let conn_id = next_conn_id();
@@ -255,7 +264,7 @@ impl MasterHandle {
         &self,
         info: AgentInfo,
         tasks: Vec<AgentTask>,
-        principal: Option<String>,
+        principal: Option<Caller>,
     ) -> Result<AgentSession, MasterError> {
         let (tx, messages) = mpsc::channel(CONNECTION_BUFFER);
         let conn_id = next_conn_id();

@@ -139,12 +139,15 @@ pub(crate) struct Master {
     next_file_read: u64,
 }
 
-/// Whether `caller` may use an id owned by `owner`: an unowned id (registered before auth, or while it
-/// was off) goes to whoever comes first, and with auth off (`caller` is `None`) nobody is checked.
-fn may_claim(owner: Option<&str>, caller: Option<&str>) -> bool {
+/// Whether `caller` may use an id owned by `owner`. An id nobody owns yet (new, or registered before
+/// auth or while it was off) goes to an admin, or to a caller that is what the registry says the id is
+/// (`same`: the same framework name, or the same agent hostname). With auth off (`caller` is `None`)
+/// nobody is checked.
+fn may_claim(owner: Option<&str>, caller: Option<&super::Caller>, same: bool) -> bool {
     match (owner, caller) {
-        (Some(owner), Some(caller)) => owner == caller,
-        _ => true,
+        (Some(owner), Some(caller)) => owner == caller.name,
+        (None, Some(caller)) => caller.admin || same,
+        (_, None) => true,
     }
 }
 
@@ -373,20 +376,23 @@ impl Master {
         &mut self,
         info: AgentInfo,
         reported: Vec<AgentTask>,
-        principal: Option<String>,
+        caller: Option<super::Caller>,
         conn: Conn<MasterMessage>,
     ) -> Result<AgentId, MasterError> {
         let now = Instant::now();
         let agent_id = info.id.clone().unwrap_or_else(AgentId::generate);
-        let owner = self.agents.get(&agent_id).and_then(|a| a.principal.clone());
-        if !may_claim(owner.as_deref(), principal.as_deref()) {
-            warn!(agent_id = %agent_id, owner = owner.as_deref().unwrap_or(""), principal = principal.as_deref().unwrap_or(""), hostname = %info.hostname,
+        let known = self.agents.get(&agent_id);
+        let owner = known.and_then(|a| a.principal.clone());
+        let same = known.is_none_or(|a| a.info.hostname == info.hostname);
+        if !may_claim(owner.as_deref(), caller.as_ref(), same) {
+            let principal = caller.as_ref().map_or("", |c| c.name.as_str());
+            warn!(agent_id = %agent_id, owner = owner.as_deref().unwrap_or(""), principal, hostname = %info.hostname,
                 "refused an agent registering with an id that belongs to another principal");
             return Err(MasterError::Forbidden(format!(
                 "agent id {agent_id} belongs to another principal; this credential may not register it"
             )));
         }
-        let principal = owner.or(principal);
+        let principal = owner.or(caller.map(|c| c.name));
         let registered_at = self.agents.get(&agent_id).map_or_else(now_millis, |a| a.registered_at);
         let record = AgentRecord {
             id: agent_id.clone(),
@@ -787,7 +793,7 @@ impl Master {
         &mut self,
         framework_id: Option<FrameworkId>,
         info: FrameworkInfo,
-        principal: Option<String>,
+        caller: Option<super::Caller>,
         conn: Conn<Event>,
     ) -> Result<FrameworkId, MasterError> {
         let id = match framework_id {
@@ -797,15 +803,19 @@ impl Master {
             Some(id) => id,
             None => FrameworkId::generate(),
         };
-        let owner = self.frameworks.get(&id).and_then(|f| f.principal.clone());
-        if !may_claim(owner.as_deref(), principal.as_deref()) {
-            warn!(framework_id = %id, owner = owner.as_deref().unwrap_or(""), principal = principal.as_deref().unwrap_or(""),
+        let known = self.frameworks.get(&id);
+        let owner = known.and_then(|f| f.principal.clone());
+        // A placeholder kept for tasks an agent reported is named "unknown": only an admin may claim it.
+        let same = known.is_none_or(|f| f.info.name == info.name && f.info.name != "unknown");
+        if !may_claim(owner.as_deref(), caller.as_ref(), same) {
+            let principal = caller.as_ref().map_or("", |c| c.name.as_str());
+            warn!(framework_id = %id, owner = owner.as_deref().unwrap_or(""), principal,
                 "refused a subscription with a framework id that belongs to another principal");
             return Err(MasterError::Forbidden(format!(
                 "framework {id} belongs to another principal; this credential may not subscribe as it"
             )));
         }
-        let principal = owner.or(principal);
+        let principal = owner.or(caller.map(|c| c.name));
         let registered_at = self.frameworks.get(&id).map_or_else(now_millis, |f| f.registered_at);
         self.store
             .put_framework(&FrameworkRecord {
@@ -1590,4 +1600,24 @@ pub struct TaskView {
     pub message: String,
     pub exit_code: Option<i32>,
     pub healthy: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_may_use_an_id() {
+        let c = |name: &str, admin| super::super::Caller { name: name.into(), admin };
+        // Owned: only its owner, admins included.
+        assert!(may_claim(Some("ops"), Some(&c("ops", false)), false));
+        assert!(!may_claim(Some("ops"), Some(&c("thief", false)), true));
+        assert!(!may_claim(Some("ops"), Some(&c("root", true)), true));
+        // Unowned: an admin, or what the registry says the id is.
+        assert!(may_claim(None, Some(&c("root", true)), false));
+        assert!(may_claim(None, Some(&c("svc", false)), true));
+        assert!(!may_claim(None, Some(&c("thief", false)), false));
+        // Auth off: nobody is checked.
+        assert!(may_claim(Some("ops"), None, false));
+    }
 }
