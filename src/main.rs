@@ -284,11 +284,9 @@ impl StoreOptions {
     }
 }
 
+/// What a framework run on its own needs: its master, and how its own port is served.
 #[derive(Args)]
-struct MarathonArgs {
-    /// The key of the secrets apps name (see `keel secret`); without it, apps that name secrets are refused.
-    #[arg(long, env = "KEEL_SECRETS_KEY_FILE")]
-    secrets_key_file: Option<PathBuf>,
+struct FrameworkOptions {
     /// The master's address, such as http://127.0.0.1:5050.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
@@ -298,6 +296,15 @@ struct MarathonArgs {
     web: WebOptions,
     #[command(flatten)]
     tls: TlsOptions,
+}
+
+#[derive(Args)]
+struct MarathonArgs {
+    /// The key of the secrets apps name (see `keel secret`); without it, apps that name secrets are refused.
+    #[arg(long, env = "KEEL_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    framework: FrameworkOptions,
     /// Address to serve the REST API on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -312,15 +319,8 @@ struct MarathonArgs {
 
 #[derive(Args)]
 struct ChronosArgs {
-    /// The master's address, such as http://127.0.0.1:5050.
-    #[arg(long, env = "KEEL_MASTER")]
-    master: String,
     #[command(flatten)]
-    credentials: Credentials,
-    #[command(flatten)]
-    web: WebOptions,
-    #[command(flatten)]
-    tls: TlsOptions,
+    framework: FrameworkOptions,
     /// Address to serve the REST APIs on.
     #[arg(long, default_value = "127.0.0.1:4400")]
     listen: String,
@@ -528,7 +528,7 @@ fn dev_certificates(dir: &std::path::Path, listen: &str) -> Result<DevCertificat
         ca_params.distinguished_name.push(DnType::CommonName, "Keel dev CA (throwaway)");
         let ca = ca_params.self_signed(&ca_key)?;
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        if let Some(h) = hostname_of_machine() {
+        if let Some(h) = keel_core::gate::machine_hostname() {
             names.push(h);
         }
         if let Some((host, _)) = listen.rsplit_once(':') {
@@ -548,10 +548,6 @@ fn dev_certificates(dir: &std::path::Path, listen: &str) -> Result<DevCertificat
     }
     let ca_pem = std::fs::read(&ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
     Ok(DevCertificates { cert, key, ca_pem })
-}
-
-fn hostname_of_machine() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty())
 }
 
 /// Writes a file only its owner can read.
@@ -851,10 +847,7 @@ impl ResourceOptions {
         if resources.cpus.milli() == 0 && resources.mem.milli() == 0 {
             bail!("--resources must offer some cpus or mem");
         }
-        let mut config = AgentConfig::new(&master.url, work_dir, resources);
-        config.token = master.token.clone();
-        config.ca_cert = master.ca.as_deref().cloned();
-        config.identity = master.identity.as_deref().cloned();
+        let mut config = AgentConfig::new(master, work_dir, resources);
         config.attributes = parse_attributes(&self.attributes)
             .with_context(|| format!("invalid --attributes '{}'", self.attributes))?;
         if let Some(h) = &self.hostname {
@@ -925,7 +918,7 @@ fn cancel_on_signal(token: CancellationToken) {
 }
 
 async fn run_agent(config: AgentConfig, containerizer: Composite, shutdown: CancellationToken) -> Result<()> {
-    info!(master = %config.master, work_dir = %config.work_dir.display(), resources = %config.resources, "starting agent");
+    info!(master = %config.master.url, work_dir = %config.work_dir.display(), resources = %config.resources, "starting agent");
     agent::run(config, Arc::new(containerizer), shutdown).await.context("agent failed")
 }
 
@@ -964,7 +957,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
-            let target = args.credentials.target(&args.master)?;
+            let target = args.framework.credentials.target(&args.framework.master)?;
             let secrets = match &args.secrets_key_file {
                 Some(path) => {
                     let key = keel_core::secrets::SecretKey::load(path).map_err(anyhow::Error::msg)?;
@@ -987,13 +980,23 @@ async fn run(command: Command) -> Result<()> {
             doc.merge(keel_marathon::api::openapi());
             let routes = routes.merge(keel_core::openapi::route(keel_core::openapi::finish(doc)));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
-            serve_framework(&args.listen, "marathon", routes, health, &target, store, &args.web, &args.tls, &shutdown)
-                .await?;
+            serve_framework(
+                &args.listen,
+                "marathon",
+                routes,
+                health,
+                &target,
+                store,
+                &args.framework.web,
+                &args.framework.tls,
+                &shutdown,
+            )
+            .await?;
         }
         Command::Chronos(args) => {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
-            let target = args.credentials.target(&args.master)?;
+            let target = args.framework.credentials.target(&args.framework.master)?;
             let routes = chronos_routes(&target, store.clone(), &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             let mut doc = keel_core::openapi::framework_port();
@@ -1001,8 +1004,18 @@ async fn run(command: Command) -> Result<()> {
             doc.merge(keel_chronos::api::openapi());
             let routes = routes.merge(keel_core::openapi::route(keel_core::openapi::finish(doc)));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
-            serve_framework(&args.listen, "chronos", routes, health, &target, store, &args.web, &args.tls, &shutdown)
-                .await?;
+            serve_framework(
+                &args.listen,
+                "chronos",
+                routes,
+                health,
+                &target,
+                store,
+                &args.framework.web,
+                &args.framework.tls,
+                &shutdown,
+            )
+            .await?;
         }
         Command::Token(command) => token_command(command).await?,
         Command::Secret(command) => secret_command(command).await?,
@@ -1131,6 +1144,16 @@ mod tests {
         assert_eq!(parse_weight("prod=2").unwrap(), ("prod".into(), 2.0));
         assert!(parse_weight("prod").is_err());
         assert!(parse_weight("prod=0").is_err());
+    }
+
+    #[test]
+    fn out_of_range_limits_are_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["keel", "master"].iter().chain(args));
+        assert!(parse(&["--max-body-bytes", "10"]).is_err());
+        assert!(parse(&["--max-body-bytes", "1000000000"]).is_err());
+        assert!(parse(&["--max-body-bytes", "65536"]).is_ok());
+        assert!(parse(&["--allowed-origin", "evil.example"]).is_err());
+        assert!(parse(&["--require-client-cert"]).is_err(), "needs --client-ca-cert");
     }
 
     #[test]

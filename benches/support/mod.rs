@@ -106,10 +106,7 @@ pub fn start_agents(
     let dir = tempfile::tempdir().unwrap();
     let containerizer = Arc::new(MemoryContainerizer::new(run_for));
     for i in 0..n {
-        let mut config =
-            AgentConfig::new(&target.url, dir.path().join(format!("agent-{i}")), resources.parse().unwrap());
-        config.token = target.token.clone();
-        config.ca_cert = target.ca.as_deref().cloned();
+        let mut config = AgentConfig::new(target, dir.path().join(format!("agent-{i}")), resources.parse().unwrap());
         config.hostname = format!("sim-{i}");
         config.checkpoint = false;
         tokio::spawn(agent::run(config, containerizer.clone(), shutdown.clone()));

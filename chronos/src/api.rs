@@ -235,8 +235,6 @@ fn schedules_json(v: &JobView) -> Value {
     responses(
         (status = 200, description = "The jobs, in Metronome's form", body = serde_json::Value),
         (status = 400, description = "An unknown embed", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -262,11 +260,7 @@ async fn list_jobs(State(api): State<Api>, RawQuery(q): RawQuery) -> ApiResult {
     responses(
         (status = 201, description = "The job as saved", body = serde_json::Value),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 409, description = "A job with this id exists", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "An invalid job, a repeated key or JSON nested too deep", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -295,8 +289,6 @@ async fn create_job(State(api): State<Api>, body: Bytes) -> ApiResult {
     responses(
         (status = 200, description = "The job, in Metronome's form", body = serde_json::Value),
         (status = 400, description = "An unknown embed", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -321,11 +313,7 @@ async fn show_job(State(api): State<Api>, Path(id): Path<String>, RawQuery(q): R
     responses(
         (status = 200, description = "The job as saved", body = serde_json::Value),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "An invalid job, a repeated key or JSON nested too deep", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -361,12 +349,8 @@ async fn replace_job(State(api): State<Api>, Path(id): Path<String>, body: Bytes
     responses(
         (status = 200, description = "The deleted job", body = serde_json::Value),
         (status = 400, description = "A bad stopCurrentJobRuns", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job has active runs, or other jobs depend on it", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -384,8 +368,6 @@ async fn delete_job(State(api): State<Api>, Path(id): Path<String>, RawQuery(q):
     params(("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The schedules", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
@@ -413,8 +395,6 @@ fn find_schedule<'a>(v: &'a JobView, sid: &str) -> Result<(usize, &'a ScheduleSp
     ),
     responses(
         (status = 200, description = "The schedule", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job or schedule", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
@@ -451,12 +431,8 @@ fn no_schedule(job: &Job, sid: &str) -> ChangeError {
     responses(
         (status = 201, description = "The schedule as saved, with its next run", body = serde_json::Value),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job has a schedule with this id", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "An invalid schedule, a repeated key or JSON nested too deep", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -492,11 +468,7 @@ async fn create_schedule(State(api): State<Api>, Path(id): Path<String>, body: B
     responses(
         (status = 200, description = "The schedule as saved, with its next run", body = serde_json::Value),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job or schedule", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "An invalid schedule, a repeated key or JSON nested too deep", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -528,11 +500,7 @@ async fn replace_schedule(State(api): State<Api>, Path((id, sid)): Path<(String,
     ),
     responses(
         (status = 200, description = "The schedule is removed"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job or schedule", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -554,8 +522,6 @@ async fn delete_schedule(State(api): State<Api>, Path((id, sid)): Path<(String, 
     params(("id" = String, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The open runs", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
@@ -573,11 +539,7 @@ async fn list_runs(State(api): State<Api>, Path(id): Path<String>) -> ApiResult 
     params(("id" = String, Path, description = "The job's id")),
     responses(
         (status = 201, description = "The new run", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -606,8 +568,6 @@ async fn find_run(api: &Api, id: &JobId, run: &str) -> Result<Run, ApiError> {
     ),
     responses(
         (status = 200, description = "The run", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job or open run", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
@@ -628,11 +588,7 @@ async fn show_run(State(api): State<Api>, Path((id, run)): Path<(String, String)
     ),
     responses(
         (status = 200, description = "The run, as it was when asked to stop", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job or open run", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -655,8 +611,6 @@ async fn stop_run(State(api): State<Api>, Path((id, run)): Path<(String, String)
     responses(
         (status = 200, description = "`jobId`, the counters and `runs`", body = serde_json::Value),
         (status = 400, description = "A bad limit", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -701,8 +655,6 @@ async fn run_history(State(api): State<Api>, Path(id): Path<String>, RawQuery(q)
     responses(
         (status = 200, description = "`timezone` and `next`, each time in UTC and local", body = serde_json::Value),
         (status = 400, description = "Neither or both of cron and schedule, or a bad count or from", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 422, description = "An invalid expression or time zone", body = ErrorBody),
     )
 )]
@@ -745,8 +697,6 @@ async fn preview(RawQuery(q): RawQuery) -> ApiResult {
     description = "Every job, in Chronos's form.",
     responses(
         (status = 200, description = "The jobs", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -771,8 +721,6 @@ async fn chronos_jobs(State(api): State<Api>) -> ApiResult {
     responses(
         (status = 200, description = "The matching jobs", body = serde_json::Value),
         (status = 400, description = "A bad limit or offset", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -810,8 +758,6 @@ async fn chronos_search(State(api): State<Api>, RawQuery(q): RawQuery) -> ApiRes
     responses(
         (status = 200, description = "The job", body = serde_json::Value),
         (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -829,10 +775,6 @@ async fn chronos_job(State(api): State<Api>, Path(name): Path<String>) -> ApiRes
     responses(
         (status = 204, description = "The run is started"),
         (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -851,10 +793,6 @@ async fn chronos_run(State(api): State<Api>, Path(name): Path<String>) -> ApiRes
     responses(
         (status = 204, description = "The job is deleted"),
         (status = 400, description = "No such job, or other jobs depend on it", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -883,10 +821,6 @@ async fn chronos_save(api: &Api, body: &Bytes, dependent: bool) -> ApiResult {
     responses(
         (status = 204, description = "The job is saved"),
         (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -908,10 +842,6 @@ async fn chronos_iso8601(State(api): State<Api>, body: Bytes) -> ApiResult {
     responses(
         (status = 204, description = "The job is saved"),
         (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
@@ -929,10 +859,6 @@ async fn chronos_dependency(State(api): State<Api>, body: Bytes) -> ApiResult {
     responses(
         (status = 204, description = "The runs are stopped"),
         (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -952,8 +878,6 @@ async fn chronos_kill(State(api): State<Api>, Path(name): Path<String>) -> ApiRe
     responses(
         (status = 200, description = "`histogram` and `taskStatHistory`", body = serde_json::Value),
         (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
     )
 )]
@@ -1015,8 +939,6 @@ fn text(body: String) -> ApiResult {
     description = "The jobs' dependency graph in Graphviz dot.",
     responses(
         (status = 200, description = "The graph", body = String, content_type = "text/plain"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -1046,8 +968,6 @@ async fn chronos_dot(State(api): State<Api>) -> ApiResult {
     description = "Each job's last outcome and state (node lines), then the dependencies (link lines), as CSV.",
     responses(
         (status = 200, description = "The graph", body = String, content_type = "text/plain"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The scheduler did not answer", body = ErrorBody),
     )
 )]
@@ -1089,11 +1009,6 @@ async fn chronos_csv(State(api): State<Api>) -> ApiResult {
         chronos_jobs, chronos_search, chronos_job, chronos_run, chronos_delete, chronos_iso8601, chronos_dependency,
         chronos_kill, chronos_stat, chronos_dot, chronos_csv,
         openapi_paths::chronos_iso8601_put, openapi_paths::chronos_dependency_put,
-        openapi_paths::v1_chronos_jobs, openapi_paths::v1_chronos_search, openapi_paths::v1_chronos_job,
-        openapi_paths::v1_chronos_run, openapi_paths::v1_chronos_delete, openapi_paths::v1_chronos_iso8601,
-        openapi_paths::v1_chronos_iso8601_put, openapi_paths::v1_chronos_dependency,
-        openapi_paths::v1_chronos_dependency_put, openapi_paths::v1_chronos_kill, openapi_paths::v1_chronos_stat,
-        openapi_paths::v1_chronos_dot, openapi_paths::v1_chronos_csv,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -1105,13 +1020,16 @@ async fn chronos_csv(State(api): State<Api>) -> ApiResult {
 pub struct ChronosApiDoc;
 
 /// The OpenAPI 3 description of every route [`router`] serves, generated from the handlers.
+///
+/// The Chronos routes are served again under `/v1/scheduler`, and described so.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <ChronosApiDoc as utoipa::OpenApi>::openapi()
+    let doc = keel_core::openapi::with_refusals(<ChronosApiDoc as utoipa::OpenApi>::openapi());
+    keel_core::openapi::mirror(doc, "/scheduler/", "/v1/scheduler/", "v1_")
 }
 
-/// Descriptions of what one handler serves on a second path or method: Chronos's routes again under
-/// `/v1/scheduler`, and the PUTs that Chronos also takes where it takes a POST. utoipa needs one function
-/// per operation, with a literal path.
+/// Descriptions of what one handler serves on a second method: the PUTs that Chronos also takes where it
+/// takes a POST. utoipa needs one function per operation, with a literal path. (The `/v1/scheduler`
+/// copies are made by [`openapi`].)
 mod openapi_paths {
     use keel_core::gate::ErrorBody;
 
@@ -1128,10 +1046,6 @@ mod openapi_paths {
         responses(
             (status = 204, description = "The job is saved"),
             (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
             (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
             (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
         )
@@ -1152,272 +1066,12 @@ mod openapi_paths {
         responses(
             (status = 204, description = "The job is saved"),
             (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
             (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
             (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
         )
     )]
     #[allow(dead_code)]
     fn chronos_dependency_put() {}
-
-    #[utoipa::path(
-        get,
-        path = "/v1/scheduler/jobs",
-        tag = "chronos",
-        description = "Every job, in Chronos's form.",
-        responses(
-            (status = 200, description = "The jobs", body = serde_json::Value),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 503, description = "The scheduler did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_jobs() {}
-
-    #[utoipa::path(
-        get,
-        path = "/v1/scheduler/jobs/search",
-        tag = "chronos",
-        description = "The jobs whose name or command contains the given text (any case), in Chronos's form.",
-        params(
-            ("name" = Option<String>, Query, description = "Text in the job's name"),
-            ("command" = Option<String>, Query, description = "Text in the job's command"),
-            ("any" = Option<String>, Query, description = "Text in the job's name or command"),
-            ("limit" = Option<u32>, Query, description = "How many jobs (default 10)"),
-            ("offset" = Option<u32>, Query, description = "How many matching jobs to skip (default 0)"),
-        ),
-        responses(
-            (status = 200, description = "The matching jobs", body = serde_json::Value),
-            (status = 400, description = "A bad limit or offset", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 503, description = "The scheduler did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_search() {}
-
-    #[utoipa::path(
-        get,
-        path = "/v1/scheduler/job/{name}",
-        tag = "chronos",
-        description = "One job, in Chronos's form.",
-        params(("name" = String, Path, description = "The job's name")),
-        responses(
-            (status = 200, description = "The job", body = serde_json::Value),
-            (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 503, description = "The scheduler did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_job() {}
-
-    #[utoipa::path(
-        put,
-        path = "/v1/scheduler/job/{name}",
-        tag = "chronos",
-        description = "Starts a run of the job now.",
-        params(("name" = String, Path, description = "The job's name")),
-        responses(
-            (status = 204, description = "The run is started"),
-            (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_run() {}
-
-    #[utoipa::path(
-        delete,
-        path = "/v1/scheduler/job/{name}",
-        tag = "chronos",
-        description = "Deletes a job, stopping its runs.",
-        params(("name" = String, Path, description = "The job's name")),
-        responses(
-            (status = 204, description = "The job is deleted"),
-            (status = 400, description = "No such job, or other jobs depend on it", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_delete() {}
-
-    #[utoipa::path(
-        post,
-        path = "/v1/scheduler/iso8601",
-        tag = "chronos",
-        description = "Creates or replaces a job that runs on an ISO 8601 repeating interval.",
-        request_body(
-            content = serde_json::Value,
-            content_type = "application/json",
-            description = "The job in Chronos's form, with `schedule`"
-        ),
-        responses(
-            (status = 204, description = "The job is saved"),
-            (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_iso8601() {}
-
-    #[utoipa::path(
-        put,
-        path = "/v1/scheduler/iso8601",
-        tag = "chronos",
-        description = "Creates or replaces a job that runs on an ISO 8601 repeating interval.",
-        request_body(
-            content = serde_json::Value,
-            content_type = "application/json",
-            description = "The job in Chronos's form, with `schedule`"
-        ),
-        responses(
-            (status = 204, description = "The job is saved"),
-            (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_iso8601_put() {}
-
-    #[utoipa::path(
-        post,
-        path = "/v1/scheduler/dependency",
-        tag = "chronos",
-        description = "Creates or replaces a job that runs after its parents.",
-        request_body(
-            content = serde_json::Value,
-            content_type = "application/json",
-            description = "The job in Chronos's form, with `parents`"
-        ),
-        responses(
-            (status = 204, description = "The job is saved"),
-            (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_dependency() {}
-
-    #[utoipa::path(
-        put,
-        path = "/v1/scheduler/dependency",
-        tag = "chronos",
-        description = "Creates or replaces a job that runs after its parents.",
-        request_body(
-            content = serde_json::Value,
-            content_type = "application/json",
-            description = "The job in Chronos's form, with `parents`"
-        ),
-        responses(
-            (status = 204, description = "The job is saved"),
-            (status = 400, description = "The body is not valid JSON, or the job is invalid", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 422, description = "A repeated key, or JSON nested too deep", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_dependency_put() {}
-
-    #[utoipa::path(
-        delete,
-        path = "/v1/scheduler/task/kill/{name}",
-        tag = "chronos",
-        description = "Stops every open run of the job.",
-        params(("name" = String, Path, description = "The job's name")),
-        responses(
-            (status = 204, description = "The runs are stopped"),
-            (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON", body = ErrorBody),
-            (status = 503, description = "The scheduler did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_kill() {}
-
-    /// Durations of recent successful runs as Chronos's histogram, and the runs themselves.
-    #[utoipa::path(
-        get,
-        path = "/v1/scheduler/job/stat/{name}",
-        tag = "chronos",
-        description = "Durations of the job's recent successful runs as Chronos's histogram, and the runs themselves.",
-        params(("name" = String, Path, description = "The job's name")),
-        responses(
-            (status = 200, description = "`histogram` and `taskStatHistory`", body = serde_json::Value),
-            (status = 400, description = "No such job (Chronos answers 400)", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 503, description = "The scheduler or the job store did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_stat() {}
-
-    #[utoipa::path(
-        get,
-        path = "/v1/scheduler/graph/dot",
-        tag = "chronos",
-        description = "The jobs' dependency graph in Graphviz dot.",
-        responses(
-            (status = 200, description = "The graph", body = String, content_type = "text/plain"),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 503, description = "The scheduler did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_dot() {}
-
-    #[utoipa::path(
-        get,
-        path = "/v1/scheduler/graph/csv",
-        tag = "chronos",
-        description = "Each job's last outcome and state (node lines), then the dependencies (link lines), as CSV.",
-        responses(
-            (status = 200, description = "The graph", body = String, content_type = "text/plain"),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
-            (status = 503, description = "The scheduler did not answer", body = ErrorBody),
-        )
-    )]
-    #[allow(dead_code)]
-    fn v1_chronos_csv() {}
 }
 
 #[cfg(test)]

@@ -49,8 +49,8 @@ impl HostPolicy {
         let origins: Vec<String> =
             allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
         let mut hosts: Vec<String> = origins.iter().filter_map(|o| origin_host(o)).collect();
-        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            hosts.push(h.trim().to_ascii_lowercase());
+        if let Some(h) = machine_hostname() {
+            hosts.push(h.to_ascii_lowercase());
         }
         HostPolicy { enforce: bind.is_loopback() || auth_off, hosts, origins }
     }
@@ -77,6 +77,11 @@ impl HostPolicy {
         let Some(authority) = origin.split_once("://").map(|(_, a)| a) else { return false };
         host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
     }
+}
+
+/// This machine's host name, if it has one.
+pub fn machine_hostname() -> Option<String> {
+    hostname::get().ok()?.into_string().ok().filter(|h| !h.is_empty())
 }
 
 fn strip_port(host: &str) -> &str {
@@ -448,7 +453,7 @@ fn principal_json(p: &Principal) -> Value {
     description = "The caller's principal: name, role and framework roles.",
     responses(
         (status = 200, description = "Who the credential is", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
+        (status = 401, description = "The credential is missing or not valid", body = ErrorBody),
     )
 )]
 async fn whoami(State(gate): State<Gate>, headers: HeaderMap) -> Response {
@@ -471,8 +476,6 @@ fn token_store(gate: &Gate) -> Result<&crate::store::Store, Box<Response>> {
     description = "Every token's id, name, role and dates (never the token). Admins only.",
     responses(
         (status = 200, description = "The tokens", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 404, description = "Tokens are managed on the master", body = crate::gate::ErrorBody),
         (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
     )
@@ -495,34 +498,15 @@ fn token_json(t: &crate::store::TokenRecord) -> Value {
     })
 }
 
-/// The login form's field.
-#[derive(serde::Deserialize, utoipa::ToSchema)]
-#[schema(as = LoginForm)]
-#[allow(dead_code)]
-struct LoginFormDoc {
-    /// A token.
-    token: String,
-}
-
 /// A new token, as `POST /keel/v1/tokens` takes it.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
-#[schema(as = NewToken)]
-#[allow(dead_code)]
-struct NewTokenDoc {
+#[serde(deny_unknown_fields)]
+struct NewToken {
     /// The principal's name: 1 to 64 of A-Z a-z 0-9 - _ .
     name: String,
     /// viewer, operator, admin, framework or agent
     role: String,
     /// For framework tokens: the roles it may subscribe under (any when empty).
-    #[serde(default)]
-    framework_roles: Vec<String>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
-    name: String,
-    role: String,
     #[serde(default)]
     framework_roles: Vec<String>,
 }
@@ -533,15 +517,11 @@ struct NewToken {
     path = "/keel/v1/tokens",
     tag = "keel",
     description = "Makes a token; the answer shows it, once. Admins only.",
-    request_body(content = NewTokenDoc, content_type = "application/json"),
+    request_body(content = NewToken, content_type = "application/json"),
     responses(
         (status = 201, description = "The token, with its record", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 404, description = "Tokens are managed on the master", body = crate::gate::ErrorBody),
         (status = 409, description = "An active token has that name", body = crate::gate::ErrorBody),
-        (status = 413, description = "The body is too large", body = crate::gate::ErrorBody),
-        (status = 415, description = "The body is not JSON", body = crate::gate::ErrorBody),
         (status = 422, description = "A bad name, role or framework role", body = crate::gate::ErrorBody),
         (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
     )
@@ -578,10 +558,7 @@ async fn create_token(State(gate): State<Gate>, body: axum::body::Bytes) -> Resp
     params(("id" = String, Path, description = "The token's id or name")),
     responses(
         (status = 200, description = "The revoked token's id", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 404, description = "No such active token", body = crate::gate::ErrorBody),
-        (status = 415, description = "The body is not JSON", body = crate::gate::ErrorBody),
         (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
     )
 )]
@@ -659,8 +636,6 @@ struct AuditQuery {
     responses(
         (status = 200, description = "The records", body = serde_json::Value),
         (status = 400, description = "A bad query", body = crate::gate::ErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 422, description = "limit out of range", body = crate::gate::ErrorBody),
         (status = 503, description = "The store did not answer", body = crate::gate::ErrorBody),
     )
@@ -674,6 +649,13 @@ async fn read_audit(State(gate): State<Gate>, Query(q): Query<AuditQuery>) -> Re
         Ok(records) => axum::Json(records).into_response(),
         Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// A redirect to `to` that sets the session cookie to `value` for `max_age` seconds (0 clears it).
+fn redirect_with_cookie(gate: &Gate, to: &str, value: &str, max_age: u64) -> Response {
+    let mut r = Redirect::to(to).into_response();
+    r.headers_mut().insert(header::SET_COOKIE, session_cookie(gate, value, max_age));
+    r
 }
 
 fn session_cookie(gate: &Gate, value: &str, max_age: u64) -> HeaderValue {
@@ -716,11 +698,7 @@ fn escape(s: &str) -> String {
 async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: HeaderMap) -> Response {
     if let Some(code) = q.token {
         return match gate.auth.open_session_with_code(&code) {
-            Ok((cookie, _)) => {
-                let mut r = Redirect::to("/").into_response();
-                r.headers_mut().insert(header::SET_COOKIE, session_cookie(&gate, &cookie, crate::auth::SESSION_TTL.as_secs()));
-                r
-            }
+            Ok((cookie, _)) => redirect_with_cookie(&gate, "/", &cookie, crate::auth::SESSION_TTL.as_secs()),
             Err(_) => (
                 StatusCode::UNAUTHORIZED,
                 page("Sign in", "<p>That login link has been used or is not valid.</p><p><a href=/login>Sign in with a token</a></p>"),
@@ -756,8 +734,10 @@ async fn login_form() -> Html<String> {
     page("Sign in", LOGIN_FORM)
 }
 
-#[derive(serde::Deserialize)]
+/// The login form's field.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct LoginForm {
+    /// A token.
     token: String,
 }
 
@@ -767,23 +747,17 @@ struct LoginForm {
     path = "/login",
     tag = "console",
     description = "Opens a console session for a token (a form field `token`).",
-    request_body(content = LoginFormDoc, content_type = "application/x-www-form-urlencoded"),
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Signed in: a session cookie, and to the console"),
         (status = 401, description = "Not a valid token", body = String, content_type = "text/html"),
         (status = 403, description = "A foreign Origin", body = crate::gate::ErrorBody),
-        (status = 413, description = "The body is too large", body = crate::gate::ErrorBody),
     )
 )]
 async fn login(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
     let form: Option<LoginForm> = serde_urlencoded_form(&body);
     match form.map(|f| gate.auth.open_session_with_token(f.token.trim())) {
-        Some(Ok((cookie, _))) => {
-            let mut r = Redirect::to("/").into_response();
-            r.headers_mut()
-                .insert(header::SET_COOKIE, session_cookie(&gate, &cookie, crate::auth::SESSION_TTL.as_secs()));
-            r
-        }
+        Some(Ok((cookie, _))) => redirect_with_cookie(&gate, "/", &cookie, crate::auth::SESSION_TTL.as_secs()),
         _ => (StatusCode::UNAUTHORIZED, page("Sign in", &format!("<p>That token is not valid.</p>{LOGIN_FORM}")))
             .into_response(),
     }
@@ -809,9 +783,7 @@ async fn logout(State(gate): State<Gate>, headers: HeaderMap) -> Response {
     if let Some(c) = cookie(&headers, gate.cookie_name()) {
         gate.auth.close_session(c);
     }
-    let mut r = Redirect::to("/login").into_response();
-    r.headers_mut().insert(header::SET_COOKIE, session_cookie(&gate, "", 0));
-    r
+    redirect_with_cookie(&gate, "/login", "", 0)
 }
 
 #[cfg(test)]
@@ -888,7 +860,7 @@ mod tests {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(whoami, list_tokens, create_token, revoke_token, read_audit),
-    components(schemas(ErrorBody, NewTokenDoc, LoginFormDoc)),
+    components(schemas(ErrorBody, NewToken, LoginForm)),
     tags((name = "keel", description = "Keel's own API"))
 )]
 pub struct GateApiDoc;

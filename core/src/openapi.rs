@@ -24,8 +24,69 @@ pub fn framework_port() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// `doc` with Keel's title and version, and the credentials every operation takes.
-pub fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+/// `doc` with the answers the gate gives in front of every handler, where the annotations do not say
+/// them already: 401 (no or bad credential) on every operation that needs one, 403 (the credential may
+/// not, or a foreign Origin or Host) on all, and 413 and 415 on writes.
+pub fn with_refusals(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use axum::http::Method;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let refusal = |description: &str| {
+        let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        ResponseBuilder::new().description(description).content("application/json", body).build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let ops = [
+            (Method::GET, &mut item.get),
+            (Method::HEAD, &mut item.head),
+            (Method::OPTIONS, &mut item.options),
+            (Method::POST, &mut item.post),
+            (Method::PUT, &mut item.put),
+            (Method::PATCH, &mut item.patch),
+            (Method::DELETE, &mut item.delete),
+        ];
+        for (method, op) in ops {
+            let Some(op) = op else { continue };
+            let class = crate::gate::classify(&method, path);
+            let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+            let mut add = |status: &str, description: &str| {
+                op.responses.responses.entry(status.to_owned()).or_insert_with(|| refusal(description).into());
+            };
+            if class != crate::gate::Class::Public {
+                add("401", "No or bad credential");
+            }
+            add("403", "The credential may not do this, or the request came from a foreign Origin or Host");
+            if write {
+                add("413", "The body is too large");
+                add("415", "The body is not JSON");
+            }
+        }
+    }
+    doc
+}
+
+/// `doc` with every path under `from` described again under `to` (a router that serves the same
+/// handlers under two prefixes); the copies' operation ids get `id_prefix`.
+pub fn mirror(mut doc: utoipa::openapi::OpenApi, from: &str, to: &str, id_prefix: &str) -> utoipa::openapi::OpenApi {
+    let copies: Vec<(String, utoipa::openapi::PathItem)> = doc
+        .paths
+        .paths
+        .iter()
+        .filter_map(|(path, item)| Some((format!("{to}{}", path.strip_prefix(from)?), item.clone())))
+        .collect();
+    for (path, mut item) in copies {
+        for op in
+            [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
+        {
+            op.operation_id = op.operation_id.take().map(|id| format!("{id_prefix}{id}"));
+        }
+        doc.paths.paths.insert(path, item);
+    }
+    doc
+}
+
+/// `doc` with Keel's title and version, the gate's refusals and the credentials every operation takes.
+pub fn finish(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut doc = with_refusals(doc);
     doc.info.title = "Keel".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some(
@@ -132,6 +193,13 @@ mod tests {
         }
         let json = doc.to_json().unwrap();
         assert!(json.contains("\"bearer\"") && json.contains("\"basic\""));
+        // The gate's refusals are described: 401 where a credential is needed, 413 and 415 on writes.
+        let state = doc.paths.paths["/master/state"].get.as_ref().unwrap();
+        assert!(state.responses.responses.contains_key("401") && state.responses.responses.contains_key("403"));
+        let create = doc.paths.paths["/keel/v1/tokens"].post.as_ref().unwrap();
+        assert!(["401", "403", "413", "415"].iter().all(|s| create.responses.responses.contains_key(*s)));
+        let health = doc.paths.paths["/health"].get.as_ref().unwrap();
+        assert!(!health.responses.responses.contains_key("401"), "/health needs no credential");
     }
 
     /// Every literal route path of the master's operator routes and of the gate is described.

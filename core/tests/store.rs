@@ -184,3 +184,24 @@ async fn the_audit_record_is_trimmed_to_the_newest() {
         assert_eq!(left, [10, 9, 8]);
     }
 }
+
+/// Secrets are stored sealed, replaced in place, listed by name only, and bounded in name and size.
+#[tokio::test]
+async fn secrets_round_trip_sealed_and_bounded() {
+    use keel_core::secrets::{self, SecretKey, Secrets};
+    for (store, dir) in stores().await {
+        let (key, _) = SecretKey::load_or_create(&dir.path().join("secrets.key")).unwrap();
+        secrets::put(&store, &key, "db", "one").await.unwrap();
+        secrets::put(&store, &key, "db", "two").await.unwrap();
+        assert!(secrets::put(&store, &key, "bad name", "x").await.is_err());
+        assert!(secrets::put(&store, &key, "big", &"x".repeat(secrets::MAX_VALUE + 1)).await.is_err());
+        let names: Vec<String> = secrets::list(&store).await.unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["db"], "{:?}", store.backend());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let open = Secrets::start(store.clone(), key, shutdown.clone()).await.unwrap();
+        assert_eq!(open.get("db").as_deref(), Some("two"));
+        shutdown.cancel();
+        assert!(secrets::delete(&store, "db").await.unwrap());
+        assert!(!secrets::delete(&store, "db").await.unwrap());
+    }
+}

@@ -285,8 +285,6 @@ fn label_matches(app: &AppDefinition, selector: &str) -> bool {
     ),
     responses(
         (status = 200, description = "`{\"apps\": [...]}`", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -320,11 +318,7 @@ async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Valu
             headers(("Location" = String, description = "/v2/apps{id}"))
         ),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 409, description = "An app with that id exists", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -389,8 +383,6 @@ fn target(rest: &str) -> Result<Target, ApiError> {
     ),
     responses(
         (status = 200, description = "`{\"app\": {...}}`", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such app", body = ErrorBody),
         (status = 422, description = "The app id is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
@@ -478,13 +470,9 @@ fn app_target(rest: &str) -> Result<AppId, ApiError> {
             description = "The body is not valid JSON, or a query parameter is not true or false",
             body = ErrorBody
         ),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "The version to roll back to does not exist", body = ErrorBody),
         (status = 405, description = "The path names versions or tasks, which cannot be replaced", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -531,13 +519,9 @@ async fn replace(
             description = "The body is not valid JSON, or a query parameter is not true or false",
             body = ErrorBody
         ),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such app", body = ErrorBody),
         (status = 405, description = "The path names versions or tasks, which cannot be patched", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -577,12 +561,8 @@ async fn patch(
     responses(
         (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
         (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such app, or the path does not end in /restart", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The app id is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -661,12 +641,8 @@ async fn change_many(api: Api, q: Option<String>, body: Bytes, partial: bool) ->
             description = "The body is not valid JSON, or a query parameter is not true or false",
             body = ErrorBody
         ),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "A version to roll back to does not exist", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -701,12 +677,8 @@ async fn replace_many(State(api): State<Api>, RawQuery(q): RawQuery, body: Bytes
             description = "The body is not valid JSON, or a query parameter is not true or false",
             body = ErrorBody
         ),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "A version to roll back to does not exist", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -746,8 +718,6 @@ fn group_level(id: &str, apps: &[&AppDefinition], snapshot: &Snapshot) -> Value 
     description = "The root group: top-level apps and the groups formed by app ids.",
     responses(
         (status = 200, description = "The root group", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -770,8 +740,6 @@ async fn groups(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     ),
     responses(
         (status = 200, description = "The group", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No app is in the group", body = ErrorBody),
         (status = 422, description = "The group id is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
@@ -807,11 +775,7 @@ struct GroupBody {
     responses(
         (status = 201, description = "`{\"version\", \"deploymentId\"}`", body = Value),
         (status = 400, description = "The body is not valid JSON", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 409, description = "An app of the group exists", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The definition is not valid (details name the fields)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -880,12 +844,8 @@ struct GroupUpdate {
             description = "The body is not valid JSON, or a query parameter is not true or false",
             body = ErrorBody
         ),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "A version to roll back to does not exist", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The body, an app or scaleBy is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -960,12 +920,8 @@ async fn update_group(
     responses(
         (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
         (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No app is in the group", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The group id is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -1019,13 +975,9 @@ async fn delete_group(
     responses(
         (status = 200, description = "`{\"version\", \"deploymentId\"}`", body = Value),
         (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such app", body = ErrorBody),
         (status = 405, description = "The path names versions, which cannot be deleted", body = ErrorBody),
         (status = 409, description = "A deployment is changing the app (use force=true)", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The app id is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -1082,8 +1034,6 @@ async fn remove(
     description = "Every task of every app.",
     responses(
         (status = 200, description = "`{\"tasks\": [...]}`", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1123,10 +1073,6 @@ struct TaskIds {
             description = "The body is not valid JSON, or a query parameter is not true or false",
             body = ErrorBody
         ),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The body is not `{\"ids\": [...]}`", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -1180,8 +1126,6 @@ fn unused_offer_json(u: &UnusedOffer) -> Value {
     ),
     responses(
         (status = 200, description = "`{\"queue\": [...]}`", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1237,11 +1181,7 @@ async fn queue(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Val
     ),
     responses(
         (status = 204, description = "The delay is reset"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such app, or the path does not end in /delay", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The app id is not valid", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -1265,8 +1205,6 @@ async fn reset_delay(State(api): State<Api>, Path(rest): Path<String>) -> Result
     description = "The changes being rolled out.",
     responses(
         (status = 200, description = "A list of deployments", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1307,11 +1245,7 @@ async fn deployments(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
         (status = 200, description = "Rolled back: `{\"version\", \"deploymentId\"}` of the rollback", body = Value),
         (status = 202, description = "Stopped (force=true): `{}`", body = Value),
         (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No such deployment", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 422, description = "The previous definition cannot be restored", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
@@ -1343,8 +1277,6 @@ async fn cancel_deployment(
     ),
     responses(
         (status = 200, description = "An event stream", body = String, content_type = "text/event-stream"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
     )
 )]
 async fn events(
@@ -1382,8 +1314,6 @@ async fn events(
     description = "The framework's configuration, in Marathon's shape.",
     responses(
         (status = 200, description = "Marathon's info object", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1434,8 +1364,6 @@ async fn info(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     description = "The callback URLs events are POSTed to.",
     responses(
         (status = 200, description = "`{\"callbackUrls\": [...]}`", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1484,10 +1412,6 @@ fn subscription_event(api: &Api, event_type: &'static str, url: &str) -> Value {
     responses(
         (status = 200, description = "The subscribe_event", body = Value),
         (status = 400, description = "callbackUrl is missing", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (
             status = 422,
             description = "The URL is not an absolute http(s) URL, or there are too many callbacks",
@@ -1514,11 +1438,7 @@ async fn subscribe(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json
     responses(
         (status = 200, description = "The unsubscribe_event", body = Value),
         (status = 400, description = "callbackUrl is missing", body = ErrorBody),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 404, description = "No subscription for that URL", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1579,8 +1499,6 @@ pub async fn json_metrics(api: Api) -> Response {
     description = "Marathon's gauges as Dropwizard JSON.",
     responses(
         (status = 200, description = "Dropwizard metrics", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1604,8 +1522,6 @@ async fn metrics(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     description = "Marathon's gauges in Prometheus's text format.",
     responses(
         (status = 200, description = "Prometheus text (version 0.0.4)", body = String, content_type = "text/plain"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
         (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
     )
 )]
@@ -1625,8 +1541,6 @@ async fn metrics_prometheus(State(api): State<Api>) -> Result<Response, ApiError
     description = "Answers pong: the framework serves.",
     responses(
         (status = 200, description = "pong", body = String, content_type = "text/plain"),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
     )
 )]
 async fn ping() -> &'static str {
@@ -1640,8 +1554,6 @@ async fn ping() -> &'static str {
     description = "The host:port of the leading (this) framework.",
     responses(
         (status = 200, description = "`{\"leader\": \"host:port\"}`", body = Value),
-        (status = 401, description = "No or bad credential", body = ErrorBody),
-        (status = 403, description = "The credential may not do this", body = ErrorBody),
     )
 )]
 async fn leader(State(api): State<Api>) -> Json<Value> {
@@ -1696,7 +1608,7 @@ pub struct MarathonApiDoc;
 
 /// The OpenAPI 3 description of the services framework's REST API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <MarathonApiDoc as utoipa::OpenApi>::openapi()
+    keel_core::openapi::with_refusals(<MarathonApiDoc as utoipa::OpenApi>::openapi())
 }
 
 /// The operations the wildcard routes (`/v2/apps/{*rest}`) serve besides the one their handler is annotated
@@ -1719,8 +1631,6 @@ mod openapi_paths {
         ),
         responses(
             (status = 200, description = "`{\"tasks\": [...]}`", body = Value),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
             (status = 404, description = "No such app", body = ErrorBody),
             (status = 422, description = "The app id is not valid", body = ErrorBody),
             (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
@@ -1759,11 +1669,7 @@ mod openapi_paths {
                 body = Value
             ),
             (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
             (status = 404, description = "No such app", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
             (status = 422, description = "The app id is not valid", body = ErrorBody),
             (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
         )
@@ -1801,11 +1707,7 @@ mod openapi_paths {
                 body = Value
             ),
             (status = 400, description = "A query parameter is not true or false", body = ErrorBody),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
             (status = 404, description = "The app has no such task", body = ErrorBody),
-            (status = 413, description = "The body is too large", body = ErrorBody),
-            (status = 415, description = "The body is not JSON (Content-Type)", body = ErrorBody),
             (status = 422, description = "The app id is not valid", body = ErrorBody),
             (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
         )
@@ -1827,8 +1729,6 @@ mod openapi_paths {
         ),
         responses(
             (status = 200, description = "`{\"versions\": [...]}`", body = Value),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
             (status = 404, description = "No such app", body = ErrorBody),
             (status = 422, description = "The app id is not valid", body = ErrorBody),
             (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),
@@ -1852,8 +1752,6 @@ mod openapi_paths {
         ),
         responses(
             (status = 200, description = "The app definition of that version", body = Value),
-            (status = 401, description = "No or bad credential", body = ErrorBody),
-            (status = 403, description = "The credential may not do this", body = ErrorBody),
             (status = 404, description = "No such app or version", body = ErrorBody),
             (status = 422, description = "The app id is not valid", body = ErrorBody),
             (status = 503, description = "The framework is not running, or the store failed", body = ErrorBody),

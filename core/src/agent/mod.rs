@@ -43,14 +43,9 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// The master's URL, such as `http://127.0.0.1:5050`.
-    pub master: String,
-    /// The token presented to the master (an `agent` or `admin` token).
-    pub token: Option<String>,
-    /// PEM of the CA the master's certificate must chain to, for an https:// master.
-    pub ca_cert: Option<Vec<u8>>,
-    /// PEM of a client certificate and key for a master that verifies clients (mTLS).
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The master: its URL (such as `http://127.0.0.1:5050`), the token presented to it (an `agent` or
+    /// `admin` token), and for an https:// master its CA and any client certificate.
+    pub master: crate::client::Target,
     /// Sandboxes and checkpoints live here.
     pub work_dir: PathBuf,
     pub resources: Resources,
@@ -68,12 +63,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn new(master: impl Into<String>, work_dir: impl Into<PathBuf>, resources: Resources) -> Self {
+    pub fn new(master: impl Into<crate::client::Target>, work_dir: impl Into<PathBuf>, resources: Resources) -> Self {
         AgentConfig {
-            master: normalize_url(&master.into()),
-            token: None,
-            ca_cert: None,
-            identity: None,
+            master: master.into(),
             work_dir: work_dir.into(),
             resources,
             attributes: Vec::new(),
@@ -91,7 +83,6 @@ impl std::fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConfig")
             .field("master", &self.master)
-            .field("token", &self.token.as_ref().map(|_| "***"))
             .field("work_dir", &self.work_dir)
             .field("resources", &self.resources.to_string())
             .field("hostname", &self.hostname)
@@ -253,10 +244,7 @@ pub async fn run(
         config,
     };
     agent.recover().await?;
-    let target = crate::client::Target::new(agent.config.master.clone(), agent.config.token.clone())
-        .with_ca(agent.config.ca_cert.clone())
-        .with_identity(agent.config.identity.clone());
-    tokio::spawn(connection_loop(target, inputs, shutdown.clone()));
+    tokio::spawn(connection_loop(agent.config.master.clone(), inputs, shutdown.clone()));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_heartbeat = Instant::now();
     loop {

@@ -103,8 +103,6 @@ struct FileQuery {
     responses(
         (status = 200, description = "`data`, `offset` and `size`", body = serde_json::Value),
         (status = 400, description = "A bad id or file name", body = crate::gate::ErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 404, description = "No such task", body = crate::gate::ErrorBody),
         (status = 503, description = "The task's agent is not connected", body = crate::gate::ErrorBody),
     )
@@ -135,8 +133,6 @@ async fn read_file(
     description = "Agents, frameworks and tasks, as the master knows them.",
     responses(
         (status = 200, description = "The cluster's state", body = serde_json::Value),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
     )
 )]
@@ -189,8 +185,6 @@ fn wants_json(headers: &axum::http::HeaderMap) -> bool {
     description = "Prometheus text; JSON (Marathon's metrics, in keel dev) for Accept: application/json or none.",
     responses(
         (status = 200, description = "The metrics", body = String, content_type = "text/plain"),
-        (status = 401, description = "No or bad credential", body = crate::gate::ErrorBody),
-        (status = 403, description = "The credential may not do this", body = crate::gate::ErrorBody),
         (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
     )
 )]

@@ -661,21 +661,21 @@ impl Master {
             return;
         };
         let removed = fw.removed;
-        if let Some(known) = fw.tasks.get(&tid)
-            && &known.agent_id != agent_id
-        {
-            warn!(agent_id = %agent_id, task_id = %tid, owner = %known.agent_id,
-                "an agent sent an update for a task of another agent; ignoring it");
-            return;
-        }
-        let task = fw.tasks.entry(tid.clone()).or_insert_with(|| Task {
-            agent_id: agent_id.clone(),
-            name: tid.to_string(),
-            resources: Resources::default(),
-            state: status.state,
-            status: None,
-            kill_requested: false,
-        });
+        let task = match fw.tasks.entry(tid.clone()) {
+            std::collections::hash_map::Entry::Occupied(known) if &known.get().agent_id != agent_id => {
+                warn!(agent_id = %agent_id, task_id = %tid, owner = %known.get().agent_id,
+                    "an agent sent an update for a task of another agent; ignoring it");
+                return;
+            }
+            entry => entry.or_insert_with(|| Task {
+                agent_id: agent_id.clone(),
+                name: tid.to_string(),
+                resources: Resources::default(),
+                state: status.state,
+                status: None,
+                kill_requested: false,
+            }),
+        };
         let before = task.state;
         match before.transition(status.state) {
             Ok(next) => task.state = next,
