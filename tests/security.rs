@@ -152,13 +152,18 @@ async fn an_impostor_agent_is_refused_and_the_real_one_untouched() {
     assert_eq!(agents[0]["status"], "active");
     let master_log = std::fs::read_to_string(&master.proc.log).unwrap();
     assert!(master_log.contains("refused an agent registering with an id that belongs to another principal"));
-    let audit = master.get("/keel/v1/audit").await.unwrap();
-    let denied = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["principal"] == "rogue-agent" && r["action"] == "register agent" && r["outcome"] == "denied");
-    assert!(denied, "{audit}");
+    // The audit record reaches the store from a writer in the background.
+    let denied = |audit: &Value| {
+        audit.as_array().is_some_and(|records| {
+            records
+                .iter()
+                .any(|r| r["principal"] == "rogue-agent" && r["action"] == "register agent" && r["outcome"] == "denied")
+        })
+    };
+    wait_for("the refused registration in the audit record", LONG, || async {
+        denied(&master.get("/keel/v1/audit").await.ok()?).then_some(())
+    })
+    .await;
 }
 
 /// A framework id belongs to the principal that created it: another one cannot subscribe with it (and so
@@ -316,11 +321,10 @@ async fn keel_dev_against_a_hostile_page() {
     assert!(!stream.contains("hunter2"), "a viewer's event stream showed a secret: {stream}");
     assert_eq!(status(http.post(format!("{base}/v2/apps")).bearer_auth(&viewer).json(&app)).await, 403);
 
-    // The audit record: every write, with its principal and outcome; admins only.
+    // The audit record: every write, with its principal and outcome; admins only. Records reach the store
+    // from a writer in the background, so the newest may take a moment.
     assert_eq!(status(http.get(format!("{base}/keel/v1/audit")).bearer_auth(&viewer)).await, 403);
-    let audit: Value =
-        http.get(format!("{base}/keel/v1/audit")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
-    let has = |principal: &str, outcome: &str, status: u16| {
+    let has = |audit: &Value, principal: &str, outcome: &str, status: u16| {
         audit.as_array().unwrap().iter().any(|r| {
             r["principal"] == principal
                 && r["action"] == "POST /v2/apps"
@@ -328,7 +332,30 @@ async fn keel_dev_against_a_hostile_page() {
                 && r["status"] == status
         })
     };
-    assert!(has("admin", "ok", 201) && has("watcher", "denied", 403) && has("-", "denied", 401), "{audit}");
+    let complete = |audit: &Value| {
+        has(audit, "admin", "ok", 201) && has(audit, "watcher", "denied", 403) && has(audit, "-", "denied", 401)
+    };
+    let read = || async {
+        http.get(format!("{base}/keel/v1/audit"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let recorded = tokio::time::timeout(LONG, async {
+        loop {
+            let audit = read().await;
+            if complete(&audit) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(recorded.is_ok(), "{}", read().await);
 }
 
 /// Tasks run as the user they name, else as the agent's --default-user; an unknown user fails the task
