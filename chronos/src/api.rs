@@ -130,7 +130,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/jobs/{id}/runs/{run}", get(show_run))
         .route("/v1/jobs/{id}/runs/{run}/actions/stop", post(stop_run))
         .route("/keel/v1/jobs/{id}/runs", get(run_history))
-        .route("/keel/v1/schedule/preview", get(preview));
+        .route("/keel/v1/schedule/preview", get(preview))
+        .route("/keel/v1/jobs/events", get(events));
     for prefix in ["/scheduler", "/v1/scheduler"] {
         r = r
             .route(&format!("{prefix}/jobs"), get(chronos_jobs))
@@ -636,6 +637,31 @@ async fn run_history(State(api): State<Api>, Path(id): Path<String>, RawQuery(q)
             "runs": runs,
         }),
     )
+}
+
+/// `GET /keel/v1/jobs/events`: server-sent events, one per job saved or deleted and per run recorded in a
+/// new state; `lagged` when the reader fell behind.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/jobs/events",
+    tag = "keel",
+    description = "Server-sent events: job_updated, job_deleted, run_updated, run_output; `lagged` when the reader fell behind.",
+    responses((status = 200, description = "An event stream", body = String, content_type = "text/event-stream"))
+)]
+async fn events(State(api): State<Api>) -> impl axum::response::IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+    let stream = BroadcastStream::new(api.chronos.events()).map(|e| {
+        let event = match e {
+            Ok(e) => Event::default().event(e.kind()).data(serde_json::to_string(&e).unwrap_or_default()),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(json!({ "missed": n }).to_string())
+            }
+        };
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// The next fire times of a schedule, before saving it: `cron=` (or `schedule=` for an ISO 8601

@@ -219,10 +219,60 @@ enum Command {
     Tails { job: JobId, run: String, stdout: String, stderr: String },
 }
 
+/// A change of a job or a run, as `/keel/v1/jobs/events` streams it.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// A job was created or changed.
+    JobUpdated {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+        at: String,
+    },
+    JobDeleted {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+        at: String,
+    },
+    /// A run was recorded in a new state (or its output was).
+    RunUpdated {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+        #[serde(rename = "runId")]
+        run_id: String,
+        status: &'static str,
+        at: String,
+    },
+    /// The tails of a finished run's output were stored.
+    RunOutput {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+        #[serde(rename = "runId")]
+        run_id: String,
+        at: String,
+    },
+}
+
+impl JobEvent {
+    /// The event's `type`, as the SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobEvent::JobUpdated { .. } => "job_updated",
+            JobEvent::JobDeleted { .. } => "job_deleted",
+            JobEvent::RunUpdated { .. } => "run_updated",
+            JobEvent::RunOutput { .. } => "run_output",
+        }
+    }
+}
+
+/// How many events a `/keel/v1/jobs/events` reader may fall behind before it is told it lagged.
+pub const EVENT_BUFFER: usize = 4096;
+
 /// Talks to the scheduler actor; cheap to clone.
 #[derive(Clone)]
 pub struct ChronosHandle {
     tx: mpsc::Sender<Command>,
+    events: tokio::sync::broadcast::Sender<JobEvent>,
 }
 
 impl ChronosHandle {
@@ -274,6 +324,11 @@ impl ChronosHandle {
     /// Whether the actor still runs.
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// Every change of a job or a run from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
     }
 }
 
@@ -403,6 +458,7 @@ struct Chronos {
     answers: PendingAnswers,
     /// Set when the store failed to record ticks: they are tried again then.
     store_retry_at: Option<DateTime<Utc>>,
+    events: tokio::sync::broadcast::Sender<JobEvent>,
 }
 
 /// Starts the cron jobs framework against `master`. It runs until `shutdown`.
@@ -412,8 +468,21 @@ pub async fn start(
     clock: Clock,
     shutdown: CancellationToken,
 ) -> Result<ChronosHandle, JobStoreError> {
+    start_with(master, store, clock, "", shutdown).await
+}
+
+/// [`start`], with the URL of the REST API (the framework's web UI URL, which the master's console uses to
+/// reach it; empty when it has none).
+pub async fn start_with(
+    master: impl Into<keel_core::client::Target>,
+    store: JobStore,
+    clock: Clock,
+    webui_url: &str,
+    shutdown: CancellationToken,
+) -> Result<ChronosHandle, JobStoreError> {
     let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
     let mut info = FrameworkInfo::new("chronos");
+    info.webui_url = webui_url.to_owned();
     info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
     let master: keel_core::client::Target = master.into();
     let (driver, events) = scheduler::start(&master, info, framework_id, shutdown.clone());
@@ -455,10 +524,12 @@ pub async fn start(
         reconcile_passes: 0,
         answers: PendingAnswers::default(),
         store_retry_at: None,
+        events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
     };
     c.recover(now).await?;
+    let job_events = c.events.clone();
     tokio::spawn(c.run(events, rx, shutdown));
-    Ok(ChronosHandle { tx })
+    Ok(ChronosHandle { tx, events: job_events })
 }
 
 impl Chronos {
@@ -1461,6 +1532,15 @@ impl Chronos {
         match self.store.update_runs(&batch).await {
             Ok(()) => {
                 self.dirty.clear();
+                let at = self.now_text();
+                for (run, _) in &batch {
+                    let _ = self.events.send(JobEvent::RunUpdated {
+                        job_id: run.job_id.clone(),
+                        run_id: run.id.clone(),
+                        status: run.status.name(),
+                        at: at.clone(),
+                    });
+                }
                 for (_, run) in self.finished.drain() {
                     for t in run
                         .task_ids
@@ -1596,7 +1676,9 @@ impl Chronos {
     async fn command(&mut self, c: Command) {
         match c {
             Command::Put { job, create, reply } => {
-                let _ = reply.send(self.put(*job, create).await);
+                let result = self.put(*job, create).await;
+                self.job_changed(&result, false);
+                let _ = reply.send(result);
             }
             Command::Modify { id, edit, reply } => {
                 let result = match self.jobs.get(&id) {
@@ -1612,10 +1694,13 @@ impl Chronos {
                         }
                     }
                 };
+                self.job_changed(&result, false);
                 let _ = reply.send(result);
             }
             Command::Delete { id, stop_runs, reply } => {
-                let _ = reply.send(self.delete(&id, stop_runs).await);
+                let result = self.delete(&id, stop_runs).await;
+                self.job_changed(&result, true);
+                let _ = reply.send(result);
             }
             Command::RunNow { id, reply } => {
                 let _ = reply.send(self.run_now(&id).await);
@@ -1666,11 +1751,31 @@ impl Chronos {
                     r.stdout_tail = stdout;
                     r.stderr_tail = stderr;
                     self.dirty.entry(key).or_insert(false);
-                } else if let Err(e) = self.store.set_tails(&key.0, &key.1, &stdout, &stderr).await {
-                    warn!(job_id = %key.0, run_id = %key.1, error = %e, "cannot store the output of a run");
+                } else {
+                    match self.store.set_tails(&key.0, &key.1, &stdout, &stderr).await {
+                        Ok(_) => {
+                            let (job_id, run_id, at) = (key.0, key.1, self.now_text());
+                            let _ = self.events.send(JobEvent::RunOutput { job_id, run_id, at });
+                        }
+                        Err(e) => {
+                            warn!(job_id = %key.0, run_id = %key.1, error = %e, "cannot store the output of a run")
+                        }
+                    }
                 }
             }
         }
+    }
+
+    fn now_text(&self) -> String {
+        self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    /// Tells `/keel/v1/jobs/events` readers of a job that was saved or deleted.
+    fn job_changed(&self, result: &Result<Job, ChangeError>, deleted: bool) {
+        let Ok(job) = result else { return };
+        let (job_id, at) = (job.id.clone(), self.now_text());
+        let event = if deleted { JobEvent::JobDeleted { job_id, at } } else { JobEvent::JobUpdated { job_id, at } };
+        let _ = self.events.send(event);
     }
 
     async fn put(&mut self, mut job: Job, mode: PutMode) -> Result<Job, ChangeError> {

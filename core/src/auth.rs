@@ -230,6 +230,8 @@ struct Session {
     /// The token the session was opened with: revoking it ends the session.
     token_hash: Option<String>,
     expires: Instant,
+    /// What a write made with this session's cookie must also carry (`X-CSRF-Token`).
+    csrf: String,
 }
 
 enum Mode {
@@ -461,7 +463,12 @@ impl Auth {
                 sessions.remove(&oldest);
             }
         }
-        let session = Session { principal: principal.clone(), token_hash, expires: Instant::now() + SESSION_TTL };
+        let session = Session {
+            principal: principal.clone(),
+            token_hash,
+            expires: Instant::now() + SESSION_TTL,
+            csrf: generate_token(),
+        };
         sessions.insert(hash_token(&cookie), session);
         (cookie, principal)
     }
@@ -477,6 +484,13 @@ impl Auth {
             return None;
         }
         Some(s.principal.clone())
+    }
+
+    /// The CSRF token of an open session: pages embed it, and writes with the session's cookie must send
+    /// it back in `X-CSRF-Token`.
+    pub fn session_csrf(&self, cookie: &str) -> Option<String> {
+        self.session(cookie)?;
+        self.inner.sessions.lock().expect("lock poisoned").get(&hash_token(cookie)).map(|s| s.csrf.clone())
     }
 
     /// Ends a console session.

@@ -148,7 +148,17 @@ pub struct Gate {
     pub tokens: Option<crate::store::Store>,
     /// The session cookie is marked `Secure` (the port serves TLS).
     pub secure_cookie: bool,
+    /// Where `/` sends a signed-in browser, if this port has a web UI.
+    pub landing: Option<String>,
 }
+
+/// The CSRF token of the session a request came with, for pages to embed; writes made with a session
+/// cookie must send it back in the [`CSRF_HEADER`] header.
+#[derive(Clone, Debug)]
+pub struct Csrf(pub String);
+
+/// The header that carries a session's CSRF token on writes.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "message": message.into() }))).into_response()
@@ -185,6 +195,14 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 impl Gate {
     fn cookie_name(&self) -> &'static str {
         if self.secure_cookie { SECURE_SESSION_COOKIE } else { SESSION_COOKIE }
+    }
+
+    /// The session cookie a request authenticates with: only when it has no `Authorization` header.
+    fn session_cookie<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            return None;
+        }
+        cookie(headers, self.cookie_name())
     }
 
     /// Who sent `headers`: the `Authorization` header, else the session cookie.
@@ -273,6 +291,19 @@ impl Gate {
             return Ok(None);
         }
         let principal = self.principal(headers).await.map_err(|e| (None, unauthorized(&e)))?;
+        if matches!(class, Class::Write | Class::Admin)
+            && let Some(session) = self.session_cookie(headers)
+        {
+            let expected = self.auth.session_csrf(session);
+            let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if expected.is_none() || sent != expected.as_deref() {
+                let refusal = refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("a write with a session cookie must carry the session's CSRF token in {CSRF_HEADER}"),
+                );
+                return Err((Some(principal), refusal));
+            }
+        }
         let (action, what) = match class {
             Class::Read => (Action::Read, "read"),
             Class::TaskOutput => (Action::ReadTaskOutput, "read task output"),
@@ -331,10 +362,19 @@ async fn guard(gate: Gate, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let (principal, admitted) = gate.admit(&parts).await;
     let (principal, mut response) = match admitted {
+        Err(refusal) if refusal.status() == StatusCode::UNAUTHORIZED && is_page_load(&method, &parts.headers) => {
+            // A person in a browser, not signed in: to the login form, and back here after.
+            let back = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let next: String = form_urlencoded::byte_serialize(back.as_bytes()).collect();
+            (principal, Redirect::to(&format!("/login?next={next}")).into_response())
+        }
         Err(refusal) => (principal, refusal),
         Ok(()) => {
             if let Some(p) = &principal {
                 parts.extensions.insert(p.clone());
+            }
+            if let Some(csrf) = gate.session_cookie(&parts.headers).and_then(|c| gate.auth.session_csrf(c)) {
+                parts.extensions.insert(Csrf(csrf));
             }
             let response = json_rejection(next.run(Request::from_parts(parts, body)).await).await;
             let redact = principal.as_ref().is_some_and(|p| !p.may(&Action::ReadSecrets));
@@ -354,6 +394,20 @@ async fn guard(gate: Gate, req: Request, next: Next) -> Response {
         HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
     );
     response
+}
+
+/// Whether a request is a browser loading a page (it asks for HTML first), rather than an API client.
+fn is_page_load(method: &Method, headers: &HeaderMap) -> bool {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    *method == Method::GET && accept.starts_with("text/html")
+}
+
+/// Where to go after signing in: a path on this server (never another site's URL), else `/`.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() <= 2048 => n,
+        _ => "/",
+    }
 }
 
 /// An extractor's refusal (a bad query string or path) comes as plain text: answer it as JSON, as every
@@ -670,6 +724,11 @@ struct HomeQuery {
     token: Option<String>,
 }
 
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><title>{title} · Keel</title></head>\
@@ -698,7 +757,10 @@ fn escape(s: &str) -> String {
 async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: HeaderMap) -> Response {
     if let Some(code) = q.token {
         return match gate.auth.open_session_with_code(&code) {
-            Ok((cookie, _)) => redirect_with_cookie(&gate, "/", &cookie, crate::auth::SESSION_TTL.as_secs()),
+            Ok((cookie, _)) => {
+                let to = gate.landing.as_deref().unwrap_or("/");
+                redirect_with_cookie(&gate, to, &cookie, crate::auth::SESSION_TTL.as_secs())
+            }
             Err(_) => (
                 StatusCode::UNAUTHORIZED,
                 page("Sign in", "<p>That login link has been used or is not valid.</p><p><a href=/login>Sign in with a token</a></p>"),
@@ -707,6 +769,7 @@ async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: Hea
         };
     }
     match cookie(&headers, gate.cookie_name()).and_then(|c| gate.auth.session(c)) {
+        Some(_) if gate.landing.is_some() => Redirect::to(gate.landing.as_deref().unwrap_or("/")).into_response(),
         Some(p) => page(
             "Keel",
             &format!(
@@ -720,8 +783,13 @@ async fn home(State(gate): State<Gate>, Query(q): Query<HomeQuery>, headers: Hea
     }
 }
 
-const LOGIN_FORM: &str = "<form method=post action=/login><p><label>Token <input type=password name=token \
-    autocomplete=off autofocus></label></p><p><button>Sign in</button></p></form>";
+fn login_form_html(next: &str) -> String {
+    format!(
+        "<form method=post action=/login><input type=hidden name=next value=\"{}\"><p><label>Token \
+         <input type=password name=token autocomplete=off autofocus></label></p><p><button>Sign in</button></p></form>",
+        escape(next)
+    )
+}
 
 #[utoipa::path(
     get,
@@ -730,8 +798,8 @@ const LOGIN_FORM: &str = "<form method=post action=/login><p><label>Token <input
     description = "The login form.",
     responses((status = 200, description = "The form", body = String, content_type = "text/html"))
 )]
-async fn login_form() -> Html<String> {
-    page("Sign in", LOGIN_FORM)
+async fn login_form(Query(q): Query<LoginQuery>) -> Html<String> {
+    page("Sign in", &login_form_html(safe_next(q.next.as_deref())))
 }
 
 /// The login form's field.
@@ -739,6 +807,8 @@ async fn login_form() -> Html<String> {
 struct LoginForm {
     /// A token.
     token: String,
+    /// Where to go once signed in: a path on this server.
+    next: Option<String>,
 }
 
 /// `POST /login` (a form with `token`): opens a session.
@@ -756,16 +826,23 @@ struct LoginForm {
 )]
 async fn login(State(gate): State<Gate>, body: axum::body::Bytes) -> Response {
     let form: Option<LoginForm> = serde_urlencoded_form(&body);
+    let next = safe_next(form.as_ref().and_then(|f| f.next.as_deref())).to_owned();
     match form.map(|f| gate.auth.open_session_with_token(f.token.trim())) {
-        Some(Ok((cookie, _))) => redirect_with_cookie(&gate, "/", &cookie, crate::auth::SESSION_TTL.as_secs()),
-        _ => (StatusCode::UNAUTHORIZED, page("Sign in", &format!("<p>That token is not valid.</p>{LOGIN_FORM}")))
+        Some(Ok((cookie, _))) => {
+            let to = if next == "/" { gate.landing.clone().unwrap_or(next) } else { next };
+            redirect_with_cookie(&gate, &to, &cookie, crate::auth::SESSION_TTL.as_secs())
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            page("Sign in", &format!("<p>That token is not valid.</p>{}", login_form_html(&next))),
+        )
             .into_response(),
     }
 }
 
 fn serde_urlencoded_form(body: &[u8]) -> Option<LoginForm> {
-    let token = form_urlencoded::parse(body).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())?;
-    Some(LoginForm { token })
+    let field = |name: &str| form_urlencoded::parse(body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    Some(LoginForm { token: field("token")?, next: field("next") })
 }
 
 /// `POST /logout`: ends the session.
@@ -801,6 +878,15 @@ mod tests {
         assert_eq!(classify(&Method::DELETE, "/v2/leader"), Class::Admin);
         assert_eq!(classify(&Method::GET, "/v2/leader"), Class::Read);
         assert_eq!(classify(&Method::GET, "/master/tasks/t1/files/stdout"), Class::TaskOutput);
+    }
+
+    #[test]
+    fn after_signing_in_only_this_server() {
+        assert_eq!(safe_next(Some("/ui/apps?page=2")), "/ui/apps?page=2");
+        for bad in ["//evil.example/x", "https://evil.example", "/\\evil.example", "ui", ""] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 
     #[test]

@@ -475,18 +475,21 @@ pub async fn start(
     store: AppStore,
     shutdown: CancellationToken,
 ) -> Result<MarathonHandle, crate::store::AppStoreError> {
-    start_with(master, store, DEFAULT_DEPLOYMENT_TIMEOUT, shutdown).await
+    start_with(master, store, DEFAULT_DEPLOYMENT_TIMEOUT, "", shutdown).await
 }
 
-/// [`start`], with the deployment timeout given.
+/// [`start`], with the deployment timeout given, and the URL of the REST API (the framework's web UI URL,
+/// which the master's console uses to reach it; empty when it has none).
 pub async fn start_with(
     master: impl Into<keel_core::client::Target>,
     store: AppStore,
     deployment_timeout: Duration,
+    webui_url: &str,
     shutdown: CancellationToken,
 ) -> Result<MarathonHandle, crate::store::AppStoreError> {
     let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
     let mut info = FrameworkInfo::new("marathon");
+    info.webui_url = webui_url.to_owned();
     info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
     let (driver, events) = scheduler::start(master, info, framework_id, shutdown.clone());
     let mut apps = BTreeMap::new();

@@ -52,6 +52,8 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
     Router::new()
         .route("/master/state", get(state))
         .route("/master/tasks/{task_id}/files/{file}", get(read_file))
+        .route("/keel/v1/tasks/{task_id}", get(task))
+        .route("/keel/v1/events", get(events))
         .with_state(master)
         .merge(Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(ops))
 }
@@ -124,6 +126,66 @@ async fn read_file(
         length: q.length.unwrap_or(64 * 1024),
     };
     Ok(Json(master.read_file(request).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct TaskQuery {
+    framework_id: Option<String>,
+}
+
+/// `GET /keel/v1/tasks/{task_id}`: one task, live or recently completed, with the states it went through.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/tasks/{task_id}",
+    tag = "keel",
+    description = "One task, live or among the recently completed, with its state history (oldest first).",
+    params(
+        ("task_id" = String, Path, description = "The task's id"),
+        ("framework_id" = Option<String>, Query, description = "Needed when several frameworks use the task id"),
+    ),
+    responses(
+        (status = 200, description = "The task and its `history`", body = serde_json::Value),
+        (status = 400, description = "A bad id", body = crate::gate::ErrorBody),
+        (status = 404, description = "No such task", body = crate::gate::ErrorBody),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
+async fn task(
+    State(master): State<MasterHandle>,
+    Path(task_id): Path<String>,
+    Query(q): Query<TaskQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let bad = |e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    let framework_id = q.framework_id.map(FrameworkId::parse).transpose().map_err(bad)?;
+    Ok(Json(master.task(framework_id, TaskId::parse(task_id).map_err(bad)?).await?))
+}
+
+/// `GET /keel/v1/events`: server-sent events, one per change of a task, an agent or a framework. Each
+/// event's name is its `type`; a reader that falls behind gets a `lagged` event with how many it missed.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/events",
+    tag = "keel",
+    description = "Server-sent events: task_updated, agent_registered, agent_disconnected, agent_unreachable, \
+        framework_subscribed, framework_disconnected, framework_removed; `lagged` when the reader fell behind.",
+    responses(
+        (status = 200, description = "An event stream", body = String, content_type = "text/event-stream"),
+    )
+)]
+async fn events(State(master): State<MasterHandle>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+    let stream = BroadcastStream::new(master.events()).map(|e| {
+        let event = match e {
+            Ok(e) => Event::default().event(e.kind()).data(serde_json::to_string(&e).unwrap_or_default()),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(json!({ "missed": n }).to_string())
+            }
+        };
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[utoipa::path(
@@ -200,7 +262,7 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
 
 /// The description of the operator routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(state, read_file, health, metrics), tags((name = "master", description = "The master's operator API")))]
+#[openapi(paths(state, read_file, task, events, health, metrics), tags((name = "master", description = "The master's operator API")))]
 pub struct MasterApiDoc;
 
 /// The JSON 404 for any path nobody serves.

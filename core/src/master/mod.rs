@@ -20,7 +20,12 @@ use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, FileChunk, Fra
 use crate::ids::{AgentId, FrameworkId, TaskId};
 use crate::store::{Store, StoreError};
 
-pub use state::{AgentView, FrameworkView, MAX_FILE_READ, StateSnapshot, TaskView};
+pub use state::{
+    AgentView, ClusterEvent, FrameworkView, HistoryEntry, MAX_FILE_READ, StateSnapshot, TaskDetail, TaskView,
+};
+
+/// How many events a `/keel/v1/events` reader may fall behind before it is told it lagged.
+pub const EVENT_BUFFER: usize = 4096;
 
 /// How many commands may wait for the actor before senders wait too.
 const COMMAND_BUFFER: usize = 16 * 1024;
@@ -165,6 +170,11 @@ pub(crate) enum Command {
     Metrics {
         reply: oneshot::Sender<String>,
     },
+    Task {
+        framework_id: Option<FrameworkId>,
+        task_id: TaskId,
+        reply: oneshot::Sender<Option<TaskDetail>>,
+    },
     ReadFile {
         request: FileRequest,
         reply: oneshot::Sender<Result<FileChunk, MasterError>>,
@@ -190,6 +200,7 @@ pub struct FileRequest {
 #[derive(Clone)]
 pub struct MasterHandle {
     tx: mpsc::Sender<Command>,
+    events: tokio::sync::broadcast::Sender<ClusterEvent>,
 }
 
 impl MasterHandle {
@@ -291,6 +302,20 @@ impl MasterHandle {
         self.ask(|reply| Command::ReadFile { request, reply }).await?
     }
 
+    /// One task, live or recently completed, with the states it went through.
+    pub async fn task(&self, framework_id: Option<FrameworkId>, task_id: TaskId) -> Result<TaskDetail, MasterError> {
+        let name = task_id.to_string();
+        self.ask(|reply| Command::Task { framework_id, task_id, reply })
+            .await?
+            .ok_or_else(|| MasterError::NotFound(format!("no task '{name}'")))
+    }
+
+    /// Every change from now on: tasks, agents and frameworks. A reader that falls more than
+    /// [`EVENT_BUFFER`] events behind is told it lagged.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+
     /// Prometheus text for `/metrics`.
     pub async fn metrics(&self) -> Result<String, MasterError> {
         self.ask(|reply| Command::Metrics { reply }).await
@@ -306,7 +331,8 @@ pub async fn start(
     let agents = store.agents().await?;
     let frameworks = store.frameworks().await?;
     let (tx, rx) = mpsc::channel(COMMAND_BUFFER);
-    let master = state::Master::recover(config, store, agents, frameworks);
+    let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
+    let master = state::Master::recover(config, store, agents, frameworks, events.clone());
     let task = tokio::spawn(master.run(rx, shutdown));
-    Ok((MasterHandle { tx }, task))
+    Ok((MasterHandle { tx, events }, task))
 }

@@ -75,6 +75,29 @@ struct Task {
     /// The latest status, once there is one.
     status: Option<TaskStatus>,
     kill_requested: bool,
+    /// Its states so far, oldest first (at most [`HISTORY_KEPT`]).
+    history: Vec<HistoryEntry>,
+}
+
+/// One state a task was in, for the operator API.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    pub state: TaskState,
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    pub message: String,
+    pub healthy: Option<bool>,
+}
+
+/// How many states each task remembers: the first, and the latest ones.
+const HISTORY_KEPT: usize = 16;
+
+/// Adds `entry` to `history`, dropping the second-oldest when full (the first state, STAGING, stays).
+fn remember(history: &mut Vec<HistoryEntry>, entry: HistoryEntry) {
+    if history.len() >= HISTORY_KEPT {
+        history.remove(1);
+    }
+    history.push(entry);
 }
 
 struct Framework {
@@ -89,7 +112,7 @@ struct Framework {
     removed: bool,
     tasks: HashMap<TaskId, Task>,
     offers: HashSet<OfferId>,
-    completed: VecDeque<(TaskId, TaskStatus)>,
+    completed: VecDeque<(TaskId, TaskStatus, Vec<HistoryEntry>)>,
 }
 
 struct OutstandingOffer {
@@ -137,6 +160,68 @@ pub(crate) struct Master {
     /// framework that asked while the master was recovering is never left without an answer.
     deferred: VecDeque<(FrameworkId, TaskId, Option<AgentId>)>,
     next_file_read: u64,
+    /// What happens, for `/keel/v1/events`; sending never waits (slow readers lag and are told so).
+    events: tokio::sync::broadcast::Sender<ClusterEvent>,
+}
+
+/// A change in the cluster, as `/keel/v1/events` streams it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClusterEvent {
+    TaskUpdated {
+        task_id: TaskId,
+        framework_id: FrameworkId,
+        agent_id: Option<AgentId>,
+        state: TaskState,
+        message: String,
+        healthy: Option<bool>,
+        at: f64,
+    },
+    AgentRegistered {
+        agent_id: AgentId,
+        hostname: String,
+        at: f64,
+    },
+    AgentDisconnected {
+        agent_id: AgentId,
+        hostname: String,
+        at: f64,
+    },
+    AgentUnreachable {
+        agent_id: AgentId,
+        hostname: String,
+        at: f64,
+    },
+    FrameworkSubscribed {
+        framework_id: FrameworkId,
+        name: String,
+        at: f64,
+    },
+    FrameworkDisconnected {
+        framework_id: FrameworkId,
+        name: String,
+        at: f64,
+    },
+    FrameworkRemoved {
+        framework_id: FrameworkId,
+        name: String,
+        at: f64,
+    },
+}
+
+impl ClusterEvent {
+    /// The event's `type`, as the SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClusterEvent::TaskUpdated { .. } => "task_updated",
+            ClusterEvent::AgentRegistered { .. } => "agent_registered",
+            ClusterEvent::AgentDisconnected { .. } => "agent_disconnected",
+            ClusterEvent::AgentUnreachable { .. } => "agent_unreachable",
+            ClusterEvent::FrameworkSubscribed { .. } => "framework_subscribed",
+            ClusterEvent::FrameworkDisconnected { .. } => "framework_disconnected",
+            ClusterEvent::FrameworkRemoved { .. } => "framework_removed",
+        }
+    }
 }
 
 /// Whether `caller` may use an id owned by `owner`. An id nobody owns yet (new, or registered before
@@ -162,6 +247,7 @@ impl Master {
         store: Store,
         agents: Vec<AgentRecord>,
         frameworks: Vec<FrameworkRecord>,
+        events: tokio::sync::broadcast::Sender<ClusterEvent>,
     ) -> Master {
         let now = Instant::now();
         let mut allocator = Allocator::new();
@@ -186,6 +272,7 @@ impl Master {
             unsaved_removals: HashSet::new(),
             deferred: VecDeque::new(),
             next_file_read: 0,
+            events,
             store,
             config,
         };
@@ -301,6 +388,9 @@ impl Master {
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
             }
+            Command::Task { framework_id, task_id, reply } => {
+                let _ = reply.send(self.task_detail(framework_id.as_ref(), &task_id));
+            }
             Command::ReadFile { request, reply } => {
                 if let Err(e) = self.read_file(request, reply) {
                     // The reply was handed back because the read could not start.
@@ -339,7 +429,33 @@ impl Master {
     }
 
     fn send_update(&mut self, framework_id: &FrameworkId, status: TaskStatus) {
+        let entry = HistoryEntry {
+            state: status.state,
+            at: status.timestamp,
+            message: status.message.clone(),
+            healthy: status.healthy,
+        };
+        if let Some(task) = self.frameworks.get_mut(framework_id).and_then(|f| f.tasks.get_mut(&status.task_id)) {
+            let repeat = task.history.last().is_some_and(|h| h.state == entry.state && h.healthy == entry.healthy);
+            if !repeat {
+                remember(&mut task.history, entry);
+            }
+        }
+        self.publish(ClusterEvent::TaskUpdated {
+            task_id: status.task_id.clone(),
+            framework_id: framework_id.clone(),
+            agent_id: status.agent_id.clone(),
+            state: status.state,
+            message: status.message.clone(),
+            healthy: status.healthy,
+            at: status.timestamp,
+        });
         self.send_event(framework_id, Event::Update(status));
+    }
+
+    /// Tells `/keel/v1/events` readers; nobody listening is fine.
+    fn publish(&self, event: ClusterEvent) {
+        let _ = self.events.send(event);
     }
 
     /// Sends a message to an agent; false when it could not be queued.
@@ -430,6 +546,11 @@ impl Master {
             MasterMessage::Registered { agent_id: agent_id.clone(), heartbeat_interval: self.config.agent_heartbeat },
         );
         info!(agent_id = %agent_id, hostname = %record.hostname, resources = %resources, tasks = reported.len(), previous = ?previous, "agent registered");
+        self.publish(ClusterEvent::AgentRegistered {
+            agent_id: agent_id.clone(),
+            hostname: record.hostname.clone(),
+            at: now_seconds(),
+        });
         self.reconcile_agent_tasks(&agent_id, reported, previous == Some(AgentStatus::Unreachable));
         self.answer_deferred();
         self.allocation_due = true;
@@ -531,6 +652,7 @@ impl Master {
                             state: t.state,
                             status: Some(status),
                             kill_requested: fw.removed,
+                            history: vec![],
                         },
                     );
                 }
@@ -611,7 +733,7 @@ impl Master {
             }
             if let Some(t) = fw.tasks.get(&req.task_id) {
                 found.push((fid.clone(), t.agent_id.clone()));
-            } else if let Some((_, s)) = fw.completed.iter().find(|(id, _)| *id == req.task_id)
+            } else if let Some((_, s, _)) = fw.completed.iter().find(|(id, _, _)| *id == req.task_id)
                 && let Some(agent) = &s.agent_id
             {
                 found.push((fid.clone(), agent.clone()));
@@ -674,6 +796,7 @@ impl Master {
                 state: status.state,
                 status: None,
                 kill_requested: false,
+                history: vec![],
             }),
         };
         let before = task.state;
@@ -713,6 +836,8 @@ impl Master {
             agent.status = AgentStatus::Disconnected;
         }
         info!(agent_id = %agent_id, "agent disconnected; its tasks are kept until the agent timeout");
+        let hostname = agent.info.hostname.clone();
+        self.publish(ClusterEvent::AgentDisconnected { agent_id: agent_id.clone(), hostname, at: now_seconds() });
         self.allocator.set_agent_active(agent_id, false);
         self.rescind_agent_offers(agent_id);
     }
@@ -722,8 +847,10 @@ impl Master {
         warn!(agent_id = %agent_id, hostname = %agent.info.hostname, timeout = ?self.config.agent_timeout, "agent unreachable");
         agent.status = AgentStatus::Unreachable;
         agent.conn = None;
+        let hostname = agent.info.hostname.clone();
         let tasks: Vec<(FrameworkId, TaskId)> = agent.tasks.iter().cloned().collect();
         self.counters.agents_unreachable += 1;
+        self.publish(ClusterEvent::AgentUnreachable { agent_id: agent_id.clone(), hostname, at: now_seconds() });
         self.allocator.set_agent_active(agent_id, false);
         self.rescind_agent_offers(agent_id);
         let mut told = HashSet::new();
@@ -779,7 +906,7 @@ impl Master {
             if fw.completed.len() == COMPLETED_TASKS_KEPT {
                 fw.completed.pop_front();
             }
-            fw.completed.push_back((tid.clone(), status));
+            fw.completed.push_back((tid.clone(), status, task.history));
         }
         if fw.removed && fw.tasks.is_empty() {
             self.frameworks.remove(fid);
@@ -855,6 +982,8 @@ impl Master {
         fw.conn = Some(conn);
         self.allocator.add_framework(&id, &fw.info.role, true);
         info!(framework_id = %id, name = %fw.info.name, role = %fw.info.role, tasks = fw.tasks.len(), "framework subscribed");
+        let name = fw.info.name.clone();
+        self.publish(ClusterEvent::FrameworkSubscribed { framework_id: id.clone(), name, at: now_seconds() });
         self.allocation_due = true;
         Ok(id)
     }
@@ -867,13 +996,18 @@ impl Master {
         fw.conn = None;
         fw.failover_deadline = Some(after(Instant::now(), fw.info.failover_timeout));
         info!(framework_id = %id, failover_timeout = ?fw.info.failover_timeout, "framework disconnected");
+        let name = fw.info.name.clone();
         self.allocator.set_framework_active(id, false);
         self.rescind_framework_offers(id);
+        self.publish(ClusterEvent::FrameworkDisconnected { framework_id: id.clone(), name, at: now_seconds() });
     }
 
     async fn teardown(&mut self, id: &FrameworkId, why: &str) {
         let Some(fw) = self.frameworks.get_mut(id) else { return };
         info!(framework_id = %id, name = %fw.info.name, tasks = fw.tasks.len(), why, "tearing down framework");
+        let name = fw.info.name.clone();
+        let _ = self.events.send(ClusterEvent::FrameworkRemoved { framework_id: id.clone(), name, at: now_seconds() });
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
         fw.removed = true;
         fw.conn = None;
         fw.failover_deadline = None;
@@ -1038,6 +1172,12 @@ impl Master {
             state: TaskState::Staging,
             status: None,
             kill_requested: false,
+            history: vec![HistoryEntry {
+                state: TaskState::Staging,
+                at: now_seconds(),
+                message: String::new(),
+                healthy: None,
+            }],
         };
         if let Some(fw) = self.frameworks.get_mut(fid) {
             fw.tasks.insert(spec.id.clone(), task);
@@ -1082,7 +1222,7 @@ impl Master {
             self.send_agent(&agent_id, MasterMessage::KillTask { framework_id: fid.clone(), task_id: tid });
             return;
         }
-        if let Some((_, status)) = fw.completed.iter().find(|(id, _)| *id == tid) {
+        if let Some((_, status, _)) = fw.completed.iter().find(|(id, _, _)| *id == tid) {
             let status = status.clone();
             self.send_update(fid, status);
             return;
@@ -1096,7 +1236,7 @@ impl Master {
             return;
         }
         let fw = self.frameworks.get(fid).expect("caller checked");
-        let known = fw.tasks.contains_key(&tid) || fw.completed.iter().any(|(id, _)| *id == tid);
+        let known = fw.tasks.contains_key(&tid) || fw.completed.iter().any(|(id, _, _)| *id == tid);
         if !known {
             self.send_event(fid, Event::Error(format!("cannot acknowledge task {tid}: no such task")));
             return;
@@ -1140,7 +1280,7 @@ impl Master {
             for (tid, agent_id) in asked {
                 if let Some(task) = fw.tasks.get(&tid) {
                     replies.push(answer(&tid, task));
-                } else if let Some((_, status)) = fw.completed.iter().find(|(id, _)| *id == tid) {
+                } else if let Some((_, status, _)) = fw.completed.iter().find(|(id, _, _)| *id == tid) {
                     let mut s = status.clone();
                     s.uuid = None;
                     s.reason = Some(reason::RECONCILIATION.into());
@@ -1341,6 +1481,39 @@ impl Master {
 
     // ---- operator views ----
 
+    /// One task, live or completed, with its history; `framework_id` picks among frameworks that share
+    /// the id.
+    fn task_detail(&self, framework_id: Option<&FrameworkId>, task_id: &TaskId) -> Option<TaskDetail> {
+        let mut frameworks: Vec<(&FrameworkId, &Framework)> =
+            self.frameworks.iter().filter(|(id, _)| framework_id.is_none_or(|f| f == *id)).collect();
+        frameworks.sort_by(|a, b| a.0.cmp(b.0));
+        for (fid, fw) in &frameworks {
+            if let Some(t) = fw.tasks.get(task_id) {
+                return Some(TaskDetail { task: self.task_view(fid, task_id, t), history: t.history.clone() });
+            }
+        }
+        for (fid, fw) in frameworks {
+            if let Some((tid, s, history)) = fw.completed.iter().rev().find(|(id, _, _)| id == task_id) {
+                return Some(TaskDetail { task: completed_view(fid, tid, s), history: history.clone() });
+            }
+        }
+        None
+    }
+
+    fn task_view(&self, fid: &FrameworkId, tid: &TaskId, t: &Task) -> TaskView {
+        TaskView {
+            id: tid.clone(),
+            name: t.name.clone(),
+            framework_id: fid.clone(),
+            agent_id: t.agent_id.clone(),
+            state: t.state,
+            resources: t.resources.clone(),
+            message: t.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+            exit_code: t.status.as_ref().and_then(|s| s.exit_code),
+            healthy: t.status.as_ref().and_then(|s| s.healthy),
+        }
+    }
+
     fn snapshot(&self) -> StateSnapshot {
         let now = Instant::now();
         let mut used: HashMap<&AgentId, Resources> = HashMap::new();
@@ -1351,30 +1524,10 @@ impl Master {
                 if !t.state.is_terminal() {
                     used.entry(&t.agent_id).or_default().add(&t.resources);
                 }
-                tasks.push(TaskView {
-                    id: tid.clone(),
-                    name: t.name.clone(),
-                    framework_id: fid.clone(),
-                    agent_id: t.agent_id.clone(),
-                    state: t.state,
-                    resources: t.resources.clone(),
-                    message: t.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
-                    exit_code: t.status.as_ref().and_then(|s| s.exit_code),
-                    healthy: t.status.as_ref().and_then(|s| s.healthy),
-                });
+                tasks.push(self.task_view(fid, tid, t));
             }
-            for (tid, s) in &fw.completed {
-                completed_tasks.push(TaskView {
-                    id: tid.clone(),
-                    name: tid.to_string(),
-                    framework_id: fid.clone(),
-                    agent_id: s.agent_id.clone().unwrap_or_else(|| AgentId::parse("unknown").expect("valid")),
-                    state: s.state,
-                    resources: Resources::default(),
-                    message: s.message.clone(),
-                    exit_code: s.exit_code,
-                    healthy: s.healthy,
-                });
+            for (tid, s, _) in &fw.completed {
+                completed_tasks.push(completed_view(fid, tid, s));
             }
         }
         tasks.sort_by(|a, b| a.id.cmp(&b.id));
@@ -1587,6 +1740,28 @@ pub struct FrameworkView {
     pub suppressed: bool,
     pub tasks: usize,
     pub offers: usize,
+}
+
+fn completed_view(fid: &FrameworkId, tid: &TaskId, s: &TaskStatus) -> TaskView {
+    TaskView {
+        id: tid.clone(),
+        name: tid.to_string(),
+        framework_id: fid.clone(),
+        agent_id: s.agent_id.clone().unwrap_or_else(|| AgentId::parse("unknown").expect("valid")),
+        state: s.state,
+        resources: Resources::default(),
+        message: s.message.clone(),
+        exit_code: s.exit_code,
+        healthy: s.healthy,
+    }
+}
+
+/// One task and the states it went through, for `/keel/v1/tasks/{id}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub task: TaskView,
+    pub history: Vec<HistoryEntry>,
 }
 
 #[derive(Clone, Debug, Serialize)]
