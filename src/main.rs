@@ -501,6 +501,7 @@ impl MasterOptions {
             audit: keel_core::audit::Audit::start(store.clone(), shutdown.clone()),
             tokens: Some(store.clone()),
             secure_cookie: tls.is_some(),
+            landing: Some("/ui/".into()),
         };
         let limits = self.web.limits();
         Ok(Started { store, master, listener, addr: local.to_string(), url, gate, admin_token, tls, limits })
@@ -639,6 +640,18 @@ impl Started {
     }
 }
 
+/// The URL others reach a framework's port `listen` at, as it registers it with the master (its web UI
+/// URL, which the master's console follows): an unspecified address becomes this machine's name.
+fn public_url(listen: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let (host, port) = listen.rsplit_once(':').unwrap_or((listen, ""));
+    let host = match host.trim_start_matches('[').trim_end_matches(']') {
+        "" | "0.0.0.0" | "::" => keel_core::gate::machine_hostname().unwrap_or_else(|| "localhost".into()),
+        _ => host.to_owned(),
+    };
+    format!("{scheme}://{host}:{port}")
+}
+
 /// Starts the services framework on `store` against `master`; returns its REST routes and its API (for
 /// Marathon's JSON metrics, which `keel dev` serves on the shared `/metrics`). `listen` is where its REST
 /// API is reached, as `/v2/info` and `/v2/leader` report it.
@@ -649,13 +662,15 @@ async fn marathon_routes(
     store: Store,
     secrets: keel_core::secrets::Secrets,
     deployment_timeout: Duration,
+    webui_url: &str,
     health: &keel_core::health::Health,
     shutdown: &CancellationToken,
 ) -> Result<(axum::Router, keel_marathon::api::Api)> {
     let apps = keel_marathon::store::AppStore::new(store).with_secrets(secrets);
-    let handle = keel_marathon::scheduler::start_with(master, apps.clone(), deployment_timeout, shutdown.clone())
-        .await
-        .context("cannot start the services framework")?;
+    let handle =
+        keel_marathon::scheduler::start_with(master, apps.clone(), deployment_timeout, webui_url, shutdown.clone())
+            .await
+            .context("cannot start the services framework")?;
     let callbacks = keel_marathon::callbacks::Callbacks::start(apps.clone(), &handle, shutdown.clone())
         .await
         .context("cannot load the event subscriptions")?;
@@ -670,12 +685,13 @@ async fn marathon_routes(
 async fn chronos_routes(
     master: &keel_core::client::Target,
     store: Store,
+    webui_url: &str,
     health: &keel_core::health::Health,
     shutdown: &CancellationToken,
 ) -> Result<axum::Router> {
     let jobs = keel_chronos::store::JobStore::new(store);
     let clock = keel_chronos::scheduler::Clock::System;
-    let handle = keel_chronos::scheduler::start(master, jobs.clone(), clock, shutdown.clone())
+    let handle = keel_chronos::scheduler::start_with(master, jobs.clone(), clock, webui_url, shutdown.clone())
         .await
         .context("cannot start the cron jobs framework")?;
     let probe = handle.clone();
@@ -710,6 +726,7 @@ async fn serve_framework(
         audit: keel_core::audit::Audit::start(store, shutdown.clone()),
         tokens: None,
         secure_cookie: tls.is_some(),
+        landing: None,
     };
     let limits = web.limits();
     let health_route = axum::routing::get(move || {
@@ -949,10 +966,18 @@ async fn run(command: Command) -> Result<()> {
         Command::Master(args) => {
             let started = args.master.start(&shutdown, false, args.master.tls.config()?).await?;
             println!("keel master listening on {}", started.url);
+            println!("  console: {}/ui/", started.url);
             let extras = keel_core::master::http::Extras::default();
             exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
             let doc = keel_core::openapi::route(keel_core::openapi::finish(keel_core::openapi::master()));
-            started.serve(doc, extras, &shutdown).await??;
+            // The console finds the frameworks at the web UI URLs they register.
+            let upstream = keel_web::Upstream::new(
+                &keel_core::client::Target::new(&started.url, None),
+                started.gate.auth.clone(),
+                Default::default(),
+            );
+            let console = keel_web::Console::new(upstream, args.master.insecure_no_auth).start(&shutdown);
+            started.serve(doc.merge(keel_web::router(console)), extras, &shutdown).await??;
         }
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
@@ -971,6 +996,7 @@ async fn run(command: Command) -> Result<()> {
                 store.clone(),
                 secrets,
                 args.deployment_timeout,
+                &public_url(&args.listen, args.framework.tls.tls_cert.is_some()),
                 &health,
                 &shutdown,
             )
@@ -997,7 +1023,8 @@ async fn run(command: Command) -> Result<()> {
             let store = open_store(&args.database_url).await?;
             let health = keel_core::health::Health::default();
             let target = args.framework.credentials.target(&args.framework.master)?;
-            let routes = chronos_routes(&target, store.clone(), &health, &shutdown).await?;
+            let url = public_url(&args.listen, args.framework.tls.tls_cert.is_some());
+            let routes = chronos_routes(&target, store.clone(), &url, &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             let mut doc = keel_core::openapi::framework_port();
             doc.merge(keel_core::openapi::ping());
@@ -1058,12 +1085,14 @@ async fn run(command: Command) -> Result<()> {
                 started.store.clone(),
                 secrets,
                 timeout,
+                &base,
                 &extras.health,
                 &shutdown,
             )
             .await?;
             let chronos_target = internal("keel:chronos", Role::Framework);
-            let chronos = chronos_routes(&chronos_target, started.store.clone(), &extras.health, &shutdown).await?;
+            let chronos =
+                chronos_routes(&chronos_target, started.store.clone(), &base, &extras.health, &shutdown).await?;
             // Marathon clients read Marathon's JSON metrics at `/metrics`; Prometheus gets the master's text.
             extras.json_metrics = Some(std::sync::Arc::new(move || {
                 Box::pin(keel_marathon::api::json_metrics(api.clone())) as futures::future::BoxFuture<'static, _>
@@ -1084,7 +1113,14 @@ async fn run(command: Command) -> Result<()> {
             doc.merge(keel_marathon::api::openapi());
             doc.merge(keel_chronos::api::openapi());
             let doc = keel_core::openapi::route(keel_core::openapi::finish(doc));
-            let server = started.serve(marathon.merge(chronos).merge(doc), extras, &shutdown);
+            let upstream = keel_web::Upstream::new(
+                &Target::new(&base, None).with_ca(ca.clone()),
+                auth.clone(),
+                keel_web::same_port(&base),
+            );
+            let console = keel_web::Console::new(upstream, args.master.insecure_no_auth).start(&shutdown);
+            let routes = marathon.merge(chronos).merge(doc).merge(keel_web::router(console));
+            let server = started.serve(routes, extras, &shutdown);
             let agent_shutdown = shutdown.clone();
             let agent = tokio::spawn(async move {
                 let result = run_agent(config, containerizer, agent_shutdown).await;
@@ -1104,7 +1140,7 @@ async fn run(command: Command) -> Result<()> {
             if let Some(token) = &admin_token {
                 let code = auth.login_code_for(token).unwrap_or_default();
                 let file = token_path.display();
-                println!("  sign in (this link works once): {base}/?token={code}");
+                println!("  console (this sign-in link works once): {base}/?token={code}");
                 println!("  admin token:   {file}  (every API needs it)");
                 println!(
                     "  cluster state: curl{cacert} -H \"Authorization: Bearer $(cat {file})\" {base}/master/state"

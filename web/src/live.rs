@@ -1,0 +1,326 @@
+//! Live pages: the console follows the APIs' event streams (the master's `/keel/v1/events`, Marathon's
+//! `/v2/events`, the cron framework's `/keel/v1/jobs/events`) and tells open pages which topics changed,
+//! coalesced, so a burst of 10,000 task updates costs a browser a few repaints. Pages then fetch
+//! themselves again. Nothing runs while nothing happens: no polling, on either side.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::upstream::{Service, Upstream};
+
+/// What changed, as bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Topics(pub u8);
+
+impl Topics {
+    pub const TASKS: Topics = Topics(1);
+    pub const AGENTS: Topics = Topics(2);
+    pub const FRAMEWORKS: Topics = Topics(4);
+    pub const APPS: Topics = Topics(8);
+    pub const JOBS: Topics = Topics(16);
+    pub const FEED: Topics = Topics(32);
+    const NAMES: [(Topics, &'static str); 6] = [
+        (Topics::TASKS, "tasks"),
+        (Topics::AGENTS, "agents"),
+        (Topics::FRAMEWORKS, "frameworks"),
+        (Topics::APPS, "apps"),
+        (Topics::JOBS, "jobs"),
+        (Topics::FEED, "feed"),
+    ];
+
+    pub fn union(self, other: Topics) -> Topics {
+        Topics(self.0 | other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Space-separated names, as pages list the topics they show (`data-topics`).
+    pub fn names(self) -> String {
+        Topics::NAMES.iter().filter(|(t, _)| self.0 & t.0 != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// One line of the overview's feed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedItem {
+    /// When, as the API said it (RFC 3339, or seconds since the epoch).
+    pub at: String,
+    /// `ok`, `warn`, `bad` or `info`: the line's state, also said in words.
+    pub tone: &'static str,
+    pub text: String,
+    /// A console page about it.
+    pub link: Option<String>,
+}
+
+/// How many feed lines the console keeps.
+const FEED_KEPT: usize = 50;
+
+/// What an event from `service` named `kind` with `data` changes, and the feed line it makes. Pure.
+pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<FeedItem>) {
+    let s = |k: &str| data[k].as_str().unwrap_or("").to_owned();
+    let at = data["at"].as_f64().map(|t| format!("{t:.3}")).unwrap_or_else(|| s("at"));
+    let item = |tone, text: String, link: Option<String>| Some(FeedItem { at: at.clone(), tone, text, link });
+    match (service, kind) {
+        (Service::Master, "task_updated") => {
+            let state = s("state");
+            let tone = match state.as_str() {
+                "TASK_RUNNING" | "TASK_FINISHED" => "ok",
+                "TASK_STAGING" | "TASK_STARTING" | "TASK_KILLING" | "TASK_KILLED" => "info",
+                "TASK_UNREACHABLE" => "warn",
+                _ => "bad",
+            };
+            let id = s("task_id");
+            let text = format!("task {id} is {}", state.trim_start_matches("TASK_").to_lowercase());
+            (
+                Topics::TASKS.union(Topics::APPS).union(Topics::AGENTS).union(Topics::FEED),
+                item(tone, text, Some(format!("/ui/tasks/{id}"))),
+            )
+        }
+        (Service::Master, "agent_registered" | "agent_disconnected" | "agent_unreachable") => {
+            let (tone, what) = match kind {
+                "agent_registered" => ("ok", "registered"),
+                "agent_disconnected" => ("warn", "disconnected"),
+                _ => ("bad", "is unreachable"),
+            };
+            let text = format!("agent {} ({}) {what}", s("hostname"), s("agent_id"));
+            (Topics::AGENTS.union(Topics::FEED), item(tone, text, Some(format!("/ui/agents#{}", s("agent_id")))))
+        }
+        (Service::Master, k) if k.starts_with("framework_") => {
+            let what = k.trim_start_matches("framework_");
+            let tone = if what == "subscribed" { "ok" } else { "warn" };
+            let text = format!("framework {} {what}", s("name"));
+            (Topics::FRAMEWORKS.union(Topics::FEED), item(tone, text, Some("/ui/frameworks".into())))
+        }
+        (Service::Services, "deployment_success" | "deployment_failed") => {
+            let ok = kind == "deployment_success";
+            let apps: Vec<String> = data["plan"]["target"]["apps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["id"].as_str().map(str::to_owned))
+                .collect();
+            let text = format!("deployment {} {}", if ok { "succeeded" } else { "failed" }, apps.join(", "));
+            let link = apps.first().map(|a| format!("/ui/apps{a}"));
+            (Topics::APPS.union(Topics::FEED), item(if ok { "ok" } else { "bad" }, text, link))
+        }
+        (Service::Services, _) => (Topics::APPS, None),
+        (Service::Jobs, "run_updated") => {
+            let status = s("status");
+            let tone = match status.as_str() {
+                "SUCCESS" => "ok",
+                "FAILED" => "bad",
+                _ => "info",
+            };
+            let job = s("jobId");
+            let text = format!("job {job}: run {} {}", s("runId"), status.to_lowercase());
+            (Topics::JOBS.union(Topics::FEED), item(tone, text, Some(format!("/ui/jobs/{job}"))))
+        }
+        (Service::Jobs, _) => (Topics::JOBS, None),
+        _ => (Topics::default(), None),
+    }
+}
+
+/// The changes the console has seen, for open pages; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    changes: broadcast::Sender<Topics>,
+    feed: Arc<Mutex<VecDeque<FeedItem>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub { changes: broadcast::channel(1024).0, feed: Arc::default() }
+    }
+}
+
+impl Hub {
+    /// Follows the three event streams until `shutdown`, reconnecting when one drops.
+    pub fn start(&self, upstream: &Upstream, shutdown: &CancellationToken) {
+        for (service, path) in [
+            (Service::Master, "/keel/v1/events"),
+            (Service::Services, "/v2/events"),
+            (Service::Jobs, "/keel/v1/jobs/events"),
+        ] {
+            let (hub, upstream, shutdown) = (self.clone(), upstream.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = hub.follow(upstream, service, path) => {}
+                }
+            });
+        }
+    }
+
+    async fn follow(&self, upstream: Upstream, service: Service, path: &'static str) {
+        let mut wait = Duration::from_millis(250);
+        let mut told = false;
+        loop {
+            match upstream.stream(service, path).await {
+                Ok(resp) => {
+                    info!(stream = path, "console following {}'s events", service.label());
+                    wait = Duration::from_millis(250);
+                    told = false;
+                    // Whatever happened while we were away: pages fetch themselves again.
+                    self.publish(Topics(0xff), None);
+                    self.read(service, resp).await;
+                    if service != Service::Master {
+                        upstream.forget();
+                    }
+                }
+                Err(e) if !told => {
+                    debug!(stream = path, error = %e, "console cannot follow events yet; retrying");
+                    told = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Reads one SSE connection until it ends.
+    async fn read(&self, service: Service, mut resp: reqwest::Response) {
+        let mut parser = SseParser::default();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            for (kind, data) in parser.push(&chunk) {
+                let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                let (topics, item) = classify(service, &kind, &data);
+                self.publish(topics, item);
+            }
+        }
+    }
+
+    fn publish(&self, topics: Topics, item: Option<FeedItem>) {
+        if let Some(item) = item {
+            let mut feed = self.feed.lock().expect("lock poisoned");
+            if feed.len() == FEED_KEPT {
+                feed.pop_back();
+            }
+            feed.push_front(item);
+        }
+        if !topics.is_empty() {
+            let _ = self.changes.send(topics);
+        }
+    }
+
+    /// The feed, newest first.
+    pub fn feed(&self) -> Vec<FeedItem> {
+        self.feed.lock().expect("lock poisoned").iter().cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Topics> {
+        self.changes.subscribe()
+    }
+}
+
+/// How long the console gathers changes before it tells a page.
+pub const COALESCE: Duration = Duration::from_millis(300);
+
+/// The next batch of changes for one page: waits for a change, then gathers for [`COALESCE`]. `None`
+/// when the hub is gone.
+pub async fn next_batch(rx: &mut broadcast::Receiver<Topics>) -> Option<Topics> {
+    let first = match rx.recv().await {
+        Ok(t) => t,
+        Err(broadcast::error::RecvError::Lagged(_)) => Topics(0xff),
+        Err(broadcast::error::RecvError::Closed) => return None,
+    };
+    tokio::time::sleep(COALESCE).await;
+    let mut all = first;
+    loop {
+        match rx.try_recv() {
+            Ok(t) => all = all.union(t),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => all = Topics(0xff),
+            Err(_) => return Some(all),
+        }
+    }
+}
+
+/// Splits a server-sent event stream into (event name, data). Pure.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    event: String,
+    data: String,
+}
+
+/// The longest event the console reads; a longer line is dropped.
+const MAX_LINE: usize = 4 << 20;
+
+impl SseParser {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = vec![];
+        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    let kind =
+                        if self.event.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event) };
+                    out.push((kind, std::mem::take(&mut self.data)));
+                }
+                self.event.clear();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                self.event = v.trim_start().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            }
+        }
+        if self.buf.len() > MAX_LINE {
+            self.buf.clear();
+            self.data.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sse_is_split_into_events_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.push(b"event: task_updated\ndata: {\"a\":").is_empty());
+        let got = p.push(b"1}\n\n:keepalive\n\ndata: x\ndata: y\n\n");
+        assert_eq!(got, vec![("task_updated".into(), "{\"a\":1}".into()), ("message".into(), "x\ny".into())]);
+    }
+
+    #[test]
+    fn events_name_their_topics_and_feed_lines() {
+        let (t, item) =
+            classify(Service::Master, "task_updated", &json!({"task_id": "web.1", "state": "TASK_FAILED", "at": 1.5}));
+        assert_eq!(t.0 & Topics::TASKS.0, Topics::TASKS.0);
+        let item = item.unwrap();
+        assert_eq!((item.tone, item.text.as_str()), ("bad", "task web.1 is failed"));
+        let (t, item) = classify(Service::Jobs, "job_updated", &json!({"jobId": "j"}));
+        assert_eq!((t, item), (Topics::JOBS, None));
+        assert_eq!(Topics::TASKS.union(Topics::APPS).names(), "tasks apps");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_batch() {
+        let hub = Hub::default();
+        let mut rx = hub.subscribe();
+        for _ in 0..10_000 {
+            hub.publish(Topics::TASKS, None);
+        }
+        hub.publish(Topics::APPS, None);
+        let batch = next_batch(&mut rx).await.unwrap();
+        assert_eq!(batch.0 & (Topics::TASKS.0 | Topics::APPS.0), Topics::TASKS.0 | Topics::APPS.0);
+        assert!(tokio::time::timeout(Duration::from_secs(5), next_batch(&mut rx)).await.is_err(), "nothing more");
+    }
+}

@@ -1,0 +1,278 @@
+//! How the console reaches the APIs it renders: the master's, and the frameworks' at the web UI URLs they
+//! registered. Every call carries a credential of the person asking (an in-memory token for their
+//! principal), so the console can read and do exactly what that person could with the APIs directly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use keel_core::auth::{Auth, Principal, Role};
+use keel_core::client::Target;
+use serde_json::Value;
+
+/// How long one API call may take before the page says the API did not answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The biggest answer the console reads from an API.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// Which API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// The master's operator API (`/master/state`, `/keel/v1/...`).
+    Master,
+    /// The services framework's Marathon API (`/v2/...`).
+    Services,
+    /// The cron framework's Metronome, Chronos and Keel APIs.
+    Jobs,
+}
+
+impl Service {
+    pub fn parse(s: &str) -> Option<Service> {
+        match s {
+            "master" => Some(Service::Master),
+            "services" => Some(Service::Services),
+            "jobs" => Some(Service::Jobs),
+            _ => None,
+        }
+    }
+
+    /// The name the framework registers with the master.
+    fn framework_name(self) -> Option<&'static str> {
+        match self {
+            Service::Master => None,
+            Service::Services => Some("marathon"),
+            Service::Jobs => Some("chronos"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Service::Master => "the master",
+            Service::Services => "the services framework",
+            Service::Jobs => "the cron framework",
+        }
+    }
+}
+
+/// An API's refusal or silence, in words for the page.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The API's status, or 502/503 when it did not answer.
+    pub status: StatusCode,
+    pub message: String,
+    /// Marathon's per-field validation errors: (JSON path, messages).
+    pub details: Vec<(String, Vec<String>)>,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Failure {
+        Failure { status, message: message.into(), details: vec![] }
+    }
+
+    /// What the API said, from its JSON error body (`message`, and Marathon's `details`).
+    fn from_body(status: StatusCode, body: &[u8]) -> Failure {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let message = v["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned());
+        let details = v["details"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|e| {
+                        let path = e["path"].as_str().unwrap_or("/").to_owned();
+                        let errors = e["errors"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+                            .unwrap_or_default();
+                        (path, errors)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Failure { status, message, details }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status.as_u16())
+    }
+}
+
+/// The console's way to the APIs; cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    master: String,
+    auth: Auth,
+    /// An in-memory token per principal the console has acted for.
+    delegated: Mutex<HashMap<(String, Role), String>>,
+    /// Where each framework's API is: given, or found among the frameworks registered with the master.
+    fixed: HashMap<Service, String>,
+    found: RwLock<HashMap<Service, String>>,
+    /// The console's own credential, for the event streams.
+    own: Option<String>,
+}
+
+impl Upstream {
+    /// `master` is the master's address (and CA); `auth` makes credentials for the people the console acts
+    /// for. `fixed` names frameworks' addresses that need no looking up (in `keel dev`, the master's own).
+    pub fn new(master: &Target, auth: Auth, fixed: HashMap<Service, String>) -> Upstream {
+        let own = (!auth.is_off()).then(|| auth.internal(Principal::new("keel:console", Role::Viewer)));
+        Upstream {
+            inner: Arc::new(Inner {
+                http: master.http_client(),
+                master: master.url.trim_end_matches('/').to_owned(),
+                auth,
+                delegated: Mutex::default(),
+                fixed,
+                found: RwLock::default(),
+                own,
+            }),
+        }
+    }
+
+    /// The credential that acts as `principal`; none when auth is off.
+    fn token_for(&self, principal: Option<&Principal>) -> Option<String> {
+        if self.inner.auth.is_off() {
+            return None;
+        }
+        let p = principal?;
+        let mut map = self.inner.delegated.lock().expect("lock poisoned");
+        let key = (p.name.clone(), p.role);
+        Some(map.entry(key).or_insert_with(|| self.inner.auth.internal(p.clone())).clone())
+    }
+
+    /// Where `service`'s API is, looking it up with the master when it is not known yet.
+    pub async fn base(&self, service: Service) -> Result<String, Failure> {
+        let Some(name) = service.framework_name() else { return Ok(self.inner.master.clone()) };
+        if let Some(url) = self.inner.fixed.get(&service) {
+            return Ok(url.clone());
+        }
+        if let Some(url) = self.inner.found.read().expect("lock poisoned").get(&service) {
+            return Ok(url.clone());
+        }
+        let state = Box::pin(self.get_with(Service::Master, "/master/state", self.inner.own.clone())).await?;
+        let url = state["frameworks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| {
+                f["name"] == name && f["active"] == true && f["webui_url"].as_str().is_some_and(|u| !u.is_empty())
+            })
+            .max_by_key(|f| f["connected"] == true)
+            .and_then(|f| f["webui_url"].as_str())
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .ok_or_else(|| {
+                Failure::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{} ({name}) has not registered with the master", service.label()),
+                )
+            })?;
+        self.inner.found.write().expect("lock poisoned").insert(service, url.clone());
+        Ok(url)
+    }
+
+    /// Forgets where the frameworks were found (one subscribed again, maybe elsewhere).
+    pub fn forget(&self) {
+        self.inner.found.write().expect("lock poisoned").clear();
+    }
+
+    /// `GET path` on `service`, as `principal`.
+    pub async fn get(&self, service: Service, path: &str, principal: Option<&Principal>) -> Result<Value, Failure> {
+        self.get_with(service, path, self.token_for(principal)).await
+    }
+
+    async fn get_with(&self, service: Service, path: &str, token: Option<String>) -> Result<Value, Failure> {
+        let (status, body) = self.call(service, "GET", path, None, token).await?;
+        if !status.is_success() {
+            return Err(Failure::from_body(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_GATEWAY,
+                format!("{} answered {path} with something not JSON: {e}", service.label()),
+            )
+        })
+    }
+
+    /// Sends a request to `service` as `principal` and answers its status and body, whatever they are.
+    pub async fn forward(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        principal: Option<&Principal>,
+    ) -> Result<(StatusCode, Vec<u8>), Failure> {
+        self.call(service, method, path, body, self.token_for(principal)).await
+    }
+
+    async fn call(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: Option<String>,
+    ) -> Result<(StatusCode, Vec<u8>), Failure> {
+        let base = self.base(service).await?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| Failure::new(StatusCode::METHOD_NOT_ALLOWED, "unsupported method"))?;
+        let mut req = self.inner.http.request(method, format!("{base}{path}")).timeout(CALL_TIMEOUT);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if service != Service::Master {
+                self.forget();
+            }
+            Failure::new(StatusCode::BAD_GATEWAY, format!("{} did not answer: {e}", service.label()))
+        })?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut resp = resp;
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| {
+            Failure::new(StatusCode::BAD_GATEWAY, format!("{} broke off its answer: {e}", service.label()))
+        })? {
+            if out.len() + chunk.len() > MAX_ANSWER {
+                return Err(Failure::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{}'s answer is too large", service.label()),
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((status, out))
+    }
+
+    /// Opens `service`'s event stream at `path` with the console's own credential.
+    pub async fn stream(&self, service: Service, path: &str) -> Result<reqwest::Response, Failure> {
+        let base = self.base(service).await?;
+        let mut req = self.inner.http.get(format!("{base}{path}")).header("accept", "text/event-stream");
+        if let Some(t) = &self.inner.own {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("{} did not answer: {e}", service.label())))?;
+        if !resp.status().is_success() {
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(Failure::from_body(status, &body));
+        }
+        Ok(resp)
+    }
+}
