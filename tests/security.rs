@@ -241,7 +241,8 @@ async fn start_dev(dir: &std::path::Path) -> (Proc, String, String, String) {
     let log = proc.log.clone();
     let link = wait_for("keel dev's login link", LONG, || async {
         let text = std::fs::read_to_string(&log).ok()?;
-        text.lines().find_map(|l| l.split_once("sign in (this link works once): ").map(|(_, u)| u.trim().to_owned()))
+        text.lines()
+            .find_map(|l| l.split_once("console (this sign-in link works once): ").map(|(_, u)| u.trim().to_owned()))
     })
     .await;
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
@@ -286,6 +287,16 @@ async fn keel_dev_against_a_hostile_page() {
     let session = cookie.split(';').next().unwrap().to_owned();
     assert_eq!(status(http.get(&link)).await, 401, "the login link worked twice");
     assert_eq!(status(http.get(format!("{base}/v2/apps")).header("cookie", &session)).await, 200);
+    // A write with the session cookie must carry the session's CSRF token, which the console's pages embed.
+    let csrf_app = json!({"id": "/csrf", "cmd": "exec sleep 1000", "cpus": 0.01, "mem": 16, "instances": 0});
+    let bare = http.post(format!("{base}/v2/apps")).header("cookie", &session).json(&csrf_app);
+    assert_eq!(status(bare).await, 403, "a session write without the CSRF token");
+    let forged = http.post(format!("{base}/v2/apps")).header("cookie", &session).header("x-csrf-token", "guess");
+    assert_eq!(status(forged.json(&csrf_app)).await, 403, "a session write with a wrong CSRF token");
+    let page = http.get(format!("{base}/ui/")).header("cookie", &session).send().await.unwrap().text().await.unwrap();
+    let csrf = page.split("name=\"csrf-token\" content=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    let good = http.post(format!("{base}/v2/apps")).header("cookie", &session).header("x-csrf-token", csrf);
+    assert_eq!(status(good.json(&csrf_app)).await, 201, "a session write with the page's CSRF token");
     assert_eq!(status(http.post(format!("{base}/logout")).header("cookie", &session)).await, 303);
     assert_eq!(status(http.get(format!("{base}/v2/apps")).header("cookie", &session)).await, 401);
     // The login form takes the token.

@@ -23,7 +23,9 @@
         const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
         doc.querySelectorAll('[data-live][id]').forEach(function (fresh) {
           const old = document.getElementById(fresh.id);
-          if (old && old.innerHTML !== fresh.innerHTML && !old.contains(document.activeElement)) {
+          // A region the person is typing in, or has edited, is left alone.
+          const editing = old && (old.contains(document.activeElement) || old.querySelector('form[data-dirty]'));
+          if (old && old.innerHTML !== fresh.innerHTML && !editing) {
             old.replaceWith(document.importNode(fresh, true));
           }
         });
@@ -110,6 +112,10 @@
     return job;
   }
 
+  document.addEventListener('input', function (e) {
+    if (e.target.form) e.target.form.dataset.dirty = '1';
+  });
+
   document.addEventListener('submit', async function (e) {
     const form = e.target;
     if (!form.dataset || !form.dataset.call) return;
@@ -136,6 +142,7 @@
     }
     if (button) button.disabled = false;
     if (res.ok) {
+      delete form.dataset.dirty;
       form.querySelectorAll('.field-error').forEach(function (x) { x.textContent = ''; });
       then(form, res.data, body);
     } else {

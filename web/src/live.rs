@@ -189,7 +189,8 @@ impl Hub {
     /// Reads one SSE connection until it ends.
     async fn read(&self, service: Service, mut resp: reqwest::Response) {
         let mut parser = SseParser::default();
-        while let Ok(Some(chunk)) = resp.chunk().await {
+        // Streams send a keep-alive comment every 15 s: one silent for longer is dead.
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(SILENT, resp.chunk()).await {
             for (kind, data) in parser.push(&chunk) {
                 let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
                 let (topics, item) = classify(service, &kind, &data);
@@ -220,6 +221,9 @@ impl Hub {
         self.changes.subscribe()
     }
 }
+
+/// How long an event stream may stay silent before the console reconnects.
+const SILENT: Duration = Duration::from_secs(45);
 
 /// How long the console gathers changes before it tells a page.
 pub const COALESCE: Duration = Duration::from_millis(300);

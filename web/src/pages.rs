@@ -709,12 +709,12 @@ pub fn app(ctx: &Ctx, page: &AppPage<'_>) -> Markup {
                         }
                     }
                 }
-                section aria-labelledby="json-h" {
+                section #app-editor data-live="" aria-labelledby="json-h" {
                     h2 #json-h { "Definition" }
                     @let def = serde_json::to_string_pretty(&definition(a)).unwrap_or_default();
                     @if ctx.may_write {
                         form.editor data-call="PUT" data-url=(api) data-json="definition" {
-                            label for="definition" { "The app's JSON. Every field is kept on save; computed fields (tasks, counts, version) are left out." }
+                            label for="definition" { "The app's JSON. Every field is kept on save; computed fields (tasks, counts, version) are left out. It follows changes until you edit it." }
                             textarea #definition name="definition" rows="18" spellcheck="false" { (def) }
                             div.field-error data-path="/" {}
                             button.btn.primary type="submit" { "Save" }

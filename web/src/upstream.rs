@@ -260,7 +260,10 @@ impl Upstream {
     /// Opens `service`'s event stream at `path` with the console's own credential.
     pub async fn stream(&self, service: Service, path: &str) -> Result<reqwest::Response, Failure> {
         let base = self.base(service).await?;
-        let mut req = self.inner.http.get(format!("{base}{path}")).header("accept", "text/event-stream");
+        // A stream has no overall deadline (the client's is for calls); `live` notices a silent one.
+        let forever = Duration::from_secs(10 * 365 * 24 * 3600);
+        let mut req =
+            self.inner.http.get(format!("{base}{path}")).header("accept", "text/event-stream").timeout(forever);
         if let Some(t) = &self.inner.own {
             req = req.bearer_auth(t);
         }
