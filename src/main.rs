@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a master.
+    /// Run a master (and its web console, at /ui/).
     Master(MasterArgs),
     /// Run an agent that registers with a master and runs its tasks.
     Agent(AgentArgs),
@@ -48,7 +48,7 @@ enum Command {
     /// Jobs fire on cron schedules (in any IANA time zone) or Chronos's ISO 8601 repeating intervals, or
     /// after their parent jobs succeed. Each scheduled instant runs at most once, also across restarts.
     Chronos(ChronosArgs),
-    /// Run a master, one agent and both frameworks in one process on SQLite, for trying Keel out.
+    /// Run a master, one agent, both frameworks and the web console in one process on SQLite, for trying Keel out.
     ///
     /// Auth is on: the first start makes an admin token in DATA_DIR/admin.token (readable by you only),
     /// and every start prints a link that signs a browser in once.
@@ -359,6 +359,15 @@ struct MasterOptions {
 struct MasterArgs {
     #[command(flatten)]
     master: MasterOptions,
+    /// Where the console reaches the services framework's API, such as https://marathon.internal:8080.
+    /// Without it, the console uses the web UI URL that the framework named "marathon" registered (and
+    /// refuses to guess when two registered different URLs). Pin it in production: any framework token can
+    /// register under that name.
+    #[arg(long, value_parser = parse_origin)]
+    services_url: Option<String>,
+    /// Where the console reaches the cron framework's API; as --services-url, for the framework named "chronos".
+    #[arg(long, value_parser = parse_origin)]
+    jobs_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -971,10 +980,17 @@ async fn run(command: Command) -> Result<()> {
             exit_when_a_part_stops(extras.health.clone(), shutdown.clone());
             let doc = keel_core::openapi::route(keel_core::openapi::finish(keel_core::openapi::master()));
             // The console finds the frameworks at the web UI URLs they register.
+            let mut pinned = std::collections::HashMap::new();
+            if let Some(u) = &args.services_url {
+                pinned.insert(keel_web::Service::Services, u.clone());
+            }
+            if let Some(u) = &args.jobs_url {
+                pinned.insert(keel_web::Service::Jobs, u.clone());
+            }
             let upstream = keel_web::Upstream::new(
                 &keel_core::client::Target::new(&started.url, None),
                 started.gate.auth.clone(),
-                Default::default(),
+                pinned,
             );
             let console = keel_web::Console::new(upstream, args.master.insecure_no_auth).start(&shutdown);
             started.serve(doc.merge(keel_web::router(console)), extras, &shutdown).await??;

@@ -249,7 +249,13 @@ async fn apps_are_created_scaled_and_edited_live() {
     }
     assert_eq!(after["labels"], json!({"team": "web"}));
 
-    // A bad edit: the API's validation message is shown by the editor.
+    // A bad edit: the API's validation message is shown by the editor (once the edit's deployment is
+    // done: until then the API answers that the app is locked).
+    wait_for("the edit's deployment to finish", LONG, || async {
+        let (_, d) = dev.api(reqwest::Method::GET, "/v2/deployments", None).await;
+        d.as_array()?.is_empty().then_some(())
+    })
+    .await;
     b.client.goto(&format!("{}/ui/apps/web", dev.base)).await.unwrap();
     let mut bad = edited.clone();
     bad["cpus"] = json!(-1);
@@ -308,7 +314,7 @@ async fn agents_and_live_task_output() {
     assert!(agents.contains("4.0 GiB"), "the agent's memory: {agents}");
     assert!(agents.contains("running") || agents.contains("active"), "its status: {agents}");
 
-    let app = json!({"id": "/talker", "cmd": "echo first-line; sleep 6; echo after-open-line; exec sleep 3600",
+    let app = json!({"id": "/talker", "cmd": "echo first-line; sleep 6; echo after-open-line; echo err-after-open >&2; exec sleep 3600",
                      "cpus": 0.05, "mem": 16, "instances": 1});
     assert_eq!(dev.api(reqwest::Method::POST, "/v2/apps", Some(app)).await.0, 201);
     let task = wait_for("the task to run", LONG, || async {
@@ -322,6 +328,7 @@ async fn agents_and_live_task_output() {
     assert!(!first.contains("after-open-line"), "the line is printed after the page opened: {first}");
     mark(&b).await;
     wait_text(&b, "the line printed after the page opened", "pre#stdout", |t| t.contains("after-open-line")).await;
+    wait_text(&b, "stderr, on the same stream", "pre#stderr", |t| t.contains("err-after-open")).await;
     assert!(still_marked(&b).await, "the output tailed in place");
     let history = text(&b, "#task-summary").await;
     assert!(history.contains("staging") && history.contains("running"), "status history: {history}");
@@ -426,4 +433,66 @@ async fn screenshots() {
         std::fs::write(out.join(format!("{name}.png")), png).unwrap();
         println!("saved {}", out.join(format!("{name}.png")).display());
     }
+}
+
+/// `keel master` serves the console too, and reaches frameworks that run as processes of their own at the
+/// web UI URLs they registered; actions through it are the caller's, checked by the frameworks.
+#[tokio::test]
+async fn the_master_console_reaches_frameworks_on_their_own_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
+    let master = common::Master::start(dir.path(), &db("master.db"), "10s").await;
+    let marathon =
+        common::FrameworkProc::start("marathon", &master, &db("marathon.db"), &[], dir.path().join("marathon.log"))
+            .await;
+    let chronos =
+        common::FrameworkProc::start("chronos", &master, &db("chronos.db"), &[], dir.path().join("chronos.log")).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let token = master.token.clone();
+
+    // Through the master's console, as the caller: the app is created on the services framework's port.
+    let app = json!({"id": "/web", "cmd": "exec sleep 3600", "cpus": 0.1, "mem": 16, "instances": 0});
+    let created = wait_for("the services framework to register its URL", LONG, || async {
+        let r = http
+            .post(format!("{}/ui/api/services/v2/apps", master.url()))
+            .bearer_auth(&token)
+            .json(&app)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 201).then_some(())
+    })
+    .await;
+    let _ = created;
+    assert_eq!(
+        http.get(format!("{}/v2/apps/web", marathon.url)).bearer_auth(&token).send().await.unwrap().status(),
+        200
+    );
+    let job = json!({"id": "nightly", "run": {"cmd": "echo hi", "cpus": 0.1, "mem": 16, "disk": 0}});
+    let r = http.post(format!("{}/v1/jobs", chronos.url)).bearer_auth(&token).json(&job).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+
+    let page = |path: &'static str| {
+        let (http, token, base) = (&http, &token, master.url());
+        async move { http.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(page("/ui/apps").await.contains("href=\"/ui/apps/web\""));
+    let jobs = wait_for("the jobs page to list the job", LONG, || async {
+        Some(page("/ui/jobs").await).filter(|p| p.contains("nightly"))
+    })
+    .await;
+    assert!(!jobs.contains("class=\"error\""), "{jobs}");
+    let frameworks = page("/ui/frameworks").await;
+    assert!(frameworks.contains(&marathon.url) && frameworks.contains(&chronos.url), "web UI links: {frameworks}");
+
+    // Without a credential: a browser goes to the login form; an API client gets 401.
+    let browser = http.get(format!("{}/ui/apps", master.url())).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(browser.status(), 303);
+    assert_eq!(browser.headers()["location"], "/login?next=%2Fui%2Fapps");
+    assert_eq!(http.get(format!("{}/ui/apps", master.url())).send().await.unwrap().status(), 401);
+    let viewer = common::create_token(&db("master.db"), "viewer", "watcher", &[]);
+    common::wait_token(&master.url(), &viewer).await;
+    let r =
+        http.delete(format!("{}/ui/api/services/v2/apps/web", master.url())).bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(r.status(), 403, "a viewer cannot write through the console");
 }

@@ -331,6 +331,10 @@ async fn replace_job(State(api): State<Api>, Path(id): Path<String>, body: Bytes
         // As Metronome does, schedules are kept unless the body names them.
         job.schedules = schedules.unwrap_or_else(|| current.schedules.clone());
         job.disabled = current.disabled;
+        // Metronome's form has no dependencies: a job's parents (set through Chronos's API) stay.
+        if job.parents.is_empty() {
+            job.parents = current.parents.clone();
+        }
         *current = job;
         Ok(())
     });
@@ -1031,7 +1035,7 @@ async fn chronos_csv(State(api): State<Api>) -> ApiResult {
         list_jobs, create_job, show_job, replace_job, delete_job,
         list_schedules, create_schedule, show_schedule, replace_schedule, delete_schedule,
         list_runs, start_run, show_run, stop_run,
-        run_history, preview,
+        run_history, preview, events,
         chronos_jobs, chronos_search, chronos_job, chronos_run, chronos_delete, chronos_iso8601, chronos_dependency,
         chronos_kill, chronos_stat, chronos_dot, chronos_csv,
         openapi_paths::chronos_iso8601_put, openapi_paths::chronos_dependency_put,

@@ -178,6 +178,13 @@ fn unauthorized(e: &AuthError) -> Response {
     r
 }
 
+/// [`unauthorized`] without the `WWW-Authenticate` challenges.
+fn quiet_unauthorized(e: &AuthError) -> Response {
+    let mut r = unauthorized(e);
+    r.headers_mut().remove(header::WWW_AUTHENTICATE);
+    r
+}
+
 /// The value of cookie `name`; none when it is sent twice (a cookie planted by another site on this host,
 /// beside the real one, must not pick the session).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -290,7 +297,13 @@ impl Gate {
         if class == Class::Public {
             return Ok(None);
         }
-        let principal = self.principal(headers).await.map_err(|e| (None, unauthorized(&e)))?;
+        let principal = self.principal(headers).await.map_err(|e| {
+            // A browser whose session ended gets no challenge: it would pop up the browser's own
+            // password dialog instead of the console's sign-in page.
+            let refusal =
+                if self.session_cookie(headers).is_some() { quiet_unauthorized(&e) } else { unauthorized(&e) };
+            (None, refusal)
+        })?;
         if matches!(class, Class::Write | Class::Admin)
             && let Some(session) = self.session_cookie(headers)
         {
@@ -406,7 +419,17 @@ fn is_page_load(method: &Method, headers: &HeaderMap) -> bool {
 /// Where to go after signing in: a path on this server (never another site's URL), else `/`.
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() <= 2048 => n,
+        // No control characters or spaces either: browsers drop tabs and newlines from URLs, so `/\t/evil`
+        // would become `//evil`.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.bytes().any(|b| b <= 0x20 || b == 0x7f)
+                && n.len() <= 2048 =>
+        {
+            n
+        }
         _ => "/",
     }
 }
@@ -884,7 +907,9 @@ mod tests {
     #[test]
     fn after_signing_in_only_this_server() {
         assert_eq!(safe_next(Some("/ui/apps?page=2")), "/ui/apps?page=2");
-        for bad in ["//evil.example/x", "https://evil.example", "/\\evil.example", "ui", ""] {
+        for bad in
+            ["//evil.example/x", "https://evil.example", "/\\evil.example", "ui", "", "/\t/evil.example", "/\n/x"]
+        {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");

@@ -1,6 +1,8 @@
 //! Marathon's `/v2/apps` endpoints over the app store: create, read, replace, patch, delete, list with
 //! filters, and version history. Errors are JSON with a `message` (and `details` for 422), as Marathon's.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -190,6 +192,20 @@ fn task_stats(app: &AppDefinition, tasks: &[&Instance], now_millis: i64) -> Valu
 /// asked for, its tasks and task statistics.
 fn enrich(app: &AppDefinition, snapshot: &Snapshot, embeds: Embeds) -> Value {
     let tasks: Vec<&Instance> = snapshot.instances.iter().filter(|i| i.app_id == app.id).collect();
+    enrich_with(app, &tasks, snapshot, embeds)
+}
+
+/// The instances of each app, found in one pass (a list of many apps must not scan every instance per app).
+fn instances_by_app(snapshot: &Snapshot) -> HashMap<&str, Vec<&Instance>> {
+    let mut by_app: HashMap<&str, Vec<&Instance>> = HashMap::new();
+    for i in &snapshot.instances {
+        by_app.entry(i.app_id.as_str()).or_default().push(i);
+    }
+    by_app
+}
+
+/// [`enrich`], with the app's instances already found.
+fn enrich_with(app: &AppDefinition, tasks: &[&Instance], snapshot: &Snapshot, embeds: Embeds) -> Value {
     let count = |f: &dyn Fn(&Instance) -> bool| tasks.iter().filter(|i| f(i)).count();
     let mut v = serde_json::to_value(app).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
@@ -211,7 +227,7 @@ fn enrich(app: &AppDefinition, snapshot: &Snapshot, embeds: Embeds) -> Value {
             obj.insert("lastTaskFailure".into(), json!(f));
         }
         if embeds.task_stats {
-            obj.insert("taskStats".into(), task_stats(app, &tasks, keel_core::store::now_millis()));
+            obj.insert("taskStats".into(), task_stats(app, tasks, keel_core::store::now_millis()));
         }
         if embeds.tasks {
             obj.insert("tasks".into(), json!(tasks));
@@ -294,12 +310,13 @@ async fn list(State(api): State<Api>, RawQuery(q): RawQuery) -> Result<Json<Valu
     let (id, cmd, label) = (param(&q, "id"), param(&q, "cmd"), param(&q, "label"));
     let all = api.apps.list().await?;
     let snapshot = api.marathon.snapshot().await?;
+    let by_app = instances_by_app(&snapshot);
     let chosen: Vec<Value> = all
         .iter()
         .filter(|a| id.is_none_or(|id| a.id.contains(id)))
         .filter(|a| cmd.is_none_or(|c| a.cmd.as_deref().is_some_and(|cmd| cmd.contains(c))))
         .filter(|a| label.is_none_or(|l| label_matches(a, l)))
-        .map(|a| enrich(a, &snapshot, embeds))
+        .map(|a| enrich_with(a, by_app.get(a.id.as_str()).map_or(&[][..], Vec::as_slice), &snapshot, embeds))
         .collect();
     Ok(Json(json!({ "apps": chosen })))
 }

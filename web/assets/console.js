@@ -37,6 +37,7 @@
   const shown = (document.body.dataset.topics || '').split(' ').filter(Boolean);
   if (shown.length && window.EventSource) {
     const es = new EventSource('/ui/events');
+    window.addEventListener('pagehide', function () { es.close(); });
     es.addEventListener('change', function (e) {
       if (e.data.split(' ').some(function (t) { return shown.includes(t); })) refresh();
     });
@@ -48,6 +49,10 @@
     let data = null;
     const text = await r.text();
     try { data = text ? JSON.parse(text) : null; } catch (e) { data = { message: text }; }
+    if (r.status === 401) {
+      // The session has ended: sign in again, and come back here.
+      location.href = '/login?next=' + encodeURIComponent(location.pathname + location.search);
+    }
     return { ok: r.ok, status: r.status, data: data };
   }
 
@@ -103,12 +108,16 @@
     return app;
   }
 
+  // An edit starts from the job as the API gave it, so that what the form does not show is kept.
   function jobBody(form) {
-    const job = { id: val(form, 'id'), run: { cmd: val(form, 'cmd'), cpus: num(form, 'cpus'), mem: num(form, 'mem'), disk: 0 } };
+    const job = form.dataset.current ? JSON.parse(form.dataset.current) : {};
+    job.id = val(form, 'id');
+    job.run = Object.assign({ disk: 0 }, job.run || {}, { cmd: val(form, 'cmd'), cpus: num(form, 'cpus'), mem: num(form, 'mem') });
     const d = val(form, 'description');
-    if (d) job.description = d;
+    if (d) job.description = d; else delete job.description;
     const cron = val(form, 'cron');
-    if (cron) job.schedules = [{ id: form.dataset.scheduleId || 'default', cron: cron, timezone: val(form, 'timezone') || 'UTC', enabled: true }];
+    const current = form.dataset.schedule ? JSON.parse(form.dataset.schedule) : { id: 'default', enabled: true };
+    job.schedules = cron ? [Object.assign(current, { cron: cron, timezone: val(form, 'timezone') || 'UTC' })] : [];
     return job;
   }
 
@@ -132,14 +141,7 @@
     }
     const button = form.querySelector('[type=submit]');
     if (button) button.disabled = true;
-    let res = await call(form.dataset.call, form.dataset.url, JSON.stringify(body));
-    // A job's schedule is its own resource in Metronome's API: save it after the job.
-    if (res.ok && form.dataset.fields === 'job' && form.dataset.call === 'PUT' && body.schedules) {
-      const s = body.schedules[0];
-      const url = form.dataset.url + '/schedules/' + encodeURIComponent(s.id);
-      res = await call('PUT', url, JSON.stringify(s));
-      if (res.status === 404) res = await call('POST', form.dataset.url + '/schedules', JSON.stringify(s));
-    }
+    const res = await call(form.dataset.call, form.dataset.url, JSON.stringify(body));
     if (button) button.disabled = false;
     if (res.ok) {
       delete form.dataset.dirty;
@@ -205,19 +207,28 @@
     if (form.elements.cron.value.trim()) update();
   }
 
-  // ---- output tails ----
-  document.querySelectorAll('pre[data-tail]').forEach(function (pre) {
-    if (!window.EventSource) return;
-    const url = pre.dataset.tail + (pre.dataset.tail.includes('?') ? '&' : '?') + 'offset=' + Math.floor(Number(pre.dataset.offset || 0));
-    const es = new EventSource(url);
-    es.addEventListener('data', function (e) {
-      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-      pre.appendChild(document.createTextNode(JSON.parse(e.data)));
-      if (pre.textContent.length > 400000) pre.textContent = pre.textContent.slice(-200000);
-      if (atEnd) pre.scrollTop = pre.scrollHeight;
+  // ---- output tails: one stream for stdout and stderr ----
+  const tail = document.getElementById('tail');
+  if (tail && window.EventSource) {
+    const es = new EventSource(tail.dataset.tail);
+    es.addEventListener('output', function (e) {
+      JSON.parse(e.data).forEach(function (part) {
+        const pre = document.getElementById(part.file);
+        if (!pre) return;
+        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.appendChild(document.createTextNode(part.data));
+        if (pre.textContent.length > 400000) pre.textContent = pre.textContent.slice(-200000);
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      });
     });
-    const stop = function (note) { return function (e) { es.close(); pre.dataset.state = note + (e.data ? ': ' + e.data : ''); }; };
+    const stop = function (note) {
+      return function (e) {
+        es.close();
+        document.querySelectorAll('section.output pre').forEach(function (pre) { pre.dataset.state = note + (e.data ? ': ' + e.data : ''); });
+      };
+    };
     es.addEventListener('end', stop('ended'));
     es.addEventListener('failure', stop('failed'));
-  });
+    window.addEventListener('pagehide', function () { es.close(); });
+  }
 })();

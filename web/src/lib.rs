@@ -66,7 +66,7 @@ pub fn router(console: Console) -> Router {
         .route("/ui/frameworks", get(frameworks))
         .route("/ui/tasks", get(tasks))
         .route("/ui/tasks/{id}", get(task))
-        .route("/ui/tasks/{id}/tail/{file}", get(tail))
+        .route("/ui/tasks/{id}/tail", get(tail))
         .route("/ui/apps", get(apps))
         .route("/ui/apps/new", get(new_app))
         .route("/ui/apps/{*id}", get(app))
@@ -130,7 +130,7 @@ fn page_number(raw: &Option<String>) -> usize {
 async fn overview(State(c): State<Console>, who: Who, csrf: Option<Extension<Csrf>>) -> Response {
     let p = principal(&who);
     let (state, apps, jobs) = tokio::join!(
-        c.upstream.get(Service::Master, "/master/state", p),
+        c.upstream.get(Service::Master, "/keel/v1/summary", p),
         c.upstream.get(Service::Services, "/v2/apps", p),
         c.upstream.get(Service::Jobs, "/v1/jobs", p),
     );
@@ -144,14 +144,24 @@ async fn overview(State(c): State<Console>, who: Who, csrf: Option<Extension<Csr
     page(pages::overview(&ctx(&c, &who, csrf), &o))
 }
 
-async fn agents(State(c): State<Console>, who: Who, csrf: Option<Extension<Csrf>>) -> Response {
+async fn agents(
+    State(c): State<Console>,
+    who: Who,
+    csrf: Option<Extension<Csrf>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let state = c.upstream.get(Service::Master, "/master/state", principal(&who)).await;
-    page(pages::agents(&ctx(&c, &who, csrf), &state))
+    page(pages::agents(&ctx(&c, &who, csrf), &state, page_number(&q.page)))
 }
 
-async fn frameworks(State(c): State<Console>, who: Who, csrf: Option<Extension<Csrf>>) -> Response {
+async fn frameworks(
+    State(c): State<Console>,
+    who: Who,
+    csrf: Option<Extension<Csrf>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let state = c.upstream.get(Service::Master, "/master/state", principal(&who)).await;
-    page(pages::frameworks(&ctx(&c, &who, csrf), &state))
+    page(pages::frameworks(&ctx(&c, &who, csrf), &state, page_number(&q.page)))
 }
 
 async fn tasks(
@@ -188,8 +198,8 @@ async fn task(
 ) -> Response {
     let fw = q.framework_id.unwrap_or_default();
     let p = principal(&who);
-    let fq = if fw.is_empty() { String::new() } else { format!("framework_id={}&", pages::urlencode(&fw)) };
-    let tid = pages::urlencode(&id);
+    let fq = if fw.is_empty() { String::new() } else { format!("framework_id={}&", pages::segment(&fw)) };
+    let tid = pages::segment(&id);
     let detail_path = format!("/keel/v1/tasks/{tid}?{fq}");
     let stdout_path = format!("/master/tasks/{tid}/files/stdout?{fq}length={TAIL_BYTES}");
     let stderr_path = format!("/master/tasks/{tid}/files/stderr?{fq}length={TAIL_BYTES}");
@@ -209,37 +219,61 @@ async fn task(
 #[derive(serde::Deserialize, Default)]
 struct TailQuery {
     framework_id: Option<String>,
-    offset: Option<u64>,
+    stdout: Option<u64>,
+    stderr: Option<u64>,
 }
 
 /// How often a tail looks for more output: soon after output came, less often while none does.
 const TAIL_FAST: std::time::Duration = std::time::Duration::from_millis(250);
 const TAIL_SLOW: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `GET /ui/tasks/{id}/tail/{stdout|stderr}?offset=N`: server-sent `data` events with what the file gains
-/// after `offset`, read through the master's files API, as `tail -f` does. It ends (`end` event) once the
-/// task has ended and everything was sent.
+/// Where a tail stands in each file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offsets {
+    stdout: u64,
+    stderr: u64,
+}
+
+impl Offsets {
+    /// As an SSE event id, which a reconnecting browser sends back in `Last-Event-ID`.
+    fn id(self) -> String {
+        format!("{}:{}", self.stdout, self.stderr)
+    }
+
+    fn parse(id: &str) -> Option<Offsets> {
+        let (o, e) = id.split_once(':')?;
+        Some(Offsets { stdout: o.parse().ok()?, stderr: e.parse().ok()? })
+    }
+}
+
+/// `GET /ui/tasks/{id}/tail?stdout=N&stderr=M`: one stream of server-sent `output` events, each
+/// `{"file", "data"}` with what stdout or stderr gained after those offsets, read through the master's files
+/// API, as `tail -f` does (one stream for both files: a browser has few connections per host). It ends
+/// (`end` event) once the task has ended, or is gone, and everything was sent.
 async fn tail(
     State(c): State<Console>,
     who: Who,
-    Path((id, file)): Path<(String, String)>,
+    Path(id): Path<String>,
     Query(q): Query<TailQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
-    if file != "stdout" && file != "stderr" {
-        return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"message": "stdout or stderr"}))).into_response();
-    }
     let principal = who.map(|Extension(p)| p);
-    let fq = q.framework_id.map(|f| format!("framework_id={}&", pages::urlencode(&f))).unwrap_or_default();
-    let tid = pages::urlencode(&id);
-    let read_path = move |offset: u64| format!("/master/tasks/{tid}/files/{file}?{fq}offset={offset}&length=65536");
-    let task_path = format!("/keel/v1/tasks/{}", pages::urlencode(&id));
+    let fq = q.framework_id.map(|f| format!("framework_id={}&", pages::segment(&f))).unwrap_or_default();
+    let tid = pages::segment(&id);
+    let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(Offsets::parse);
+    let from = resumed.unwrap_or(Offsets { stdout: q.stdout.unwrap_or(0), stderr: q.stderr.unwrap_or(0) });
+    let read_path = {
+        let (tid, fq) = (tid.clone(), fq.clone());
+        move |file: &str, offset: u64| format!("/master/tasks/{tid}/files/{file}?{fq}offset={offset}&length=65536")
+    };
+    let task_path = format!("/keel/v1/tasks/{tid}?{fq}");
     struct Tail {
-        offset: u64,
+        at: Offsets,
         wait: std::time::Duration,
         done: bool,
     }
-    let start = Tail { offset: q.offset.unwrap_or(0), wait: std::time::Duration::ZERO, done: false };
+    let start = Tail { at: from, wait: std::time::Duration::ZERO, done: false };
     let stream = futures::stream::unfold(start, move |mut t| {
         let (c, principal, read_path, task_path) = (c.clone(), principal.clone(), read_path.clone(), task_path.clone());
         async move {
@@ -249,47 +283,53 @@ async fn tail(
             loop {
                 tokio::time::sleep(t.wait).await;
                 let p = principal.as_deref();
-                match c.upstream.get(Service::Master, &read_path(t.offset), p).await {
-                    Ok(chunk) => {
-                        let data = chunk["data"].as_str().unwrap_or("");
-                        if !data.is_empty() {
-                            t.offset = chunk["offset"].as_u64().unwrap_or(t.offset) + data.len() as u64;
-                            t.wait = TAIL_FAST;
-                            // JSON: output may hold carriage returns, which an SSE line cannot.
-                            let ev = Event::default()
-                                .event("data")
-                                .id(t.offset.to_string())
-                                .data(Value::from(data).to_string());
-                            return Some((Ok::<_, std::convert::Infallible>(ev), t));
+                let (out_path, err_path) = (read_path("stdout", t.at.stdout), read_path("stderr", t.at.stderr));
+                let (out, err) = tokio::join!(
+                    c.upstream.get(Service::Master, &out_path, p),
+                    c.upstream.get(Service::Master, &err_path, p),
+                );
+                let mut events = vec![];
+                let mut failed = None;
+                for (file, chunk, offset) in [("stdout", out, &mut t.at.stdout), ("stderr", err, &mut t.at.stderr)] {
+                    match chunk {
+                        Ok(chunk) => {
+                            let data = chunk["data"].as_str().unwrap_or("");
+                            if !data.is_empty() {
+                                *offset = chunk["offset"].as_u64().unwrap_or(*offset) + data.len() as u64;
+                                events.push(serde_json::json!({"file": file, "data": data}));
+                            }
                         }
-                        let ended = c.upstream.get(Service::Master, &task_path, p).await.is_ok_and(|d| {
-                            matches!(
-                                d["state"].as_str(),
-                                Some(
-                                    "TASK_FINISHED"
-                                        | "TASK_FAILED"
-                                        | "TASK_KILLED"
-                                        | "TASK_LOST"
-                                        | "TASK_ERROR"
-                                        | "TASK_DROPPED"
-                                )
-                            )
-                        });
-                        if ended {
-                            t.done = true;
-                            return Some((Ok(Event::default().event("end").data("the task has ended")), t));
-                        }
-                        t.wait = (t.wait * 2).clamp(TAIL_FAST, TAIL_SLOW);
-                    }
-                    Err(f) => {
-                        t.done = true;
-                        return Some((Ok(Event::default().event("failure").data(f.to_string())), t));
+                        Err(f) if f.status == StatusCode::NOT_FOUND => {}
+                        Err(f) => failed = Some(f),
                     }
                 }
+                if let Some(f) = failed {
+                    t.done = true;
+                    return Some((Ok(Event::default().event("failure").data(f.to_string())), t));
+                }
+                if !events.is_empty() {
+                    t.wait = TAIL_FAST;
+                    let ev = Event::default().event("output").id(t.at.id()).data(Value::from(events).to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(ev), t));
+                }
+                let task = c.upstream.get(Service::Master, &task_path, p).await;
+                let ended = match &task {
+                    Ok(d) => d["state"].as_str().is_some_and(is_terminal),
+                    Err(f) => f.status == StatusCode::NOT_FOUND,
+                };
+                if ended {
+                    t.done = true;
+                    return Some((Ok(Event::default().event("end").data("the task has ended")), t));
+                }
+                t.wait = (t.wait * 2).clamp(TAIL_FAST, TAIL_SLOW);
             }
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "TASK_FINISHED" | "TASK_FAILED" | "TASK_KILLED" | "TASK_LOST" | "TASK_ERROR" | "TASK_DROPPED")
 }
 
 async fn apps(
@@ -329,11 +369,19 @@ async fn app(
     let path = pages::urlencode(&id);
     let (app_path, versions_path) =
         (format!("/v2/apps{path}?embed=app.deployments"), format!("/v2/apps{path}/versions"));
-    let (app, versions, queue) = tokio::join!(
+    let (app, versions, queue, deployments) = tokio::join!(
         c.upstream.get(Service::Services, &app_path, p),
         c.upstream.get(Service::Services, &versions_path, p),
         c.upstream.get(Service::Services, "/v2/queue", p),
+        c.upstream.get(Service::Services, "/v2/deployments", p),
     );
+    let deployments: Vec<Value> = deployments
+        .ok()
+        .and_then(|d| d.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d["affectedApps"].as_array().is_some_and(|a| a.iter().any(|x| x == id.as_str())))
+        .collect();
     let app = app.map(|mut v| v["app"].take());
     let mut versions: Vec<String> = versions
         .ok()
@@ -347,8 +395,8 @@ async fn app(
     });
     let diff = match q {
         DiffQuery { a: Some(a), b: Some(b) } if versions.contains(&a) && versions.contains(&b) => {
-            let pa = format!("/v2/apps{path}/versions/{}", pages::urlencode(&a));
-            let pb = format!("/v2/apps{path}/versions/{}", pages::urlencode(&b));
+            let pa = format!("/v2/apps{path}/versions/{}", pages::segment(&a));
+            let pb = format!("/v2/apps{path}/versions/{}", pages::segment(&b));
             let (va, vb) =
                 tokio::join!(c.upstream.get(Service::Services, &pa, p), c.upstream.get(Service::Services, &pb, p));
             let pretty = |v: Result<Value, upstream::Failure>| {
@@ -363,7 +411,7 @@ async fn app(
         Err(f) if f.status == StatusCode::NOT_FOUND => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     };
-    let page_data = pages::AppPage { id: &id, app, versions, queue, diff };
+    let page_data = pages::AppPage { id: &id, app, versions, queue, diff, deployments };
     page_with(status, pages::app(&ctx(&c, &who, csrf), &page_data))
 }
 
@@ -385,7 +433,7 @@ async fn new_job(State(c): State<Console>, who: Who, csrf: Option<Extension<Csrf
 
 async fn job(State(c): State<Console>, who: Who, csrf: Option<Extension<Csrf>>, Path(id): Path<String>) -> Response {
     let p = principal(&who);
-    let jid = pages::urlencode(&id);
+    let jid = pages::segment(&id);
     let (all_path, history_path) = (format!("/v1/jobs?{JOB_EMBEDS}"), format!("/keel/v1/jobs/{jid}/runs?limit=50"));
     let (all, history) =
         tokio::join!(c.upstream.get(Service::Jobs, &all_path, p), c.upstream.get(Service::Jobs, &history_path, p));
@@ -440,9 +488,12 @@ async fn proxy(
         )
             .into_response();
     };
-    // The raw path, not the decoded one: what the browser asked for is what the API gets.
-    let prefix = format!("/ui/api/{service}");
-    let rest = req.uri().path().strip_prefix(&prefix).unwrap_or("/").to_owned();
+    // The raw path after `/ui/api/{service}`, not the decoded one: what the browser asked for is what the
+    // API gets.
+    let rest = match req.uri().path().splitn(4, '/').nth(3).and_then(|r| r.split_once('/')) {
+        Some((_, rest)) => format!("/{rest}"),
+        None => "/".to_owned(),
+    };
     let path = match q {
         Some(q) => format!("{rest}?{q}"),
         None => rest,
@@ -473,4 +524,18 @@ async fn proxy(
 pub fn same_port(url: &str) -> HashMap<Service, String> {
     let url = url.trim_end_matches('/').to_owned();
     HashMap::from([(Service::Services, url.clone()), (Service::Jobs, url)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_offsets_round_trip_through_event_ids() {
+        let o = Offsets { stdout: 12, stderr: 3 };
+        assert_eq!(Offsets::parse(&o.id()), Some(o));
+        for bad in ["", "12", "a:b", "1:2:3", "-1:0"] {
+            assert_eq!(Offsets::parse(bad), None, "{bad}");
+        }
+    }
 }

@@ -81,7 +81,7 @@ pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<F
             let text = format!("task {id} is {}", state.trim_start_matches("TASK_").to_lowercase());
             (
                 Topics::TASKS.union(Topics::APPS).union(Topics::AGENTS).union(Topics::FEED),
-                item(tone, text, Some(format!("/ui/tasks/{id}"))),
+                item(tone, text, Some(format!("/ui/tasks/{}", crate::pages::segment(&id)))),
             )
         }
         (Service::Master, "agent_registered" | "agent_disconnected" | "agent_unreachable") => {
@@ -91,7 +91,7 @@ pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<F
                 _ => ("bad", "is unreachable"),
             };
             let text = format!("agent {} ({}) {what}", s("hostname"), s("agent_id"));
-            (Topics::AGENTS.union(Topics::FEED), item(tone, text, Some(format!("/ui/agents#{}", s("agent_id")))))
+            (Topics::AGENTS.union(Topics::FEED), item(tone, text, Some("/ui/agents".into())))
         }
         (Service::Master, k) if k.starts_with("framework_") => {
             let what = k.trim_start_matches("framework_");
@@ -101,14 +101,17 @@ pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<F
         }
         (Service::Services, "deployment_success" | "deployment_failed") => {
             let ok = kind == "deployment_success";
-            let apps: Vec<String> = data["plan"]["target"]["apps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a["id"].as_str().map(str::to_owned))
-                .collect();
+            // A destroyed app is only in the plan's original.
+            let target = &data["plan"]["target"]["apps"];
+            let apps = if target.as_array().is_some_and(|a| !a.is_empty()) {
+                target
+            } else {
+                &data["plan"]["original"]["apps"]
+            };
+            let apps: Vec<String> =
+                apps.as_array().into_iter().flatten().filter_map(|a| a["id"].as_str().map(str::to_owned)).collect();
             let text = format!("deployment {} {}", if ok { "succeeded" } else { "failed" }, apps.join(", "));
-            let link = apps.first().map(|a| format!("/ui/apps{a}"));
+            let link = apps.first().map(|a| format!("/ui/apps{}", crate::pages::urlencode(a)));
             (Topics::APPS.union(Topics::FEED), item(if ok { "ok" } else { "bad" }, text, link))
         }
         (Service::Services, _) => (Topics::APPS, None),
@@ -121,9 +124,14 @@ pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<F
             };
             let job = s("jobId");
             let text = format!("job {job}: run {} {}", s("runId"), status.to_lowercase());
-            (Topics::JOBS.union(Topics::FEED), item(tone, text, Some(format!("/ui/jobs/{job}"))))
+            (
+                Topics::JOBS.union(Topics::FEED),
+                item(tone, text, Some(format!("/ui/jobs/{}", crate::pages::segment(&job)))),
+            )
         }
         (Service::Jobs, _) => (Topics::JOBS, None),
+        // The stream fell behind: anything may have changed.
+        (_, "lagged") => (Topics(0xff), None),
         _ => (Topics::default(), None),
     }
 }

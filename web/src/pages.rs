@@ -37,7 +37,6 @@ pub fn layout(ctx: &Ctx, title: &str, section: &str, topics: Topics, body: Marku
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Keel" }
                 link rel="stylesheet" href="/ui/assets/console.css";
-                link rel="icon" href="data:,";
                 @if let Some(c) = &ctx.csrf { meta name="csrf-token" content=(c); }
                 script src="/ui/assets/console.js" defer {}
             }
@@ -123,6 +122,12 @@ pub fn pager(p: &Page, base: &str, query: &[(&str, String)]) -> Markup {
     }
 }
 
+/// `s` as one segment of a path: `/` is encoded too, so an id cannot reach another path.
+pub fn segment(s: &str) -> String {
+    urlencode(s).replace('/', "%2F")
+}
+
+/// `s` for a URL path (an app id is a path: its `/` stay) or a query value.
 pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -169,24 +174,9 @@ pub struct Overview<'a> {
     pub feed: &'a [FeedItem],
 }
 
-/// Total and used cpus, mem and disk of the agents that are not unreachable.
-fn capacity(agents: &[Value]) -> ([f64; 3], [f64; 3]) {
-    let (mut total, mut used) = ([0.0f64; 3], [0.0f64; 3]);
-    for a in agents.iter().filter(|a| a["status"] != "unreachable") {
-        for (i, k) in ["cpus", "mem", "disk"].iter().enumerate() {
-            total[i] += n(&a["resources"][k]);
-            used[i] += n(&a["used_resources"][k]);
-        }
-    }
-    (total, used)
-}
-
-fn count_states(tasks: &[Value]) -> std::collections::BTreeMap<String, usize> {
-    let mut by_state = std::collections::BTreeMap::new();
-    for t in tasks {
-        *by_state.entry(text(&t["state"]).to_owned()).or_default() += 1;
-    }
-    by_state
+/// The values of a JSON object of counts, summed.
+fn sum(v: &Value) -> u64 {
+    v.as_object().map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
 }
 
 pub fn overview(ctx: &Ctx, o: &Overview<'_>) -> Markup {
@@ -195,32 +185,29 @@ pub fn overview(ctx: &Ctx, o: &Overview<'_>) -> Markup {
         @match &o.state {
             Err(e) => (failure("the cluster's state", e)),
             Ok(s) => {
-                @let agents = s["agents"].as_array().cloned().unwrap_or_default();
-                @let (total, used) = capacity(&agents);
+                @let (total, used) = (&s["total_resources"], &s["used_resources"]);
                 section #capacity data-live="" aria-labelledby="cap-h" {
                     h2 #cap-h { "Capacity" }
                     div.bars {
-                        (bar("CPUs", used[0], total[0], format!("{:.1} of {:.1}", used[0], total[0])))
-                        (bar("Memory", used[1], total[1], format!("{} of {}", view::mib(used[1]), view::mib(total[1]))))
-                        (bar("Disk", used[2], total[2], format!("{} of {}", view::mib(used[2]), view::mib(total[2]))))
+                        (bar("CPUs", n(&used["cpus"]), n(&total["cpus"]), format!("{:.1} of {:.1}", n(&used["cpus"]), n(&total["cpus"]))))
+                        (bar("Memory", n(&used["mem"]), n(&total["mem"]), format!("{} of {}", view::mib(n(&used["mem"])), view::mib(n(&total["mem"])))))
+                        (bar("Disk", n(&used["disk"]), n(&total["disk"]), format!("{} of {}", view::mib(n(&used["disk"])), view::mib(n(&total["disk"])))))
                     }
                 }
-                @let tasks = s["tasks"].as_array().cloned().unwrap_or_default();
-                @let by_state = count_states(&tasks);
-                @let unreachable = agents.iter().filter(|a| a["status"] == "unreachable").count();
+                @let unreachable = s["agents"]["unreachable"].as_u64().unwrap_or(0);
                 section #counts data-live="" aria-label="Counts" {
                     div.cards {
-                        a.card href="/ui/agents" { span.big { (agents.len()) } span { "agents" }
+                        a.card href="/ui/agents" { span.big { (sum(&s["agents"])) } span { "agents" }
                             @if unreachable > 0 { span.state.warn { "▲ " (unreachable) " unreachable" } } }
-                        a.card href="/ui/frameworks" { span.big { (s["frameworks"].as_array().map_or(0, Vec::len)) } span { "frameworks" } }
-                        a.card href="/ui/tasks" { span.big { (tasks.len()) } span { "tasks" } }
+                        a.card href="/ui/frameworks" { span.big { (n(&s["frameworks"])) } span { "frameworks" } }
+                        a.card href="/ui/tasks" { span.big { (sum(&s["tasks"])) } span { "tasks" } }
                         a.card href="/ui/apps" { span.big { @match &o.apps { Ok(n) => (n), Err(_) => "?" } } span { "apps" } }
                         a.card href="/ui/jobs" { span.big { @match &o.jobs { Ok(n) => (n), Err(_) => "?" } } span { "jobs" } }
                     }
-                    @if !by_state.is_empty() {
+                    @if let Some(by_state) = s["tasks"].as_object().filter(|o| !o.is_empty()) {
                         ul.inline aria-label="Tasks by state" {
-                            @for (st, count) in &by_state {
-                                li { a href=(format!("/ui/tasks?state={st}")) { (state(st)) " " (count) } }
+                            @for (st, count) in by_state {
+                                li { a href=(format!("/ui/tasks?state={st}")) { (state(st)) " " (n(count)) } }
                             }
                         }
                     }
@@ -264,13 +251,14 @@ pub fn overview(ctx: &Ctx, o: &Overview<'_>) -> Markup {
 
 // ---- agents and frameworks ----
 
-pub fn agents(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>) -> Markup {
+pub fn agents(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>, page_no: usize) -> Markup {
     let body = html! {
         h1 { "Agents" }
         @match snapshot {
             Err(e) => (failure("the agents", e)),
             Ok(s) => {
                 @let agents = s["agents"].as_array().cloned().unwrap_or_default();
+                @let p = view::page(agents.len(), page_no);
                 div #agents data-live="" {
                     @if agents.is_empty() {
                         p.empty { "No agents yet — start one with " code { "keel agent --master URL" } "." }
@@ -278,7 +266,7 @@ pub fn agents(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>) -> 
                         table {
                             thead { tr { th { "Agent" } th { "Status" } th { "CPUs (used / offered / total)" } th { "Memory" } th { "Disk" } th { "Docker" } th { "Tasks" } th { "Last heartbeat" } th { "Attributes" } } }
                             tbody {
-                                @for a in &agents {
+                                @for a in &agents[p.start..p.end] {
                                     @let id = text(&a["id"]);
                                     @let st = text(&a["status"]);
                                     tr id=(id) class=[(st == "unreachable").then_some("alert")] {
@@ -295,6 +283,7 @@ pub fn agents(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>) -> 
                                 }
                             }
                         }
+                        (pager(&p, "/ui/agents", &[]))
                     }
                 }
             }
@@ -303,13 +292,14 @@ pub fn agents(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>) -> 
     layout(ctx, "Agents", "agents", Topics::AGENTS, body)
 }
 
-pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>) -> Markup {
+pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>, page_no: usize) -> Markup {
     let body = html! {
         h1 { "Frameworks" }
         @match snapshot {
             Err(e) => (failure("the frameworks", e)),
             Ok(s) => {
                 @let fws = s["frameworks"].as_array().cloned().unwrap_or_default();
+                @let p = view::page(fws.len(), page_no);
                 div #frameworks data-live="" {
                     @if fws.is_empty() {
                         p.empty { "No frameworks have subscribed yet." }
@@ -317,7 +307,7 @@ pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>)
                         table {
                             thead { tr { th { "Name" } th { "State" } th { "Role" } th { "DRF share" } th { "Tasks" } th { "Offers" } th { "Web UI" } } }
                             tbody {
-                                @for f in &fws {
+                                @for f in &fws[p.start..p.end] {
                                     @let st = if f["active"] != true { "removed" } else if f["connected"] == true { "connected" } else { "disconnected" };
                                     tr {
                                         td { strong { (text(&f["name"])) } br; small.mono { (text(&f["id"])) } }
@@ -326,11 +316,12 @@ pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>)
                                         td { (format!("{:.1} %", n(&f["dominant_share"]) * 100.0)) }
                                         td { a href=(format!("/ui/tasks?framework={}", text(&f["id"]))) { (n(&f["tasks"])) } }
                                         td { (n(&f["offers"])) }
-                                        td { @let u = text(&f["webui_url"]); @if u.is_empty() { "—" } @else { a href=(u) rel="noreferrer" { (u) } } }
+                                        td { @let u = text(&f["webui_url"]); @if u.starts_with("http://") || u.starts_with("https://") { a href=(u) rel="noreferrer" { (u) } } @else if u.is_empty() { "—" } @else { code { (u) } } }
                                     }
                                 }
                             }
                         }
+                        (pager(&p, "/ui/frameworks", &[]))
                     }
                 }
             }
@@ -394,7 +385,7 @@ pub fn tasks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>, f: &
                                 @for t in &rows[p.start..p.end] {
                                     @let id = text(&t["id"]);
                                     tr {
-                                        td { a.mono href=(format!("/ui/tasks/{}?framework_id={}", urlencode(id), urlencode(text(&t["framework_id"])))) { (id) } }
+                                        td { a.mono href=(format!("/ui/tasks/{}?framework_id={}", segment(id), segment(text(&t["framework_id"])))) { (id) } }
                                         td { (state(text(&t["state"])))
                                             @match t["healthy"].as_bool() { Some(true) => { " " (state("healthy")) }, Some(false) => { " " (state("unhealthy")) }, None => {} } }
                                         td.mono { (text(&t["agent_id"])) }
@@ -451,7 +442,15 @@ pub fn task(
     detail: &Result<Value, crate::upstream::Failure>,
     outputs: &[(&str, Result<Value, crate::upstream::Failure>)],
 ) -> Markup {
-    let q = if framework_id.is_empty() { String::new() } else { format!("?framework_id={}", urlencode(framework_id)) };
+    let fq = if framework_id.is_empty() { String::new() } else { format!("framework_id={}&", segment(framework_id)) };
+    let offset = |file: &str| {
+        outputs
+            .iter()
+            .find(|(f, _)| *f == file)
+            .and_then(|(_, o)| o.as_ref().ok())
+            .map_or(0.0, |o| n(&o["offset"]) + o["data"].as_str().map_or(0, str::len) as f64)
+    };
+    let tail = format!("/ui/tasks/{}/tail?{fq}stdout={}&stderr={}", segment(id), offset("stdout"), offset("stderr"));
     let body = html! {
         p.crumbs { a href="/ui/tasks" { "Tasks" } " / " }
         h1.mono { (id) }
@@ -481,14 +480,14 @@ pub fn task(
                 }
             }
         }
+        div #tail data-tail=(tail) {}
         @for (file, out) in outputs {
             section.output aria-labelledby=(format!("{file}-h")) {
                 h2 id=(format!("{file}-h")) { (file) }
                 @match out {
                     Err(e) => (failure(file, e)),
                     Ok(o) => {
-                        pre id=(file) tabindex="0" data-tail=(format!("/ui/tasks/{}/tail/{file}{q}", urlencode(id)))
-                            data-offset=(n(&o["offset"]) + o["data"].as_str().map_or(0, str::len) as f64) { (text(&o["data"])) }
+                        pre id=(file) tabindex="0" aria-label=(format!("{file} of the task")) { (text(&o["data"])) }
                     }
                 }
             }
@@ -641,6 +640,8 @@ pub struct AppPage<'a> {
     pub queue: Option<Value>,
     /// The two versions compared, and their definitions' diff.
     pub diff: Option<(String, String, Vec<DiffLine>)>,
+    /// The deployments in progress that change this app, with their steps.
+    pub deployments: Vec<Value>,
 }
 
 pub fn app(ctx: &Ctx, page: &AppPage<'_>) -> Markup {
@@ -661,16 +662,20 @@ pub fn app(ctx: &Ctx, page: &AppPage<'_>) -> Markup {
                         div.card { span.big { (n(&a["tasksUnhealthy"])) } span { "unhealthy" } }
                     }
                     @if let Some(q) = &page.queue { p { (waiting_reason(q)) } }
-                    @let deployments = a["deployments"].as_array().cloned().unwrap_or_default();
-                    @if !deployments.is_empty() {
+                    @if !page.deployments.is_empty() {
                         section aria-labelledby="dep-h" {
                             h2 #dep-h { "Deployment in progress" }
-                            @for d in &deployments {
+                            @for d in &page.deployments {
                                 @let did = text(&d["id"]);
-                                p { (state("deploying")) " " code { (did) } " "
-                                    (action(ctx, "Cancel and roll back", "DELETE", &format!("/ui/api/services/v2/deployments/{did}"), "", Some("Cancel this deployment and roll the app back to its previous version?"), ""))
+                                @let actions: Vec<String> = d["currentActions"].as_array().into_iter().flatten()
+                                    .map(|x| format!("{} {}", text(&x["action"]), text(&x["app"]))).collect();
+                                p { (state("deploying")) " " code { (did) }
+                                    " — step " (n(&d["currentStep"])) " of " (n(&d["totalSteps"]))
+                                    @if !actions.is_empty() { ": " (actions.join(", ")) }
                                     " "
-                                    (action(ctx, "Stop without rollback", "DELETE", &format!("/ui/api/services/v2/deployments/{did}?force=true"), "", Some("Stop this deployment where it is, without rolling back?"), ""))
+                                    (action(ctx, "Cancel and roll back", "DELETE", &format!("/ui/api/services/v2/deployments/{}", segment(did)), "", Some("Cancel this deployment and roll the app back to its previous version?"), ""))
+                                    " "
+                                    (action(ctx, "Stop without rollback", "DELETE", &format!("/ui/api/services/v2/deployments/{}?force=true", segment(did)), "", Some("Stop this deployment where it is, without rolling back?"), ""))
                                 }
                             }
                         }
@@ -696,7 +701,7 @@ pub fn app(ctx: &Ctx, page: &AppPage<'_>) -> Markup {
                             tbody {
                                 @for t in &tasks {
                                     tr {
-                                        td { a.mono href=(format!("/ui/tasks/{}", urlencode(text(&t["id"])))) { (text(&t["id"])) } }
+                                        td { a.mono href=(format!("/ui/tasks/{}", segment(text(&t["id"])))) { (text(&t["id"])) } }
                                         td { (state(text(&t["state"])))
                                             @if let Some(h) = t["healthCheckResults"].as_array().and_then(|h| h.first()) {
                                                 " " (state(if h["alive"] == true { "healthy" } else { "unhealthy" })) } }
@@ -713,7 +718,7 @@ pub fn app(ctx: &Ctx, page: &AppPage<'_>) -> Markup {
                     h2 #json-h { "Definition" }
                     @let def = serde_json::to_string_pretty(&definition(a)).unwrap_or_default();
                     @if ctx.may_write {
-                        form.editor data-call="PUT" data-url=(api) data-json="definition" {
+                        form.editor data-call="PUT" data-url=(format!("{api}?partialUpdate=false")) data-json="definition" {
                             label for="definition" { "The app's JSON. Every field is kept on save; computed fields (tasks, counts, version) are left out. It follows changes until you edit it." }
                             textarea #definition name="definition" rows="18" spellcheck="false" { (def) }
                             div.field-error data-path="/" {}
@@ -829,7 +834,7 @@ pub fn jobs(ctx: &Ctx, jobs: &Result<Value, crate::upstream::Failure>, page_no: 
                                 @for j in &rows[p.start..p.end] {
                                     @let s = &j["schedules"][0];
                                     tr {
-                                        td { a href=(format!("/ui/jobs/{}", urlencode(text(&j["id"])))) { (text(&j["id"])) } }
+                                        td { a href=(format!("/ui/jobs/{}", segment(text(&j["id"])))) { (text(&j["id"])) } }
                                         td.mono { @if s.is_null() { "— (manual)" } @else { (text(&s["cron"])) @if s["enabled"] == false { " " (state("disabled")) } } }
                                         td { (text(&s["timezone"])) }
                                         td.mono { (text(&s["nextRunAt"])) }
@@ -886,7 +891,15 @@ pub fn graph(jobs: &[&Value], focus: Option<&str>) -> Markup {
             (text(&j["id"]).to_owned(), ps)
         })
         .collect();
-    if parents.values().all(Vec::is_empty) && focus.is_none() {
+    // Only jobs that have a parent or a child: the others would be a long row of lone boxes.
+    let linked: std::collections::BTreeSet<&String> = parents
+        .iter()
+        .filter(|(_, ps)| !ps.is_empty())
+        .flat_map(|(c, ps)| std::iter::once(c).chain(ps.iter()))
+        .collect();
+    let parents: std::collections::BTreeMap<String, Vec<String>> =
+        parents.iter().filter(|(c, _)| linked.contains(c)).map(|(c, ps)| (c.clone(), ps.clone())).collect();
+    if parents.is_empty() || focus.is_some_and(|f| !parents.contains_key(f)) {
         return html! { p.empty { "No job depends on another." } };
     }
     let (nodes, edges, width, height) = view::layout(&parents);
@@ -894,7 +907,7 @@ pub fn graph(jobs: &[&Value], focus: Option<&str>) -> Markup {
     let outcome: std::collections::HashMap<&str, &'static str> =
         jobs.iter().map(|j| (text(&j["id"]), job_outcome(j))).collect();
     html! {
-        svg.graph role="img" aria-label="Job dependency graph" width=(width) height=(height) viewBox=(format!("0 0 {width} {height}")) xmlns="http://www.w3.org/2000/svg" {
+        svg.graph role="group" aria-label="Job dependency graph" width=(width) height=(height) viewBox=(format!("0 0 {width} {height}")) xmlns="http://www.w3.org/2000/svg" {
             defs { marker #arrow viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto" { path d="M0,0 L10,5 L0,10 z" {} } }
             @for (p, c) in &edges {
                 @if let (Some((x1, y1)), Some((x2, y2))) = (at(p), at(c)) {
@@ -904,7 +917,7 @@ pub fn graph(jobs: &[&Value], focus: Option<&str>) -> Markup {
             @for node in &nodes {
                 @let o = outcome.get(node.id.as_str()).copied().unwrap_or("never run");
                 @let (tone, glyph) = view::tone(o);
-                a href=(format!("/ui/jobs/{}", urlencode(&node.id))) {
+                a href=(format!("/ui/jobs/{}", segment(&node.id))) aria-label=(format!("{}: {}", node.id, view::state_word(o))) {
                     g class={"node " (tone) @if focus == Some(node.id.as_str()) { " focus" }} {
                         rect x=(node.x) y=(node.y) width="150" height="40" rx="6" {}
                         text x=(node.x + 8.0) y=(node.y + 17.0) { (node.id) }
@@ -925,7 +938,7 @@ pub struct JobPage<'a> {
 
 pub fn job(ctx: &Ctx, page: &JobPage<'_>) -> Markup {
     let id = page.id;
-    let api = format!("/ui/api/jobs/v1/jobs/{}", urlencode(id));
+    let api = format!("/ui/api/jobs/v1/jobs/{}", segment(id));
     let body = html! {
         p.crumbs { a href="/ui/jobs" { "Jobs" } " / " }
         h1 { (id) }
@@ -947,7 +960,7 @@ pub fn job(ctx: &Ctx, page: &JobPage<'_>) -> Markup {
                     section.actions aria-label="Actions" {
                         (action(ctx, "Run now", "POST", &format!("{api}/runs"), "{}", None, "primary"))
                         @if !s.is_null() {
-                            (action(ctx, if s["enabled"] == false { "Enable" } else { "Disable" }, "PUT", &format!("{api}/schedules/{}", urlencode(text(&s["id"]))), &toggled(s).to_string(), None, ""))
+                            (action(ctx, if s["enabled"] == false { "Enable" } else { "Disable" }, "PUT", &format!("{api}/schedules/{}", segment(text(&s["id"]))), &toggled(s).to_string(), None, ""))
                         }
                         (action(ctx, "Delete", "DELETE", &format!("{api}?stopCurrentJobRuns=true"), "", Some("Delete this job, and stop its active runs?"), "danger"))
                     }
@@ -957,7 +970,7 @@ pub fn job(ctx: &Ctx, page: &JobPage<'_>) -> Markup {
                     @let active = j["activeRuns"].as_array().cloned().unwrap_or_default();
                     @if active.is_empty() { p.empty { "None." } } @else {
                         ul { @for r in &active { li { code { (text(&r["id"])) } " " (state(text(&r["status"]))) " "
-                            (action(ctx, "Kill", "POST", &format!("{api}/runs/{}/actions/stop", urlencode(text(&r["id"]))), "{}", Some("Kill this run?"), "danger")) } } }
+                            (action(ctx, "Kill", "POST", &format!("{api}/runs/{}/actions/stop", segment(text(&r["id"]))), "{}", Some("Kill this run?"), "danger")) } } }
                     }
                 }
                 section #job-history data-live="" aria-labelledby="hist-h" {
@@ -984,7 +997,7 @@ pub fn job(ctx: &Ctx, page: &JobPage<'_>) -> Markup {
                                                     @if out.is_empty() && err.is_empty() { "—" } @else {
                                                         details { summary { "output" } @if !out.is_empty() { pre.run-output { (out) } } @if !err.is_empty() { pre.run-output.stderr { (err) } } }
                                                     }
-                                                    @for t in r["taskIds"].as_array().into_iter().flatten() { a.mono href=(format!("/ui/tasks/{}", urlencode(text(t)))) { "task" } " " }
+                                                    @for t in r["taskIds"].as_array().into_iter().flatten() { a.mono href=(format!("/ui/tasks/{}", segment(text(t)))) { "task" } " " }
                                                 }
                                             }
                                         }
@@ -1006,6 +1019,17 @@ pub fn job(ctx: &Ctx, page: &JobPage<'_>) -> Markup {
     layout(ctx, id, "jobs", Topics::JOBS, body)
 }
 
+/// A job's definition as the API takes it back: what the form does not show is kept on save.
+fn editable_job(job: &Value) -> String {
+    let mut j = job.clone();
+    if let Some(o) = j.as_object_mut() {
+        for k in ["activeRuns", "schedules", "historySummary", "history", "keel"] {
+            o.remove(k);
+        }
+    }
+    j.to_string()
+}
+
 /// The form that creates a job, or edits one (`job`).
 pub fn job_form(job: Option<&Value>) -> Markup {
     let s = job.map(|j| &j["schedules"][0]).filter(|s| !s.is_null());
@@ -1016,8 +1040,9 @@ pub fn job_form(job: Option<&Value>) -> Markup {
         section aria-labelledby="form-h" {
             h2 #form-h { @if job.is_some() { "Edit" } @else { "Definition" } }
             form.job-form data-fields="job" data-call=(if job.is_some() { "PUT" } else { "POST" })
-                data-url=(match job { Some(j) => format!("/ui/api/jobs/v1/jobs/{}", urlencode(text(&j["id"]))), None => "/ui/api/jobs/v1/jobs".into() })
-                data-then="/ui/jobs/{id}" data-schedule-id=(s.map(|s| text(&s["id"]).to_owned()).unwrap_or_else(|| "default".into())) {
+                data-url=(match job { Some(j) => format!("/ui/api/jobs/v1/jobs/{}", segment(text(&j["id"]))), None => "/ui/api/jobs/v1/jobs".into() })
+                data-then="/ui/jobs/{id}" data-current=(job.map(editable_job).unwrap_or_default())
+                data-schedule=(s.map(|s| { let mut s = s.clone(); if let Some(o) = s.as_object_mut() { o.remove("nextRunAt"); } s.to_string() }).unwrap_or_default()) {
                 div.field { label for="j-id" { "ID" } input #j-id name="id" required value=(get(job, "id")) readonly[job.is_some()] placeholder="nightly-report";
                     small { "Lower case letters, digits, dashes and dots." } div.field-error data-path="/id" {} }
                 div.field { label for="j-desc" { "Description" } input #j-desc name="description" value=(get(job, "description")); }

@@ -103,6 +103,31 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// The web UI URL that the active framework named `name` registered, if exactly one URL is registered
+/// under that name: with two, the console does not guess which to trust with people's credentials. Pure.
+pub fn registered_url(state: &Value, name: &str) -> Result<String, String> {
+    let mut urls: Vec<String> = state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["name"] == name && f["active"] == true)
+        .filter_map(|f| f["webui_url"].as_str())
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    urls.sort();
+    urls.dedup();
+    match urls.len() {
+        0 => Err(format!("no framework named '{name}' has registered a web UI URL with the master")),
+        1 => Ok(urls.remove(0)),
+        _ => Err(format!(
+            "frameworks named '{name}' registered different URLs ({}): the console will not guess; \
+             pin one with keel master --services-url or --jobs-url",
+            urls.join(", ")
+        )),
+    }
+}
+
 /// The console's way to the APIs; cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
@@ -161,22 +186,7 @@ impl Upstream {
             return Ok(url.clone());
         }
         let state = Box::pin(self.get_with(Service::Master, "/master/state", self.inner.own.clone())).await?;
-        let url = state["frameworks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|f| {
-                f["name"] == name && f["active"] == true && f["webui_url"].as_str().is_some_and(|u| !u.is_empty())
-            })
-            .max_by_key(|f| f["connected"] == true)
-            .and_then(|f| f["webui_url"].as_str())
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .ok_or_else(|| {
-                Failure::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{} ({name}) has not registered with the master", service.label()),
-                )
-            })?;
+        let url = registered_url(&state, name).map_err(|m| Failure::new(StatusCode::SERVICE_UNAVAILABLE, m))?;
         self.inner.found.write().expect("lock poisoned").insert(service, url.clone());
         Ok(url)
     }
@@ -277,5 +287,24 @@ impl Upstream {
             return Err(Failure::from_body(status, &body));
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_framework_url_is_trusted_only_when_unambiguous() {
+        let fw = |name: &str, url: &str, active: bool| json!({"name": name, "webui_url": url, "active": active});
+        let state = json!({"frameworks": [fw("marathon", "http://a:8080/", true), fw("chronos", "http://b:8081", true),
+                                          fw("marathon", "http://old:1", false)]});
+        assert_eq!(registered_url(&state, "marathon"), Ok("http://a:8080".into()));
+        let two = json!({"frameworks": [fw("marathon", "http://a:8080", true), fw("marathon", "http://evil:1", true)]});
+        assert!(registered_url(&two, "marathon").unwrap_err().contains("will not guess"));
+        let odd = json!({"frameworks": [fw("marathon", "javascript:alert(1)", true)]});
+        assert!(registered_url(&odd, "marathon").is_err());
+        assert!(registered_url(&json!({}), "chronos").is_err());
     }
 }

@@ -46,7 +46,9 @@ pub fn tone(state: &str) -> (&'static str, &'static str) {
         "TASK_FINISHED" | "finished" => ("ok", "✓"),
         "TASK_STAGING" | "TASK_STARTING" | "TASK_KILLING" | "STARTING" | "INITIAL" | "ACTIVE" | "staged"
         | "deploying" | "waiting" | "recovering" => ("info", "◐"),
-        "TASK_KILLED" | "disabled" | "suspended" | "disconnected" | "SKIPPED" => ("muted", "○"),
+        "TASK_KILLED" | "disabled" | "suspended" | "disconnected" | "SKIPPED" | "never run" | "removed" => {
+            ("muted", "○")
+        }
         "TASK_UNREACHABLE" | "unreachable" | "unhealthy" | "delayed" => ("warn", "▲"),
         _ => ("bad", "✕"),
     }

@@ -54,6 +54,7 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
         .route("/master/tasks/{task_id}/files/{file}", get(read_file))
         .route("/keel/v1/tasks/{task_id}", get(task))
         .route("/keel/v1/events", get(events))
+        .route("/keel/v1/summary", get(summary))
         .with_state(master)
         .merge(Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(ops))
 }
@@ -126,6 +127,21 @@ async fn read_file(
         length: q.length.unwrap_or(64 * 1024),
     };
     Ok(Json(master.read_file(request).await?))
+}
+
+/// `GET /keel/v1/summary`: counts and capacity, without the list of every task.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/summary",
+    tag = "keel",
+    description = "Agents by status, frameworks, tasks by state, and the capacity of reachable agents against what live tasks use.",
+    responses(
+        (status = 200, description = "The counts", body = serde_json::Value),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
+async fn summary(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(master.summary().await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -262,7 +278,7 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
 
 /// The description of the operator routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(state, read_file, task, events, health, metrics), tags((name = "master", description = "The master's operator API")))]
+#[openapi(paths(state, read_file, task, events, summary, health, metrics), tags((name = "master", description = "The master's operator API")))]
 pub struct MasterApiDoc;
 
 /// The JSON 404 for any path nobody serves.

@@ -21,7 +21,7 @@ use crate::ids::{AgentId, FrameworkId, TaskId};
 use crate::store::{Store, StoreError};
 
 pub use state::{
-    AgentView, ClusterEvent, FrameworkView, HistoryEntry, MAX_FILE_READ, StateSnapshot, TaskDetail, TaskView,
+    AgentView, ClusterEvent, FrameworkView, HistoryEntry, MAX_FILE_READ, StateSnapshot, Summary, TaskDetail, TaskView,
 };
 
 /// How many events a `/keel/v1/events` reader may fall behind before it is told it lagged.
@@ -170,6 +170,9 @@ pub(crate) enum Command {
     Metrics {
         reply: oneshot::Sender<String>,
     },
+    Summary {
+        reply: oneshot::Sender<Summary>,
+    },
     Task {
         framework_id: Option<FrameworkId>,
         task_id: TaskId,
@@ -300,6 +303,11 @@ impl MasterHandle {
     /// Reads part of a task's stdout or stderr from its agent.
     pub async fn read_file(&self, request: FileRequest) -> Result<FileChunk, MasterError> {
         self.ask(|reply| Command::ReadFile { request, reply }).await?
+    }
+
+    /// Counts and capacity, for `/keel/v1/summary`.
+    pub async fn summary(&self) -> Result<Summary, MasterError> {
+        self.ask(|reply| Command::Summary { reply }).await
     }
 
     /// One task, live or recently completed, with the states it went through.

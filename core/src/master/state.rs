@@ -43,7 +43,7 @@ pub const MAX_FILE_READ: u64 = 1 << 20;
 
 type FileReply = tokio::sync::oneshot::Sender<Result<FileChunk, MasterError>>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum AgentStatus {
     /// Known from the store after a master restart, not yet re-registered.
@@ -387,6 +387,9 @@ impl Master {
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(self.metrics());
+            }
+            Command::Summary { reply } => {
+                let _ = reply.send(self.summary());
             }
             Command::Task { framework_id, task_id, reply } => {
                 let _ = reply.send(self.task_detail(framework_id.as_ref(), &task_id));
@@ -1514,6 +1517,36 @@ impl Master {
         }
     }
 
+    /// Counts and capacity, without copying every task: the console's overview.
+    fn summary(&self) -> Summary {
+        let mut tasks: HashMap<TaskState, usize> = HashMap::new();
+        let mut used = Resources::default();
+        for fw in self.frameworks.values() {
+            for t in fw.tasks.values() {
+                *tasks.entry(t.state).or_default() += 1;
+                let reachable = self.agents.get(&t.agent_id).is_some_and(|a| a.status != AgentStatus::Unreachable);
+                if !t.state.is_terminal() && reachable {
+                    used.add(&t.resources);
+                }
+            }
+        }
+        let mut total = Resources::default();
+        let mut agents: std::collections::BTreeMap<AgentStatus, usize> = std::collections::BTreeMap::new();
+        for a in self.agents.values() {
+            *agents.entry(a.status).or_default() += 1;
+            if a.status != AgentStatus::Unreachable {
+                total.add(&a.info.resources);
+            }
+        }
+        Summary {
+            agents: agents.into_iter().map(|(k, v)| (status_name(k).to_owned(), v)).collect(),
+            frameworks: self.frameworks.values().filter(|f| !f.removed).count(),
+            tasks: tasks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            total_resources: total,
+            used_resources: used,
+        }
+    }
+
     fn snapshot(&self) -> StateSnapshot {
         let now = Instant::now();
         let mut used: HashMap<&AgentId, Resources> = HashMap::new();
@@ -1740,6 +1773,26 @@ pub struct FrameworkView {
     pub suppressed: bool,
     pub tasks: usize,
     pub offers: usize,
+}
+
+fn status_name(s: AgentStatus) -> &'static str {
+    match s {
+        AgentStatus::Recovering => "recovering",
+        AgentStatus::Active => "active",
+        AgentStatus::Disconnected => "disconnected",
+        AgentStatus::Unreachable => "unreachable",
+    }
+}
+
+/// Counts of agents (by status), frameworks and tasks (by state), and the capacity of the agents that are
+/// not unreachable against what their live tasks use: `/keel/v1/summary`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub agents: std::collections::BTreeMap<String, usize>,
+    pub frameworks: usize,
+    pub tasks: std::collections::BTreeMap<String, usize>,
+    pub total_resources: Resources,
+    pub used_resources: Resources,
 }
 
 fn completed_view(fid: &FrameworkId, tid: &TaskId, s: &TaskStatus) -> TaskView {
