@@ -222,16 +222,8 @@ async fn apps_are_created_scaled_and_edited_live() {
 
     // Edit the JSON: every field the API returned before is still there after.
     let before = definition(&dev, "/web").await;
-    let mut edited: Value = serde_json::from_str(
-        &b.client
-            .execute("return document.querySelector('#definition').value;", vec![])
-            .await
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    )
-    .unwrap();
+    let shown = b.client.execute("return document.querySelector('#definition').value;", vec![]).await.unwrap();
+    let mut edited: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
     edited["env"] = json!({"GREETING": "hello"});
     edited["labels"] = json!({"team": "web"});
     set_value(&b, "#definition", &serde_json::to_string_pretty(&edited).unwrap()).await;
@@ -452,7 +444,7 @@ async fn the_master_console_reaches_frameworks_on_their_own_ports() {
 
     // Through the master's console, as the caller: the app is created on the services framework's port.
     let app = json!({"id": "/web", "cmd": "exec sleep 3600", "cpus": 0.1, "mem": 16, "instances": 0});
-    let created = wait_for("the services framework to register its URL", LONG, || async {
+    wait_for("the services framework to register its URL", LONG, || async {
         let r = http
             .post(format!("{}/ui/api/services/v2/apps", master.url()))
             .bearer_auth(&token)
@@ -463,7 +455,6 @@ async fn the_master_console_reaches_frameworks_on_their_own_ports() {
         (r.status() == 201).then_some(())
     })
     .await;
-    let _ = created;
     assert_eq!(
         http.get(format!("{}/v2/apps/web", marathon.url)).bearer_auth(&token).send().await.unwrap().status(),
         200
