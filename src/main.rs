@@ -368,6 +368,10 @@ struct MasterArgs {
     /// Where the console reaches the cron framework's API; as --services-url, for the framework named "chronos".
     #[arg(long, value_parser = parse_origin)]
     jobs_url: Option<String>,
+    /// PEM certificates (a CA bundle) the console trusts when it calls this master and the frameworks over
+    /// TLS, besides the system's.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -987,8 +991,12 @@ async fn run(command: Command) -> Result<()> {
             if let Some(u) = &args.jobs_url {
                 pinned.insert(keel_web::Service::Jobs, u.clone());
             }
+            let ca = match &args.ca_cert {
+                Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?),
+                None => None,
+            };
             let upstream = keel_web::Upstream::new(
-                &keel_core::client::Target::new(&started.url, None),
+                &keel_core::client::Target::new(&started.url, None).with_ca(ca),
                 started.gate.auth.clone(),
                 pinned,
             );

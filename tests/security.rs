@@ -448,7 +448,19 @@ async fn a_cluster_over_tls() {
     let (cert_s, key_s, ca_s) = (cert.to_str().unwrap(), key.to_str().unwrap(), ca.to_str().unwrap());
     let listen = format!("127.0.0.1:{port}");
     let _master = Proc::spawn(
-        &["master", "--listen", &listen, "--database-url", &db, "--tls-cert", cert_s, "--tls-key", key_s],
+        &[
+            "master",
+            "--listen",
+            &listen,
+            "--database-url",
+            &db,
+            "--tls-cert",
+            cert_s,
+            "--tls-key",
+            key_s,
+            "--ca-cert",
+            ca_s,
+        ],
         dir.path().join("master.log"),
     );
     let pem = std::fs::read(&ca).unwrap();
@@ -497,6 +509,9 @@ async fn a_cluster_over_tls() {
         (a["app"]["tasksRunning"] == 1).then_some(())
     })
     .await;
+    // The master's console reaches the framework over TLS, at the URL it registered.
+    let page = http.get(format!("{master}/ui/apps")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("href=\"/ui/apps/tls\"") && page.contains("1 of 1 running"), "{page}");
 
     // A master that verifies client certificates takes an agent that presents one from its CA, and refuses
     // one from another CA.

@@ -652,20 +652,8 @@ async fn run_history(State(api): State<Api>, Path(id): Path<String>, RawQuery(q)
     description = "Server-sent events: job_updated, job_deleted, run_updated, run_output; `lagged` when the reader fell behind.",
     responses((status = 200, description = "An event stream", body = String, content_type = "text/event-stream"))
 )]
-async fn events(State(api): State<Api>) -> impl axum::response::IntoResponse {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use futures::StreamExt;
-    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
-    let stream = BroadcastStream::new(api.chronos.events()).map(|e| {
-        let event = match e {
-            Ok(e) => Event::default().event(e.kind()).data(serde_json::to_string(&e).unwrap_or_default()),
-            Err(BroadcastStreamRecvError::Lagged(n)) => {
-                Event::default().event("lagged").data(json!({ "missed": n }).to_string())
-            }
-        };
-        Ok::<_, std::convert::Infallible>(event)
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+async fn events(State(api): State<Api>) -> axum::response::Response {
+    keel_core::master::http::event_stream(api.chronos.events(), crate::scheduler::JobEvent::kind)
 }
 
 /// The next fire times of a schedule, before saving it: `cron=` (or `schedule=` for an ISO 8601

@@ -51,7 +51,10 @@ impl Target {
     /// An HTTP client for the master's REST API that trusts the same CA.
     pub fn http_client(&self) -> reqwest::Client {
         let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
-        if let Some(cert) = self.ca.as_deref().and_then(|pem| reqwest::Certificate::from_pem(pem).ok()) {
+        // Every certificate of the bundle: a file may hold a chain, or several CAs.
+        for cert in
+            self.ca.as_deref().and_then(|pem| reqwest::Certificate::from_pem_bundle(pem).ok()).unwrap_or_default()
+        {
             b = b.add_root_certificate(cert);
         }
         if let Some(id) = &self.identity {

@@ -144,14 +144,21 @@ async fn overview(State(c): State<Console>, who: Who, csrf: Option<Extension<Csr
     page(pages::overview(&ctx(&c, &who, csrf), &o))
 }
 
+/// A page that shows one list of the master's state.
+type StatePage = fn(&Ctx, &Result<Value, upstream::Failure>, usize) -> Markup;
+
+async fn state_page(c: Console, who: Who, csrf: Option<Extension<Csrf>>, q: ListQuery, render: StatePage) -> Response {
+    let state = c.upstream.get(Service::Master, "/master/state", principal(&who)).await;
+    page(render(&ctx(&c, &who, csrf), &state, page_number(&q.page)))
+}
+
 async fn agents(
     State(c): State<Console>,
     who: Who,
     csrf: Option<Extension<Csrf>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let state = c.upstream.get(Service::Master, "/master/state", principal(&who)).await;
-    page(pages::agents(&ctx(&c, &who, csrf), &state, page_number(&q.page)))
+    state_page(c, who, csrf, q, pages::agents).await
 }
 
 async fn frameworks(
@@ -160,8 +167,7 @@ async fn frameworks(
     csrf: Option<Extension<Csrf>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let state = c.upstream.get(Service::Master, "/master/state", principal(&who)).await;
-    page(pages::frameworks(&ctx(&c, &who, csrf), &state, page_number(&q.page)))
+    state_page(c, who, csrf, q, pages::frameworks).await
 }
 
 async fn tasks(

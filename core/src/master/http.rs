@@ -188,20 +188,29 @@ async fn task(
         (status = 200, description = "An event stream", body = String, content_type = "text/event-stream"),
     )
 )]
-async fn events(State(master): State<MasterHandle>) -> impl IntoResponse {
+async fn events(State(master): State<MasterHandle>) -> Response {
+    event_stream(master.events(), super::ClusterEvent::kind)
+}
+
+/// Server-sent events from a broadcast: each event named by `kind`, its data the JSON of the event; a
+/// reader that falls behind gets a `lagged` event with how many it missed. Kept alive every 15 s.
+pub fn event_stream<T>(rx: tokio::sync::broadcast::Receiver<T>, kind: fn(&T) -> &'static str) -> Response
+where
+    T: serde::Serialize + Clone + Send + 'static,
+{
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
     use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
-    let stream = BroadcastStream::new(master.events()).map(|e| {
+    let stream = BroadcastStream::new(rx).map(move |e| {
         let event = match e {
-            Ok(e) => Event::default().event(e.kind()).data(serde_json::to_string(&e).unwrap_or_default()),
+            Ok(e) => Event::default().event(kind(&e)).data(serde_json::to_string(&e).unwrap_or_default()),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 Event::default().event("lagged").data(json!({ "missed": n }).to_string())
             }
         };
         Ok::<_, std::convert::Infallible>(event)
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 #[utoipa::path(
