@@ -46,6 +46,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Conflict(String),
+    /// The write carried a term that no longer holds the lease: this process is not the leader any more.
+    #[error("refused a write of a deposed {kind} leader (term {term})")]
+    Fenced { kind: &'static str, term: i64 },
 }
 
 impl From<IdError> for StoreError {
@@ -132,6 +135,17 @@ pub struct AuditRecord {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The lease a leader's registry writes are fenced by: (kind, term).
+    fence: Option<(&'static str, i64)>,
+}
+
+/// Who holds a lease, as the database says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: String,
+    pub term: i64,
+    /// How long it still runs, by the database's clock (negative: expired).
+    pub remaining_ms: i64,
 }
 
 impl Store {
@@ -170,7 +184,7 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { url: redact(&url), source })?;
-        let store = Store { pool, backend };
+        let store = Store { pool, backend, fence: None };
         store.migrate().await?;
         Ok(store)
     }
@@ -195,11 +209,100 @@ impl Store {
         &self.pool
     }
 
+    /// The database's clock, in milliseconds since the Unix epoch, as SQL: leases are timed by it alone, so
+    /// the hosts' clocks do not matter.
+    fn now_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+
+    /// This store, with every registry write fenced by lease `kind` at `term`: the database refuses the
+    /// write once another process holds the lease.
+    pub fn fenced(&self, kind: &'static str, term: i64) -> Store {
+        Store { fence: Some((kind, term)), ..self.clone() }
+    }
+
+    fn fence_args(&self) -> (&'static str, i64) {
+        self.fence.unwrap_or(("", 0))
+    }
+
+    /// Whether a write that changed no row was refused by the fence (rather than finding nothing to change).
+    async fn check_fence(&self) -> Result<(), StoreError> {
+        let Some((kind, term)) = self.fence else { return Ok(()) };
+        match self.lease(kind).await? {
+            Some(l) if l.term == term => Ok(()),
+            _ => Err(StoreError::Fenced { kind, term }),
+        }
+    }
+
+    /// Takes lease `kind` for `holder` for `ttl_ms`, when it is free, expired, or already `holder`'s (a
+    /// restarted holder takes its lease back at once); the term goes up either way. Answers the new term, or
+    /// `None` while another holder's lease runs.
+    pub async fn acquire_lease(&self, kind: &str, holder: &str, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
+        let now = self.now_sql();
+        let sql = format!(
+            "INSERT INTO leases (kind, holder, term, expires_at) VALUES ($1, $2, 1, {now} + $3) \
+             ON CONFLICT (kind) DO UPDATE SET holder = excluded.holder, term = leases.term + 1, \
+             expires_at = excluded.expires_at \
+             WHERE leases.expires_at < {now} OR leases.holder = excluded.holder \
+             RETURNING term"
+        );
+        sqlx::query_scalar(&sql)
+            .bind(kind)
+            .bind(holder)
+            .bind(ttl_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err("acquire lease"))
+    }
+
+    /// Extends `holder`'s lease at `term`; false when it is not theirs any more.
+    pub async fn renew_lease(&self, kind: &str, holder: &str, term: i64, ttl_ms: i64) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE leases SET expires_at = {} + $4 WHERE kind = $1 AND holder = $2 AND term = $3",
+            self.now_sql()
+        );
+        let done = sqlx::query(&sql)
+            .bind(kind)
+            .bind(holder)
+            .bind(term)
+            .bind(ttl_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("renew lease"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up at once, so that a standby takes over without waiting for it to expire.
+    pub async fn resign_lease(&self, kind: &str, holder: &str, term: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE kind = $1 AND holder = $2 AND term = $3")
+            .bind(kind)
+            .bind(holder)
+            .bind(term)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("resign lease"))?;
+        Ok(())
+    }
+
+    /// Who holds lease `kind`, if anyone ever did.
+    pub async fn lease(&self, kind: &str) -> Result<Option<LeaseView>, StoreError> {
+        let sql = format!("SELECT holder, term, expires_at - {} FROM leases WHERE kind = $1", self.now_sql());
+        let row = sqlx::query(&sql).bind(kind).fetch_optional(&self.pool).await.map_err(query_err("read lease"))?;
+        let Some(r) = row else { return Ok(None) };
+        let c = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
+        Ok(Some(LeaseView { holder: r.try_get(0).map_err(c)?, term: r.try_get(1).map_err(c)?, remaining_ms: r.try_get(2).map_err(c)? }))
+    }
+
     pub async fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
         let attributes = a.attributes.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";");
-        sqlx::query(
+        let (kind, term) = self.fence_args();
+        let done = sqlx::query(
             "INSERT INTO agents (id, hostname, resources, attributes, registered_at, principal) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
+             SELECT $1, $2, $3, $4, $5, $6 \
+             WHERE $7 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $7 AND term = $8) \
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, resources = excluded.resources, \
              attributes = excluded.attributes, principal = COALESCE(agents.principal, excluded.principal)",
         )
@@ -209,9 +312,14 @@ impl Store {
         .bind(attributes)
         .bind(a.registered_at)
         .bind(a.principal.as_deref())
+        .bind(kind)
+        .bind(term)
         .execute(&self.pool)
         .await
         .map_err(query_err("put agent"))?;
+        if done.rows_affected() == 0 {
+            self.check_fence().await?;
+        }
         Ok(())
     }
 
@@ -237,19 +345,30 @@ impl Store {
     }
 
     pub async fn remove_agent(&self, id: &AgentId) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM agents WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(query_err("remove agent"))?;
+        let (kind, term) = self.fence_args();
+        let done = sqlx::query(
+            "DELETE FROM agents WHERE id = $1 \
+             AND ($2 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $2 AND term = $3))",
+        )
+        .bind(id.as_str())
+        .bind(kind)
+        .bind(term)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("remove agent"))?;
+        if done.rows_affected() == 0 {
+            self.check_fence().await?;
+        }
         Ok(())
     }
 
     pub async fn put_framework(&self, f: &FrameworkRecord) -> Result<(), StoreError> {
-        sqlx::query(
+        let (kind, term) = self.fence_args();
+        let done = sqlx::query(
             "INSERT INTO frameworks \
              (id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at, principal) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+             WHERE $9 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $9 AND term = $10) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, \
              failover_timeout_seconds = excluded.failover_timeout_seconds, webui_url = excluded.webui_url, \
              removed_at = excluded.removed_at, principal = COALESCE(frameworks.principal, excluded.principal)",
@@ -262,9 +381,14 @@ impl Store {
         .bind(f.registered_at)
         .bind(f.removed_at)
         .bind(f.principal.as_deref())
+        .bind(kind)
+        .bind(term)
         .execute(&self.pool)
         .await
         .map_err(query_err("put framework"))?;
+        if done.rows_affected() == 0 {
+            self.check_fence().await?;
+        }
         Ok(())
     }
 
@@ -296,12 +420,21 @@ impl Store {
 
     /// Marks a framework torn down.
     pub async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE frameworks SET removed_at = $1 WHERE id = $2")
-            .bind(at)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(query_err("remove framework"))?;
+        let (kind, term) = self.fence_args();
+        let done = sqlx::query(
+            "UPDATE frameworks SET removed_at = $1 WHERE id = $2 \
+             AND ($3 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $3 AND term = $4))",
+        )
+        .bind(at)
+        .bind(id.as_str())
+        .bind(kind)
+        .bind(term)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err("remove framework"))?;
+        if done.rows_affected() == 0 {
+            self.check_fence().await?;
+        }
         Ok(())
     }
 

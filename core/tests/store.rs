@@ -205,3 +205,52 @@ async fn secrets_round_trip_sealed_and_bounded() {
         assert!(!secrets::delete(&store, "db").await.unwrap());
     }
 }
+
+/// Leases: one holder at a time, a term that rises on every acquisition, renewals only by the holder, and
+/// a deposed holder's registry writes refused by the database itself.
+#[tokio::test]
+async fn leases_elect_one_holder_and_fence_the_deposed() {
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        assert_eq!(store.lease("master").await.unwrap(), None, "{backend:?}");
+        let t1 = store.acquire_lease("master", "http://a", 60_000).await.unwrap().expect("a free lease is taken");
+        assert_eq!(store.acquire_lease("master", "http://b", 60_000).await.unwrap(), None, "{backend:?}: b must wait");
+        let view = store.lease("master").await.unwrap().unwrap();
+        assert_eq!((view.holder.as_str(), view.term), ("http://a", t1), "{backend:?}");
+        assert!(view.remaining_ms > 50_000, "{backend:?}: {view:?}");
+        assert!(store.renew_lease("master", "http://a", t1, 60_000).await.unwrap(), "{backend:?}");
+        assert!(!store.renew_lease("master", "http://b", t1, 60_000).await.unwrap(), "{backend:?}");
+        // Another kind is another election.
+        assert!(store.acquire_lease("marathon", "http://b", 60_000).await.unwrap().is_some(), "{backend:?}");
+
+        // a's writes pass while it holds the lease.
+        let a = store.fenced("master", t1);
+        a.put_agent(&agent("a1")).await.unwrap();
+        a.put_framework(&framework("f1")).await.unwrap();
+
+        // a resigns; b takes over with a higher term; a is fenced out.
+        store.resign_lease("master", "http://a", t1).await.unwrap();
+        let t2 = store.acquire_lease("master", "http://b", 60_000).await.unwrap().expect("a resigned lease is free");
+        assert!(t2 > t1, "{backend:?}: {t2} > {t1}");
+        assert!(!store.renew_lease("master", "http://a", t1, 60_000).await.unwrap(), "{backend:?}");
+        for refused in [
+            a.put_agent(&agent("a2")).await,
+            a.put_framework(&framework("f2")).await,
+            a.remove_framework(&FrameworkId::parse("f1").unwrap(), 5).await,
+            a.remove_agent(&AgentId::parse("a1").unwrap()).await,
+        ] {
+            assert!(matches!(refused, Err(StoreError::Fenced { kind: "master", .. })), "{backend:?}: {refused:?}");
+        }
+        assert_eq!(store.agents().await.unwrap().len(), 1, "{backend:?}: the deposed leader wrote nothing");
+        assert_eq!(store.frameworks().await.unwrap()[0].removed_at, None, "{backend:?}");
+        let b = store.fenced("master", t2);
+        b.put_agent(&agent("a2")).await.unwrap();
+        assert_eq!(store.agents().await.unwrap().len(), 2, "{backend:?}");
+
+        // An expired lease is free; a restarted holder takes its own back at once, with a new term.
+        assert!(store.renew_lease("master", "http://b", t2, -1).await.unwrap());
+        let t3 = store.acquire_lease("master", "http://c", 60_000).await.unwrap().expect("an expired lease is free");
+        let t4 = store.acquire_lease("master", "http://c", 60_000).await.unwrap().expect("its holder takes it back");
+        assert!(t4 > t3 && t3 > t2, "{backend:?}");
+    }
+}
