@@ -502,8 +502,6 @@ impl MasterOptions {
             }
             auth
         };
-        let (master, _actor) =
-            master::start(self.config(), store.clone(), shutdown.clone()).await.context("cannot start the master")?;
         let listener =
             TcpListener::bind(&self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
         let local = listener.local_addr()?;
@@ -517,7 +515,38 @@ impl MasterOptions {
             landing: Some("/ui/".into()),
         };
         let limits = self.web.limits();
-        Ok(Started { store, master, listener, addr: local.to_string(), url, gate, admin_token, tls, limits })
+        // The port serves from now on; until this process leads, it redirects to the master that does.
+        let me = public_url(&local.to_string(), tls.is_some());
+        let election = keel_core::election::Election::new(store.clone(), "master", &me);
+        let standing = election.watch();
+        let slot: RouterSlot = Arc::default();
+        let standby = keel_core::election::standby_router(standing.clone(), me.clone(), "/master/leader");
+        let server = tokio::spawn(keel_core::server::serve_tls(
+            listener,
+            dispatch(slot.clone(), standby),
+            limits,
+            tls.clone(),
+            shutdown.clone(),
+        ));
+        let Some(leadership) = election.lead(shutdown).await else { bail!("stopped before this master was elected") };
+        step_down_when_lost(&leadership);
+        let fenced = store.fenced("master", leadership.term);
+        let (master, _actor) =
+            master::start(self.config(), fenced, shutdown.clone()).await.context("cannot start the master")?;
+        Ok(Started {
+            store,
+            master,
+            server,
+            slot,
+            standing,
+            me,
+            leadership,
+            addr: local.to_string(),
+            url,
+            gate,
+            admin_token,
+            limits,
+        })
     }
 }
 
@@ -624,22 +653,50 @@ async fn ensure_admin_token(store: &Store, path: &std::path::Path) -> Result<Str
     Ok(token)
 }
 
-/// A master whose port is bound but not yet served.
+/// The router a port serves, once there is one (a standby's answers until then).
+type RouterSlot = Arc<std::sync::RwLock<Option<axum::Router>>>;
+
+/// A router that passes each request to the one in `slot`, or to `standby` while it is empty.
+fn dispatch(slot: RouterSlot, standby: axum::Router) -> axum::Router {
+    use tower::ServiceExt;
+    axum::Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let router = slot.read().expect("lock poisoned").clone().unwrap_or_else(|| standby.clone());
+        router.oneshot(req)
+    }))
+}
+
+/// Exits the process (code 70, so that its supervisor restarts it as a standby) the moment it may no longer
+/// act as the leader: it stops acting before its lease can expire for the others.
+fn step_down_when_lost(leadership: &keel_core::election::Leadership) {
+    let lost = leadership.lost();
+    tokio::spawn(async move {
+        lost.cancelled().await;
+        tracing::error!("lost the leadership: exiting, to restart as a standby");
+        std::process::exit(70);
+    });
+}
+
+/// A master that leads, whose port serves a standby's answers until [`Started::serve`].
 struct Started {
     store: Store,
     master: keel_core::master::MasterHandle,
-    listener: TcpListener,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    slot: RouterSlot,
+    standing: tokio::sync::watch::Receiver<keel_core::election::Standing>,
+    /// The URL this master advertises to standbys.
+    me: String,
+    leadership: keel_core::election::Leadership,
     addr: String,
     /// `http://ADDR` or `https://ADDR`.
     url: String,
     gate: keel_core::gate::Gate,
-    tls: Option<Arc<keel_core::server::TlsServerConfig>>,
     limits: keel_core::server::Limits,
     /// `keel dev`'s admin token.
     admin_token: Option<String>,
 }
 
 impl Started {
+    /// Serves the master's routes and `extra` on its port; resigns the lease when `shutdown` comes.
     fn serve(
         self,
         extra: axum::Router,
@@ -648,8 +705,21 @@ impl Started {
     ) -> tokio::task::JoinHandle<std::io::Result<()>> {
         let limits = self.limits;
         extras.gate = self.gate;
-        let router = keel_core::server::router_with(self.master, extra, extras, limits);
-        tokio::spawn(keel_core::server::serve_tls(self.listener, router, limits, self.tls, shutdown.clone()))
+        let (standing, me) = (self.standing, self.me);
+        let leader = axum::Router::new().route(
+            "/master/leader",
+            axum::routing::get(move || {
+                std::future::ready(axum::Json(keel_core::election::leader_json(&standing.borrow(), &me)))
+            }),
+        );
+        let router = keel_core::server::router_with(self.master, extra.merge(leader), extras, limits);
+        *self.slot.write().expect("lock poisoned") = Some(router);
+        let (leadership, shutdown, server) = (self.leadership, shutdown.clone(), self.server);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            leadership.resign().await;
+            server.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        })
     }
 }
 
@@ -948,7 +1018,7 @@ fn cancel_on_signal(token: CancellationToken) {
 }
 
 async fn run_agent(config: AgentConfig, containerizer: Composite, shutdown: CancellationToken) -> Result<()> {
-    info!(master = %config.master.url, work_dir = %config.work_dir.display(), resources = %config.resources, "starting agent");
+    info!(master = ?config.master, work_dir = %config.work_dir.display(), resources = %config.resources, "starting agent");
     agent::run(config, Arc::new(containerizer), shutdown).await.context("agent failed")
 }
 

@@ -1600,7 +1600,7 @@ impl Chronos {
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire().await else { return };
             let read = |file: &'static str| {
-                let url = format!("{}/master/tasks/{task}/files/{file}?length={TAIL_BYTES}", master.url);
+                let url = format!("{}/master/tasks/{task}/files/{file}?length={TAIL_BYTES}", master.current_url());
                 let mut req = http.get(url);
                 if let Some(t) = &master.token {
                     req = req.bearer_auth(t);

@@ -240,7 +240,7 @@ enum Mode {
     /// Tokens are checked against this process's copy of the store's table.
     Local,
     /// Tokens are checked by asking the master.
-    Remote { whoami: String, client: reqwest::Client },
+    Remote { master: crate::client::Target, client: reqwest::Client },
 }
 
 struct Inner {
@@ -329,9 +329,9 @@ impl Auth {
     }
 
     /// Checks tokens by asking the master (its `/keel/v1/whoami`).
+    /// Checks tokens by asking the master (its `/keel/v1/whoami`): the one that leads, among several.
     pub fn remote(master: &crate::client::Target) -> Auth {
-        let whoami = format!("{}/keel/v1/whoami", master.url.trim_end_matches('/'));
-        Auth::with_mode(Mode::Remote { whoami, client: master.http_client() })
+        Auth::with_mode(Mode::Remote { master: master.clone(), client: master.http_client_without_redirects() })
     }
 
     pub fn is_off(&self) -> bool {
@@ -394,7 +394,7 @@ impl Auth {
     /// Checks a presented credential; a remote `Auth` asks the master when its cached answer is older than
     /// [`REMOTE_TTL`].
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Principal>, AuthError> {
-        let Mode::Remote { whoami, client } = &self.inner.mode else {
+        let Mode::Remote { master, client } = &self.inner.mode else {
             return self.check(authorization);
         };
         if authorization.is_none() {
@@ -406,7 +406,7 @@ impl Auth {
             answer => return answer,
         }
         let key = hash_token(authorization.unwrap_or(""));
-        let answer = ask_master(client, whoami, authorization).await;
+        let answer = ask_leader(client, master, authorization).await;
         if !matches!(answer, Err(AuthError::Unavailable(_))) {
             let mut cache = self.inner.remote_cache.lock().expect("lock poisoned");
             if cache.len() >= MAX_SESSIONS {
@@ -497,6 +497,25 @@ impl Auth {
     pub fn close_session(&self, cookie: &str) -> bool {
         self.inner.sessions.lock().expect("lock poisoned").remove(&hash_token(cookie)).is_some()
     }
+}
+
+/// Asks the masters in turn, from the current one, until one that leads answers (a standby answers 307 or
+/// 503, and the credential must not follow a redirect elsewhere).
+async fn ask_leader(
+    client: &reqwest::Client,
+    master: &crate::client::Target,
+    authorization: Option<&str>,
+) -> Result<Arc<Principal>, AuthError> {
+    let mut answer = Err(AuthError::Unavailable("no master answered".into()));
+    for _ in 0..master.masters().len() {
+        let whoami = format!("{}/keel/v1/whoami", master.current_url());
+        answer = ask_master(client, &whoami, authorization).await;
+        match &answer {
+            Err(AuthError::Unavailable(_)) => master.rotate(),
+            _ => return answer,
+        }
+    }
+    answer
 }
 
 async fn ask_master(

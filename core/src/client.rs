@@ -8,11 +8,16 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-/// A master to talk to, the token to present, and the CA to verify it with.
+/// A master to talk to (or several, one of which leads), the token to present, and the CA to verify it
+/// with.
 #[derive(Clone, Default)]
 pub struct Target {
-    /// `http://host:port` or `https://host:port` (a bare `host:port` is taken as http).
+    /// `http://host:port` or `https://host:port` (a bare `host:port` is taken as http): the first master.
     pub url: String,
+    /// Every master given (`a,b,c`), in order; gRPC connections go to the current one and move on to the next
+    /// when it fails or is a standby ([`Target::rotate`]).
+    masters: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     pub token: Option<String>,
     /// PEM of the CA that signed the master's certificate (`--ca-cert`).
     pub ca: Option<Arc<Vec<u8>>>,
@@ -23,13 +28,40 @@ pub struct Target {
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let token = if self.token.is_some() { "***" } else { "none" };
-        write!(f, "Target({}, token: {token})", self.url)
+        write!(f, "Target({}, token: {token})", self.masters.join(","))
     }
 }
 
 impl Target {
+    /// `url` may list several masters, comma-separated: the client follows whichever leads.
     pub fn new(url: impl Into<String>, token: Option<String>) -> Target {
-        Target { url: crate::agent::normalize_url(&url.into()), token, ca: None, identity: None }
+        let url = url.into();
+        let mut masters: Vec<String> =
+            url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(crate::agent::normalize_url).collect();
+        if masters.is_empty() {
+            masters.push(crate::agent::normalize_url(&url));
+        }
+        Target {
+            url: masters[0].clone(),
+            masters: Arc::new(masters),
+            current: Arc::default(),
+            token,
+            ca: None,
+            identity: None,
+        }
+    }
+
+    /// The master gRPC connections go to now.
+    pub fn current_url(&self) -> &str {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.masters.get(i % self.masters.len().max(1)).map_or(self.url.as_str(), String::as_str)
+    }
+
+    /// Moves on to the next master, after the current one failed or turned out not to lead.
+    pub fn rotate(&self) {
+        if self.masters.len() > 1 {
+            self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// This target, verifying the master with the CA in `pem`.
@@ -45,11 +77,26 @@ impl Target {
     }
 
     fn is_tls(&self) -> bool {
-        self.url.starts_with("https://")
+        self.current_url().starts_with("https://")
     }
 
     /// An HTTP client for the master's REST API that trusts the same CA.
     pub fn http_client(&self) -> reqwest::Client {
+        self.http_client_builder().build().unwrap_or_default()
+    }
+
+    /// [`Target::http_client`], answering redirects rather than following them (a standby's 307 must not
+    /// carry a credential to wherever it points).
+    pub fn http_client_without_redirects(&self) -> reqwest::Client {
+        self.http_client_builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default()
+    }
+
+    /// Every master given.
+    pub fn masters(&self) -> &[String] {
+        &self.masters
+    }
+
+    fn http_client_builder(&self) -> reqwest::ClientBuilder {
         let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
         // Every certificate of the bundle: a file may hold a chain, or several CAs.
         for cert in
@@ -64,7 +111,7 @@ impl Target {
                 Err(e) => tracing::warn!(error = %e, "the client certificate cannot be used for HTTP"),
             }
         }
-        b.build().unwrap_or_default()
+        b
     }
 
     /// The interceptor that adds this target's credential to every call.
@@ -75,7 +122,7 @@ impl Target {
 
     /// A channel to the master, over TLS for an `https://` address.
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        let mut endpoint = Endpoint::from_shared(self.url.clone())?;
+        let mut endpoint = Endpoint::from_shared(self.current_url().to_owned())?;
         if self.is_tls() {
             let mut tls = ClientTlsConfig::new();
             if let Some(pem) = &self.ca {
@@ -124,5 +171,25 @@ impl Interceptor for Credential {
             req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_masters_are_tried_in_turn() {
+        let t = Target::new("m1:5050, https://m2:5050/,", None);
+        assert_eq!(t.url, "http://m1:5050");
+        assert_eq!(t.current_url(), "http://m1:5050");
+        t.rotate();
+        assert_eq!(t.current_url(), "https://m2:5050");
+        t.clone().rotate();
+        assert_eq!(t.current_url(), "http://m1:5050", "clones share the position");
+        let one = Target::new("http://only:1", None);
+        one.rotate();
+        assert_eq!(one.current_url(), "http://only:1");
+        assert_eq!(format!("{t:?}"), "Target(http://m1:5050,https://m2:5050, token: none)");
     }
 }

@@ -110,7 +110,8 @@ pub enum Class {
 
 /// Which class a request is in. Pure.
 pub fn classify(method: &Method, path: &str) -> Class {
-    const PUBLIC: [&str; 7] = ["/", "/health", "/ping", "/openapi.json", "/login", "/logout", "/keel/v1/whoami"];
+    const PUBLIC: [&str; 8] =
+        ["/", "/health", "/ping", "/openapi.json", "/login", "/logout", "/keel/v1/whoami", "/master/leader"];
     if PUBLIC.contains(&path) {
         return Class::Public;
     }

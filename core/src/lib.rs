@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod convert;
+pub mod election;
 pub mod gate;
 pub mod health;
 pub mod ids;

@@ -122,6 +122,8 @@ async fn drive(
                     backoff = Duration::from_millis(100);
                     info!(%reason, "lost subscription; re-subscribing");
                 }
+                // Another master may lead now (or this one was a standby).
+                master.rotate();
                 if events.send(DriverEvent::Disconnected(reason)).await.is_err() {
                     return;
                 }
@@ -149,7 +151,7 @@ async fn subscribe_once(
     let broken = |reason: String| Outcome::Broken { reason, was_subscribed: false };
     let mut client = match master.connect().await {
         Ok(c) => SchedulerClient::with_interceptor(c, master.credential()).max_decoding_message_size(64 << 20),
-        Err(e) => return broken(format!("cannot connect to {}: {e}", master.url)),
+        Err(e) => return broken(format!("cannot connect to {}: {e}", master.current_url())),
     };
     let (tx, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
     let fid = handle.framework_id();

@@ -293,7 +293,11 @@ impl Store {
         let row = sqlx::query(&sql).bind(kind).fetch_optional(&self.pool).await.map_err(query_err("read lease"))?;
         let Some(r) = row else { return Ok(None) };
         let c = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
-        Ok(Some(LeaseView { holder: r.try_get(0).map_err(c)?, term: r.try_get(1).map_err(c)?, remaining_ms: r.try_get(2).map_err(c)? }))
+        Ok(Some(LeaseView {
+            holder: r.try_get(0).map_err(c)?,
+            term: r.try_get(1).map_err(c)?,
+            remaining_ms: r.try_get(2).map_err(c)?,
+        }))
     }
 
     pub async fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {

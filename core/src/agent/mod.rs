@@ -273,7 +273,6 @@ pub async fn run(
 
 /// Keeps one stream to the master open, reconnecting with backoff.
 async fn connection_loop(target: crate::client::Target, inputs: mpsc::Sender<Input>, shutdown: CancellationToken) {
-    let master = target.url.clone();
     let mut generation = 0u64;
     let mut backoff = Duration::from_millis(100);
     let mut warned = false;
@@ -295,7 +294,7 @@ async fn connection_loop(target: crate::client::Target, inputs: mpsc::Sender<Inp
                 }
                 Err(s) => return Err(s.message().to_owned()),
             };
-            info!(%master, "connected to master");
+            info!(master = %target.current_url(), "connected to master");
             warned = false;
             backoff = Duration::from_millis(100);
             while let Some(msg) = stream.next().await {
@@ -320,12 +319,15 @@ async fn connection_loop(target: crate::client::Target, inputs: mpsc::Sender<Inp
         }
         let _ = inputs.send(Input::Disconnected { generation }).await;
         if let Err(e) = result {
+            let master = target.current_url().to_owned();
             if warned {
                 debug!(%master, error = %e, "still cannot reach master");
             } else {
                 warn!(%master, error = %e, "lost connection to master; reconnecting");
                 warned = true;
             }
+            // Another master may lead now (or this one was a standby).
+            target.rotate();
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}

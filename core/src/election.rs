@@ -1,0 +1,262 @@
+//! Leader election on the store's leases (a row per kind, with a fencing term; see `Store::acquire_lease`).
+//!
+//! A process asks for the lease every [`POLL`] until it gets it, and meanwhile serves as a standby: its
+//! port redirects to the leader ([`standby_router`]). The leader renews every [`RENEW_EVERY`]. When it has
+//! not renewed for [`STEP_DOWN_AFTER`], well before the lease ([`LEASE_TTL`]) can expire for the others, it
+//! steps down ([`Leadership::lost`]); the binary then exits, and its supervisor restarts it as a standby.
+//! Its writes carry its term, so even a leader that had not noticed would be refused by the database. A
+//! clean shutdown resigns the lease, so a standby takes over within one [`POLL`].
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::store::Store;
+
+/// How long a lease runs without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How often the leader renews.
+pub const RENEW_EVERY: Duration = Duration::from_millis(400);
+/// How long the leader goes without a renewal before it steps down: less than the lease, so that it has
+/// stopped before anyone else can lead.
+pub const STEP_DOWN_AFTER: Duration = Duration::from_millis(1400);
+/// How often a standby asks for the lease.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Where this process stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Not leading; `leader` is who does, if anyone's lease runs.
+    Standby {
+        leader: Option<String>,
+    },
+    Leader {
+        term: i64,
+    },
+}
+
+/// Whether a leader whose last renewal succeeded at `last_ok` must step down at `now`. Pure.
+pub fn must_step_down(last_ok: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(last_ok) >= STEP_DOWN_AFTER
+}
+
+/// One process's candidacy for lease `kind`.
+pub struct Election {
+    store: Store,
+    kind: &'static str,
+    /// This process's advertised URL: what standbys redirect to.
+    me: String,
+    status: watch::Sender<Standing>,
+}
+
+impl Election {
+    pub fn new(store: Store, kind: &'static str, me: &str) -> Election {
+        let status = watch::channel(Standing::Standby { leader: None }).0;
+        Election { store, kind, me: me.trim_end_matches('/').to_owned(), status }
+    }
+
+    /// Where this process stands, as it changes.
+    pub fn watch(&self) -> watch::Receiver<Standing> {
+        self.status.subscribe()
+    }
+
+    /// Waits until this process leads (`None` if `shutdown` comes first); meanwhile [`Election::watch`] says
+    /// who does.
+    pub async fn lead(self, shutdown: &CancellationToken) -> Option<Leadership> {
+        let mut told: Option<Option<String>> = None;
+        loop {
+            match tokio::time::timeout(
+                POLL * 2,
+                self.store.acquire_lease(self.kind, &self.me, LEASE_TTL.as_millis() as i64),
+            )
+            .await
+            {
+                Ok(Ok(Some(term))) => {
+                    info!(kind = self.kind, term, me = %self.me, "elected leader");
+                    let _ = self.status.send(Standing::Leader { term });
+                    return Some(Leadership::start(self, term, shutdown));
+                }
+                Ok(Ok(None)) => {
+                    let leader = match self.store.lease(self.kind).await {
+                        Ok(Some(l)) if l.remaining_ms > 0 => Some(l.holder),
+                        _ => None,
+                    };
+                    if told.as_ref() != Some(&leader) {
+                        info!(kind = self.kind, leader = leader.as_deref().unwrap_or("none yet"), "standing by");
+                        told = Some(leader.clone());
+                    }
+                    let _ = self.status.send(Standing::Standby { leader });
+                }
+                Ok(Err(e)) => warn!(kind = self.kind, error = %e, "cannot ask for the lease; standing by"),
+                Err(_) => warn!(kind = self.kind, "the store did not answer the lease request in time; standing by"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// This process leads until [`Leadership::lost`] fires or it resigns.
+pub struct Leadership {
+    pub term: i64,
+    lost: CancellationToken,
+    stop: CancellationToken,
+    renewer: tokio::task::JoinHandle<()>,
+    election: std::sync::Arc<Election>,
+}
+
+impl Leadership {
+    fn start(election: Election, term: i64, shutdown: &CancellationToken) -> Leadership {
+        let election = std::sync::Arc::new(election);
+        let (lost, stop) = (CancellationToken::new(), shutdown.child_token());
+        let renewer = tokio::spawn(renew(election.clone(), term, lost.clone(), stop.clone()));
+        Leadership { term, lost, stop, renewer, election }
+    }
+
+    /// Fires when this process may no longer act as the leader.
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Gives the lease up at once, so that a standby takes over within one [`POLL`].
+    pub async fn resign(self) {
+        self.stop.cancel();
+        let _ = self.renewer.await;
+        let e = &self.election;
+        match tokio::time::timeout(Duration::from_secs(1), e.store.resign_lease(e.kind, &e.me, self.term)).await {
+            Ok(Ok(())) => info!(kind = e.kind, term = self.term, "resigned the lease"),
+            Ok(Err(err)) => warn!(kind = e.kind, error = %err, "could not resign the lease; it expires by itself"),
+            Err(_) => warn!(kind = e.kind, "could not resign the lease in time; it expires by itself"),
+        }
+    }
+}
+
+async fn renew(e: std::sync::Arc<Election>, term: i64, lost: CancellationToken, stop: CancellationToken) {
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+        }
+        let sent = Instant::now();
+        let ttl = LEASE_TTL.as_millis() as i64;
+        match tokio::time::timeout(RENEW_EVERY, e.store.renew_lease(e.kind, &e.me, term, ttl)).await {
+            Ok(Ok(true)) => last_ok = sent,
+            Ok(Ok(false)) => {
+                error!(kind = e.kind, term, "the lease is another's: stepping down");
+                lost.cancel();
+                return;
+            }
+            Ok(Err(err)) => warn!(kind = e.kind, error = %err, "cannot renew the lease"),
+            Err(_) => warn!(kind = e.kind, "the store did not answer the renewal in time"),
+        }
+        if must_step_down(last_ok, Instant::now()) {
+            error!(kind = e.kind, term, after = ?STEP_DOWN_AFTER, "could not renew the lease: stepping down before it expires");
+            lost.cancel();
+            return;
+        }
+    }
+}
+
+/// Who leads, for `GET {leader path}`: `{"leader": URL or null, "elected": this process leads}`.
+pub fn leader_json(standing: &Standing, me: &str) -> serde_json::Value {
+    match standing {
+        Standing::Leader { term } => json!({ "leader": me, "elected": true, "term": term }),
+        Standing::Standby { leader } => json!({ "leader": leader, "elected": false }),
+    }
+}
+
+/// What a standby's port answers: `/health` (200: a healthy standby, naming the leader), `leader_path` (who
+/// leads), and anything else a 307 to the same path and query on the leader, or 503 while no leader is
+/// known. gRPC calls get 503 too (an `UNAVAILABLE` status): clients try the next master.
+pub fn standby_router(status: watch::Receiver<Standing>, me: String, leader_path: &'static str) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let standing = status.borrow().clone();
+        let me = me.clone();
+        async move { standby_answer(&standing, &me, leader_path, &req) }
+    })
+}
+
+fn standby_answer(standing: &Standing, me: &str, leader_path: &str, req: &Request) -> Response {
+    let path = req.uri().path();
+    let leader = match standing {
+        Standing::Standby { leader } => leader.clone(),
+        Standing::Leader { .. } => None,
+    };
+    if path == leader_path {
+        return axum::Json(leader_json(standing, me)).into_response();
+    }
+    if path == "/health" {
+        return axum::Json(json!({ "status": "standby", "standby": true, "leader": leader })).into_response();
+    }
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    match leader {
+        Some(l) if !grpc => {
+            let to = format!("{l}{}", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+            let mut r =
+                (StatusCode::TEMPORARY_REDIRECT, axum::Json(json!({ "message": format!("not the leader: {l} is") })))
+                    .into_response();
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        _ => {
+            let message = match leader {
+                Some(l) => format!("not the leader: {l} is"),
+                None => "no leader is elected yet; retry shortly".to_owned(),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "message": message }))).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_steps_down_before_its_lease_can_expire() {
+        let t = Instant::now();
+        assert!(!must_step_down(t, t + Duration::from_millis(1399)));
+        assert!(must_step_down(t, t + STEP_DOWN_AFTER));
+        assert!(STEP_DOWN_AFTER + RENEW_EVERY <= LEASE_TTL, "the last renewal's answer may take RENEW_EVERY");
+    }
+
+    #[test]
+    fn standbys_redirect_to_the_leader() {
+        let standby = Standing::Standby { leader: Some("http://m1:5050".into()) };
+        let req = |path: &str, grpc: bool| {
+            let mut b = Request::get(path);
+            if grpc {
+                b = b.header("content-type", "application/grpc");
+            }
+            b.body(axum::body::Body::empty()).unwrap()
+        };
+        let r = standby_answer(&standby, "http://m2:5050", "/master/leader", &req("/master/state?x=1", false));
+        assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(r.headers()["location"], "http://m1:5050/master/state?x=1");
+        let r = standby_answer(&standby, "http://m2:5050", "/master/leader", &req("/keel.Scheduler/Subscribe", true));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(standby_answer(&standby, "", "/master/leader", &req("/health", false)).status(), StatusCode::OK);
+        let none = Standing::Standby { leader: None };
+        assert_eq!(
+            standby_answer(&none, "", "/master/leader", &req("/v2/apps", false)).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(leader_json(&Standing::Leader { term: 3 }, "http://me")["elected"], true);
+    }
+}

@@ -1,0 +1,149 @@
+//! High availability of the master: several `keel master` processes on one database elect one leader; the
+//! others redirect to it; when it dies, a standby takes over, and agents and frameworks given every master
+//! follow it without a task killed or launched twice. Run on PostgreSQL (required under CI) and SQLite.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Proc, create_token, free_port, wait_for};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(30);
+
+struct Masters {
+    procs: Vec<Option<Proc>>,
+    urls: Vec<String>,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Masters {
+    fn start(dir: &std::path::Path, db: &str, n: usize) -> Masters {
+        let token = create_token(db, "admin", "ha-admin", &[]);
+        let mut procs = vec![];
+        let mut urls = vec![];
+        for i in 0..n {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let args = ["master", "--listen", &listen, "--database-url", db, "--agent-timeout", "10s"];
+            procs.push(Some(Proc::spawn(&args, dir.join(format!("master-{i}.log")))));
+            urls.push(format!("http://{listen}"));
+        }
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Masters { procs, urls, token, http }
+    }
+
+    /// Which master says it is elected, by index.
+    async fn leader(&self) -> Option<usize> {
+        for (i, url) in self.urls.iter().enumerate() {
+            if self.procs[i].is_none() {
+                continue;
+            }
+            let Ok(r) = self.http.get(format!("{url}/master/leader")).send().await else { continue };
+            if r.json::<Value>().await.ok()?["elected"] == true {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    async fn get(&self, i: usize, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.urls[i])).bearer_auth(&self.token).send().await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn one_master_leads_the_others_redirect_and_a_standby_takes_over() {
+    for backend in common::backends().await {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Masters::start(dir.path(), &backend.url, 2);
+        let first = wait_for("a leader", LONG, || m.leader()).await;
+        let other = 1 - first;
+        wait_for("the standby to know the leader", LONG, || async {
+            let r = m.get(other, "/master/state").await;
+            (r.status() == 307).then(|| r.headers()["location"].to_str().unwrap().to_owned())
+        })
+        .await;
+        assert_eq!(m.get(first, "/master/state").await.status(), 200, "{}", backend.name);
+        let r = m.get(other, "/v2/apps?x=1").await;
+        assert_eq!(r.headers()["location"], format!("{}/v2/apps?x=1", m.urls[first]).as_str(), "{}", backend.name);
+        let health: Value = m.get(other, "/health").await.json().await.unwrap();
+        assert_eq!((health["standby"].clone(), health["leader"].clone()), (json!(true), json!(m.urls[first])));
+
+        // An agent and the services framework, each given both masters.
+        let all = m.urls.join(",");
+        let work = dir.path().join("agent");
+        let _agent = Proc::spawn_as(
+            &[
+                "agent",
+                "--master",
+                &all,
+                "--work-dir",
+                work.to_str().unwrap(),
+                "--resources",
+                "cpus:4;mem:4096;disk:1024;ports:[32000-32099]",
+                "--default-user",
+                "root",
+            ],
+            dir.path().join("agent.log"),
+            Some(&m.token),
+        );
+        let mport = free_port();
+        let marathon = format!("http://127.0.0.1:{mport}");
+        let _marathon = Proc::spawn_as(
+            &["marathon", "--master", &all, "--listen", &format!("127.0.0.1:{mport}"), "--database-url", &backend.url],
+            dir.path().join("marathon.log"),
+            Some(&m.token),
+        );
+        let app = json!({"id": "/web", "cmd": "exec sleep 3600", "cpus": 0.1, "mem": 16, "instances": 1});
+        wait_for("the services framework to take the app", LONG, || async {
+            let r = m.http.post(format!("{marathon}/v2/apps")).bearer_auth(&m.token).json(&app).send().await.ok()?;
+            (r.status() == 201).then_some(())
+        })
+        .await;
+        let tasks = || async {
+            let r = m.http.get(format!("{marathon}/v2/apps/web/tasks")).bearer_auth(&m.token).send().await.ok()?;
+            let v: Value = r.json().await.ok()?;
+            Some(
+                v["tasks"]
+                    .as_array()?
+                    .iter()
+                    .map(|t| (t["id"].as_str().unwrap().to_owned(), t["state"].clone()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let before = wait_for("the task to run", LONG, || async {
+            tasks().await.filter(|t| t.len() == 1 && t[0].1 == "TASK_RUNNING")
+        })
+        .await;
+
+        // SIGKILL the leader: the standby leads, and everyone follows it.
+        m.procs[first].take().unwrap().kill();
+        let killed = Instant::now();
+        wait_for("the standby to lead", LONG, || async { (m.leader().await == Some(other)).then_some(()) }).await;
+        let elected = killed.elapsed();
+        wait_for("the agent and the framework to follow the new leader", LONG, || async {
+            let s: Value = m.get(other, "/master/state").await.json().await.ok()?;
+            let agent = s["agents"].as_array()?.iter().any(|a| a["status"] == "active");
+            let framework =
+                s["frameworks"].as_array()?.iter().any(|f| f["name"] == "marathon" && f["connected"] == true);
+            let task =
+                s["tasks"].as_array()?.iter().any(|t| t["id"] == before[0].0.as_str() && t["state"] == "TASK_RUNNING");
+            (agent && framework && task).then_some(())
+        })
+        .await;
+        let followed = killed.elapsed();
+        println!("{}: elected after {elected:?}, agent, framework and task back after {followed:?}", backend.name);
+        assert!(elected < Duration::from_secs(5), "{}: a standby took {elected:?} to lead", backend.name);
+
+        // Nothing was killed or launched twice, and the new leader offers: a scale-up launches.
+        assert_eq!(tasks().await.unwrap(), before, "{}: the same task, still running", backend.name);
+        let r = m.http.put(format!("{marathon}/v2/apps/web")).bearer_auth(&m.token).json(&json!({"instances": 2}));
+        assert_eq!(r.send().await.unwrap().status(), 200);
+        let after = wait_for("the new leader to launch", LONG, || async {
+            tasks().await.filter(|t| t.len() == 2 && t.iter().all(|t| t.1 == "TASK_RUNNING"))
+        })
+        .await;
+        assert!(after.iter().any(|t| t.0 == before[0].0), "{}: the first task lives on", backend.name);
+    }
+}
