@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct ExecuteArgs {
-    /// The master's address, such as http://127.0.0.1:5050.
+    /// The master's address, such as http://127.0.0.1:5050; several, comma-separated, to follow whichever leads.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
     #[command(flatten)]

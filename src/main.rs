@@ -287,7 +287,7 @@ impl StoreOptions {
 /// What a framework run on its own needs: its master, and how its own port is served.
 #[derive(Args)]
 struct FrameworkOptions {
-    /// The master's address, such as http://127.0.0.1:5050.
+    /// The master's address, such as http://127.0.0.1:5050; several, comma-separated, to follow whichever leads.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
     #[command(flatten)]
@@ -376,7 +376,7 @@ struct MasterArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// The master's address, such as http://127.0.0.1:5050.
+    /// The master's address, such as http://127.0.0.1:5050; several, comma-separated, to follow whichever leads.
     #[arg(long, env = "KEEL_MASTER")]
     master: String,
     #[command(flatten)]
@@ -517,7 +517,9 @@ impl MasterOptions {
         let limits = self.web.limits();
         // The port serves from now on; until this process leads, it redirects to the master that does.
         let me = public_url(&local.to_string(), tls.is_some());
-        let election = keel_core::election::Election::new(store.clone(), "master", &me);
+        // The election has a pool of its own: renewals never wait behind the master's work.
+        let lease_store = self.store.open().await?;
+        let election = keel_core::election::Election::new(lease_store, "master", &me);
         let standing = election.watch();
         let slot: RouterSlot = Arc::default();
         let standby = keel_core::election::standby_router(standing.clone(), me.clone(), "/master/leader");
