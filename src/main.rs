@@ -678,6 +678,60 @@ fn step_down_when_lost(leadership: &keel_core::election::Leadership) {
     });
 }
 
+/// A process whose port is served (a standby's answers until it leads and installs its routes) and which
+/// leads its kind.
+struct Candidacy {
+    slot: RouterSlot,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    leadership: keel_core::election::Leadership,
+    local: std::net::SocketAddr,
+    /// The URL it advertises to standbys.
+    me: String,
+    standing: tokio::sync::watch::Receiver<keel_core::election::Standing>,
+}
+
+/// Binds `listen`, serves a standby's answers on it, and waits until this process leads `kind` among the
+/// processes on the database at `db_url`.
+async fn stand_for(
+    kind: &'static str,
+    listen: &str,
+    tls: Option<Arc<keel_core::server::TlsServerConfig>>,
+    db_url: &str,
+    limits: keel_core::server::Limits,
+    leader: (&'static str, keel_core::election::LeaderBody),
+    shutdown: &CancellationToken,
+) -> Result<Candidacy> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let me = public_url(&local.to_string(), tls.is_some());
+    // The election has a pool of its own: renewals never wait behind the framework's work.
+    let election = keel_core::election::Election::new(open_store(db_url).await?, kind, &me);
+    let standing = election.watch();
+    let slot: RouterSlot = Arc::default();
+    let standby = keel_core::election::standby_router_with(standing.clone(), me.clone(), leader.0, leader.1);
+    let server = tokio::spawn(keel_core::server::serve_tls(
+        listener,
+        dispatch(slot.clone(), standby),
+        limits,
+        tls,
+        shutdown.clone(),
+    ));
+    let Some(leadership) = election.lead(shutdown).await else { bail!("stopped before this {kind} was elected") };
+    step_down_when_lost(&leadership);
+    Ok(Candidacy { slot, server, leadership, local, me, standing })
+}
+
+/// Marathon's `/v2/leader`: `{"leader": "host:port"}`.
+fn marathon_leader_json(standing: &keel_core::election::Standing, me: &str) -> serde_json::Value {
+    let strip = |u: &str| u.split_once("://").map_or(u, |(_, rest)| rest).to_owned();
+    match standing {
+        keel_core::election::Standing::Leader { .. } => serde_json::json!({ "leader": strip(me) }),
+        keel_core::election::Standing::Standby { leader } => {
+            serde_json::json!({ "leader": leader.as_deref().map(strip) })
+        }
+    }
+}
+
 /// A master that leads, whose port serves a standby's answers until [`Started::serve`].
 struct Started {
     store: Store,
@@ -791,26 +845,24 @@ async fn chronos_routes(
 /// own store.
 #[allow(clippy::too_many_arguments)]
 async fn serve_framework(
-    listen: &str,
+    candidacy: Candidacy,
     name: &str,
     routes: axum::Router,
     health: keel_core::health::Health,
     master: &keel_core::client::Target,
     store: Store,
     web: &WebOptions,
-    tls: &TlsOptions,
+    tls: bool,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let tls = tls.config()?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr()?;
-    println!("keel {name} listening on {}", announce(name, local, tls.is_some()));
+    let local = candidacy.local;
+    println!("keel {name} leading on {}", announce(name, local, tls));
     let gate = keel_core::gate::Gate {
         auth: keel_core::auth::Auth::remote(master),
         hosts: keel_core::gate::HostPolicy::for_bind(local.ip(), &web.allowed_origins, false),
         audit: keel_core::audit::Audit::start(store, shutdown.clone()),
         tokens: None,
-        secure_cookie: tls.is_some(),
+        secure_cookie: tls,
         landing: None,
     };
     let limits = web.limits();
@@ -819,10 +871,17 @@ async fn serve_framework(
         let status = if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
         std::future::ready((status, axum::Json(body)))
     });
+    let (standing, me) = (candidacy.standing.clone(), candidacy.me.clone());
+    let leader = axum::routing::get(move || {
+        std::future::ready(axum::Json(keel_core::election::leader_json(&standing.borrow(), &me)))
+    });
     let routes = routes.route("/health", health_route).merge(keel_core::gate::routes(gate.clone()));
     let routes = keel_core::gate::protect(routes, gate).fallback(keel_core::master::http::not_found);
-    let routes = keel_core::server::rest_limits(routes, limits);
-    keel_core::server::serve_tls(listener, routes, limits, tls, shutdown.clone()).await?;
+    let routes = keel_core::server::rest_limits(routes, limits).route("/keel/v1/leader", leader);
+    *candidacy.slot.write().expect("lock poisoned") = Some(routes);
+    shutdown.cancelled().await;
+    candidacy.leadership.resign().await;
+    candidacy.server.await??;
     Ok(())
 }
 
@@ -1077,6 +1136,18 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Marathon(args) => {
             let store = open_store(&args.database_url).await?;
+            let tls = args.framework.tls.config()?;
+            let tls_on = tls.is_some();
+            let candidacy = stand_for(
+                "marathon",
+                &args.listen,
+                tls,
+                &args.database_url,
+                args.framework.web.limits(),
+                ("/v2/leader", marathon_leader_json),
+                &shutdown,
+            )
+            .await?;
             let health = keel_core::health::Health::default();
             let target = args.framework.credentials.target(&args.framework.master)?;
             let secrets = match &args.secrets_key_file {
@@ -1088,11 +1159,11 @@ async fn run(command: Command) -> Result<()> {
             };
             let (routes, api) = marathon_routes(
                 &target,
-                &args.listen,
+                &candidacy.local.to_string(),
                 store.clone(),
                 secrets,
                 args.deployment_timeout,
-                &public_url(&args.listen, args.framework.tls.tls_cert.is_some()),
+                &candidacy.me.clone(),
                 &health,
                 &shutdown,
             )
@@ -1103,23 +1174,35 @@ async fn run(command: Command) -> Result<()> {
             let routes = routes.merge(keel_core::openapi::route(keel_core::openapi::finish(doc)));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
             serve_framework(
-                &args.listen,
+                candidacy,
                 "marathon",
                 routes,
                 health,
                 &target,
                 store,
                 &args.framework.web,
-                &args.framework.tls,
+                tls_on,
                 &shutdown,
             )
             .await?;
         }
         Command::Chronos(args) => {
             let store = open_store(&args.database_url).await?;
+            let tls = args.framework.tls.config()?;
+            let tls_on = tls.is_some();
+            let candidacy = stand_for(
+                "chronos",
+                &args.listen,
+                tls,
+                &args.database_url,
+                args.framework.web.limits(),
+                ("/keel/v1/leader", keel_core::election::leader_json),
+                &shutdown,
+            )
+            .await?;
             let health = keel_core::health::Health::default();
             let target = args.framework.credentials.target(&args.framework.master)?;
-            let url = public_url(&args.listen, args.framework.tls.tls_cert.is_some());
+            let url = candidacy.me.clone();
             let routes = chronos_routes(&target, store.clone(), &url, &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             let mut doc = keel_core::openapi::framework_port();
@@ -1128,14 +1211,14 @@ async fn run(command: Command) -> Result<()> {
             let routes = routes.merge(keel_core::openapi::route(keel_core::openapi::finish(doc)));
             exit_when_a_part_stops(health.clone(), shutdown.clone());
             serve_framework(
-                &args.listen,
+                candidacy,
                 "chronos",
                 routes,
                 health,
                 &target,
                 store,
                 &args.framework.web,
-                &args.framework.tls,
+                tls_on,
                 &shutdown,
             )
             .await?;

@@ -147,3 +147,96 @@ async fn one_master_leads_the_others_redirect_and_a_standby_takes_over() {
         assert!(after.iter().any(|t| t.0 == before[0].0), "{}: the first task lives on", backend.name);
     }
 }
+
+/// Two instances of each framework on one database: one of each leads, the other redirects to it; when the
+/// services framework's leader dies, its standby serves the same apps, and their tasks keep running.
+#[tokio::test]
+async fn each_framework_elects_one_leader_and_a_standby_takes_over() {
+    for backend in common::backends().await {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Masters::start(dir.path(), &backend.url, 1);
+        wait_for("the master to lead", LONG, || m.leader()).await;
+        let work = dir.path().join("agent");
+        let _agent = Proc::spawn_as(
+            &[
+                "agent",
+                "--master",
+                &m.urls[0],
+                "--work-dir",
+                work.to_str().unwrap(),
+                "--resources",
+                "cpus:4;mem:4096;disk:1024;ports:[32100-32199]",
+                "--default-user",
+                "root",
+            ],
+            dir.path().join("agent.log"),
+            Some(&m.token),
+        );
+        let start = |kind: &'static str, i: usize| {
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
+            let args = [kind, "--master", &m.urls[0], "--listen", &listen, "--database-url", &backend.url];
+            (
+                Some(Proc::spawn_as(&args, dir.path().join(format!("{kind}-{i}.log")), Some(&m.token))),
+                format!("http://{listen}"),
+            )
+        };
+        let mut marathons = vec![start("marathon", 0)];
+        wait_for("the first services framework to lead", LONG, || async {
+            let r = m.http.get(format!("{}/keel/v1/leader", marathons[0].1)).send().await.ok()?;
+            (r.json::<Value>().await.ok()?["elected"] == true).then_some(())
+        })
+        .await;
+        marathons.push(start("marathon", 1));
+        let chronos = [start("chronos", 0), start("chronos", 1)];
+        let (leader, standby) = (marathons[0].1.clone(), marathons[1].1.clone());
+        let r = wait_for("the standby to redirect", LONG, || async {
+            let r = m.http.get(format!("{standby}/v2/apps")).bearer_auth(&m.token).send().await.ok()?;
+            (r.status() == 307).then_some(r)
+        })
+        .await;
+        assert_eq!(r.headers()["location"], format!("{leader}/v2/apps").as_str(), "{}", backend.name);
+        let said: Value = m.http.get(format!("{standby}/v2/leader")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            said["leader"],
+            leader.trim_start_matches("http://"),
+            "{}: Marathon's /v2/leader shape",
+            backend.name
+        );
+        // One cron framework leads too.
+        let elected = wait_for("one cron framework to lead", LONG, || async {
+            let mut n = 0;
+            for (_, url) in &chronos {
+                let v: Value = m.http.get(format!("{url}/keel/v1/leader")).send().await.ok()?.json().await.ok()?;
+                n += usize::from(v["elected"] == true);
+            }
+            (n == 1).then_some(n)
+        })
+        .await;
+        assert_eq!(elected, 1);
+
+        let app = json!({"id": "/web", "cmd": "exec sleep 3600", "cpus": 0.1, "mem": 16, "instances": 1});
+        let r = m.http.post(format!("{leader}/v2/apps")).bearer_auth(&m.token).json(&app).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{}", backend.name);
+        let tasks = |url: String| {
+            let (http, token) = (m.http.clone(), m.token.clone());
+            async move {
+                let r = http.get(format!("{url}/v2/apps/web/tasks")).bearer_auth(&token).send().await.ok()?;
+                let v: Value = r.json().await.ok()?;
+                let t = v["tasks"].as_array()?.first()?.clone();
+                (t["state"] == "TASK_RUNNING").then(|| t["id"].as_str().unwrap().to_owned())
+            }
+        };
+        let task = wait_for("the task to run", LONG, || tasks(leader.clone())).await;
+
+        marathons[0].0.take().unwrap().kill();
+        let killed = Instant::now();
+        let after = wait_for("the standby to serve the app's running task", LONG, || tasks(standby.clone())).await;
+        println!(
+            "{}: the services framework's standby served /v2/apps {:?} after the SIGKILL",
+            backend.name,
+            killed.elapsed()
+        );
+        assert_eq!(after, task, "{}: the same task, not a replacement", backend.name);
+    }
+}

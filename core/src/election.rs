@@ -183,21 +183,34 @@ pub fn leader_json(standing: &Standing, me: &str) -> serde_json::Value {
 /// leads), and anything else a 307 to the same path and query on the leader, or 503 while no leader is
 /// known. gRPC calls get 503 too (an `UNAVAILABLE` status): clients try the next master.
 pub fn standby_router(status: watch::Receiver<Standing>, me: String, leader_path: &'static str) -> Router {
+    standby_router_with(status, me, leader_path, leader_json)
+}
+
+/// How a process says who leads.
+pub type LeaderBody = fn(&Standing, &str) -> serde_json::Value;
+
+/// [`standby_router`], answering `leader_path` with `render` (Marathon's `/v2/leader` has its own shape).
+pub fn standby_router_with(
+    status: watch::Receiver<Standing>,
+    me: String,
+    leader_path: &'static str,
+    render: LeaderBody,
+) -> Router {
     Router::new().fallback(move |req: Request| {
         let standing = status.borrow().clone();
         let me = me.clone();
-        async move { standby_answer(&standing, &me, leader_path, &req) }
+        async move { standby_answer(&standing, &me, leader_path, render, &req) }
     })
 }
 
-fn standby_answer(standing: &Standing, me: &str, leader_path: &str, req: &Request) -> Response {
+fn standby_answer(standing: &Standing, me: &str, leader_path: &str, render: LeaderBody, req: &Request) -> Response {
     let path = req.uri().path();
     let leader = match standing {
         Standing::Standby { leader } => leader.clone(),
         Standing::Leader { .. } => None,
     };
     if path == leader_path {
-        return axum::Json(leader_json(standing, me)).into_response();
+        return axum::Json(render(standing, me)).into_response();
     }
     if path == "/health" {
         return axum::Json(json!({ "status": "standby", "standby": true, "leader": leader })).into_response();
@@ -250,15 +263,25 @@ mod tests {
             }
             b.body(axum::body::Body::empty()).unwrap()
         };
-        let r = standby_answer(&standby, "http://m2:5050", "/master/leader", &req("/master/state?x=1", false));
+        let r =
+            standby_answer(&standby, "http://m2:5050", "/master/leader", leader_json, &req("/master/state?x=1", false));
         assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
         assert_eq!(r.headers()["location"], "http://m1:5050/master/state?x=1");
-        let r = standby_answer(&standby, "http://m2:5050", "/master/leader", &req("/keel.Scheduler/Subscribe", true));
+        let r = standby_answer(
+            &standby,
+            "http://m2:5050",
+            "/master/leader",
+            leader_json,
+            &req("/keel.Scheduler/Subscribe", true),
+        );
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(standby_answer(&standby, "", "/master/leader", &req("/health", false)).status(), StatusCode::OK);
+        assert_eq!(
+            standby_answer(&standby, "", "/master/leader", leader_json, &req("/health", false)).status(),
+            StatusCode::OK
+        );
         let none = Standing::Standby { leader: None };
         assert_eq!(
-            standby_answer(&none, "", "/master/leader", &req("/v2/apps", false)).status(),
+            standby_answer(&none, "", "/master/leader", leader_json, &req("/v2/apps", false)).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(leader_json(&Standing::Leader { term: 3 }, "http://me")["elected"], true);
