@@ -57,6 +57,12 @@ impl Target {
         self.masters.get(i % self.masters.len().max(1)).map_or(self.url.as_str(), String::as_str)
     }
 
+    /// The longest wait between reconnections: short with several masters, where a failover is expected and
+    /// a standby's refusal costs little, so that clients reach a new leader within moments of its election.
+    pub fn max_backoff(&self) -> std::time::Duration {
+        if self.masters.len() > 1 { std::time::Duration::from_millis(300) } else { std::time::Duration::from_secs(2) }
+    }
+
     /// Moves on to the next master, after the current one failed or turned out not to lead.
     pub fn rotate(&self) {
         if self.masters.len() > 1 {

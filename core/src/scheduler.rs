@@ -133,7 +133,7 @@ async fn drive(
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(master.max_backoff());
     }
 }
 

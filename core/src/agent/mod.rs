@@ -333,7 +333,7 @@ async fn connection_loop(target: crate::client::Target, inputs: mpsc::Sender<Inp
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(target.max_backoff());
     }
 }
 
