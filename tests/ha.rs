@@ -240,3 +240,56 @@ async fn each_framework_elects_one_leader_and_a_standby_takes_over() {
         assert_eq!(after, task, "{}: the same task, not a replacement", backend.name);
     }
 }
+
+/// With Keel's default `unreachableStrategy`, a task on an agent that died runs again elsewhere as soon as
+/// the master finds the agent unreachable; when the agent comes back, the extra copy is killed.
+#[tokio::test]
+async fn a_dead_agents_task_runs_again_elsewhere_and_the_extra_copy_goes_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = common::Master::start(dir.path(), &db, "2s").await;
+    let resources = "cpus:2;mem:512;ports:[31200-31210]";
+    let mut a = common::Agent::start_with(&master, &dir.path().join("a"), resources, &["--hostname", "host-a"]).await;
+    let mut b = common::Agent::start_with(&master, &dir.path().join("b"), resources, &["--hostname", "host-b"]).await;
+    let marathon = common::FrameworkProc::start("marathon", &master, &db, &[], dir.path().join("marathon.log")).await;
+    let http = reqwest::Client::new();
+    let app = json!({"id": "/svc", "cmd": "exec sleep 600", "cpus": 0.1, "mem": 16, "instances": 1});
+    let r = http.post(format!("{}/v2/apps", marathon.url)).bearer_auth(&master.token).json(&app).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let running = || async {
+        let r = http.get(format!("{}/v2/apps/svc/tasks", marathon.url)).bearer_auth(&master.token).send().await.ok()?;
+        let v: Value = r.json().await.ok()?;
+        let mut t: Vec<(String, String)> = v["tasks"]
+            .as_array()?
+            .iter()
+            .filter(|t| t["state"] == "TASK_RUNNING")
+            .map(|t| (t["id"].as_str().unwrap().to_owned(), t["host"].as_str().unwrap().to_owned()))
+            .collect();
+        t.sort();
+        Some(t)
+    };
+    let first = wait_for("the task to run", LONG, || async { running().await.filter(|t| t.len() == 1) }).await;
+    let (doomed, other) = if first[0].1 == "host-a" { (&mut a, "host-b") } else { (&mut b, "host-a") };
+    doomed.proc.kill();
+    let killed = Instant::now();
+    let moved = wait_for("a copy running on the other agent", LONG, || async {
+        running().await.filter(|t| t.iter().any(|(_, h)| h == other))
+    })
+    .await;
+    println!("running again on {other} {:?} after its agent died (agent timeout 2 s)", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(12), "took {:?}", killed.elapsed());
+    assert!(moved.iter().all(|(id, _)| *id != first[0].0), "a new task, not the unreachable one");
+
+    // The agent comes back with its task: it is reported again, and one of the two copies is killed.
+    doomed.restart(&master).await;
+    let original = first[0].0.clone();
+    let settled = wait_for("the original reported again, and one copy left", LONG, || async {
+        let s = master.state().await;
+        let all = s["tasks"].as_array()?.iter().chain(s["completed_tasks"].as_array()?.iter());
+        let reported_again = all.filter(|t| t["id"] == original.as_str()).any(|t| t["state"] != "TASK_UNREACHABLE");
+        let t = running().await?;
+        (reported_again && t.len() == 1).then_some(t)
+    })
+    .await;
+    println!("after the agent came back, one copy runs: {settled:?}");
+}

@@ -130,8 +130,14 @@ pub struct UnreachableStrategy {
     pub expunge_after_seconds: u64,
 }
 
+/// Keel's default, unlike Marathon's 300 s: an instance on an unreachable agent is replaced at once (the
+/// master marks an agent unreachable after `--agent-timeout`, 10 s by default), and when the agent comes
+/// back, the extra copy is killed. An app that sets `unreachableStrategy` keeps what it set; setting
+/// `inactiveAfterSeconds` (300 is Marathon's) avoids the short overlap of two copies during a partition.
+pub const DEFAULT_INACTIVE_AFTER_SECONDS: u64 = 0;
+
 fn default_inactive() -> u64 {
-    300
+    DEFAULT_INACTIVE_AFTER_SECONDS
 }
 fn default_expunge() -> u64 {
     600
@@ -139,7 +145,7 @@ fn default_expunge() -> u64 {
 
 impl Default for UnreachableStrategy {
     fn default() -> Self {
-        UnreachableStrategy { inactive_after_seconds: 300, expunge_after_seconds: 600 }
+        UnreachableStrategy { inactive_after_seconds: DEFAULT_INACTIVE_AFTER_SECONDS, expunge_after_seconds: 600 }
     }
 }
 
@@ -671,7 +677,7 @@ mod tests {
         assert_eq!((a.backoff_seconds, a.backoff_factor, a.max_launch_delay_seconds), (1.0, 1.15, 3600.0));
         assert_eq!(a.kill_selection, "YOUNGEST_FIRST");
         assert_eq!(a.upgrade_strategy, UpgradeStrategy { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0 });
-        assert_eq!(a.unreachable_strategy.inactive_after_seconds, 300);
+        assert_eq!(a.unreachable_strategy.inactive_after_seconds, 0, "Keel replaces unreachable instances at once");
         assert!(a.validate().is_empty());
     }
 

@@ -917,8 +917,9 @@ impl Marathon {
         self.of_app(id.as_str())
             .filter(|i| !self.killing.contains_key(&i.id) && !i.state.is_terminal())
             .filter(|i| {
-                let inactive_after =
-                    Duration::from_secs(app.map_or(300, |a| a.unreachable_strategy.inactive_after_seconds));
+                let inactive_after = Duration::from_secs(app.map_or(crate::app::DEFAULT_INACTIVE_AFTER_SECONDS, |a| {
+                    a.unreachable_strategy.inactive_after_seconds
+                }));
                 i.unreachable_since.is_none_or(|since| since.elapsed() < inactive_after)
             })
             .collect()
