@@ -535,6 +535,10 @@ impl MasterOptions {
         let fenced = store.fenced("master", leadership.term);
         let (master, _actor) =
             master::start(self.config(), fenced, shutdown.clone()).await.context("cannot start the master")?;
+        // Agents and frameworks may attach at once; the routes of `keel dev`'s frameworks join in `serve`.
+        let early = keel_core::master::http::Extras { gate: gate.clone(), ..Default::default() };
+        *slot.write().expect("lock poisoned") =
+            Some(keel_core::server::router_with(master.clone(), axum::Router::new(), early, limits));
         Ok(Started {
             store,
             master,
@@ -773,8 +777,10 @@ impl Started {
         let (leadership, shutdown, server) = (self.leadership, shutdown.clone(), self.server);
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            // Stop serving first, then hand over: nothing acts for this process once a standby leads.
+            let served = server.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             leadership.resign().await;
-            server.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            served
         })
     }
 }
@@ -880,8 +886,10 @@ async fn serve_framework(
     let routes = keel_core::server::rest_limits(routes, limits).route("/keel/v1/leader", leader);
     *candidacy.slot.write().expect("lock poisoned") = Some(routes);
     shutdown.cancelled().await;
+    // Stop serving first, then hand over: nothing acts for this process once a standby leads.
+    let served = candidacy.server.await;
     candidacy.leadership.resign().await;
-    candidacy.server.await??;
+    served??;
     Ok(())
 }
 

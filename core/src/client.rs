@@ -128,7 +128,14 @@ impl Target {
 
     /// A channel to the master, over TLS for an `https://` address.
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        let mut endpoint = Endpoint::from_shared(self.current_url().to_owned())?;
+        // A master that dies without closing its connections (a crashed host, a partition) is noticed within
+        // seconds, not after TCP's minutes: clients then move on to another master.
+        let mut endpoint = Endpoint::from_shared(self.current_url().to_owned())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+            .keep_alive_timeout(std::time::Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(std::time::Duration::from_secs(10)));
         if self.is_tls() {
             let mut tls = ClientTlsConfig::new();
             if let Some(pem) = &self.ca {

@@ -142,15 +142,26 @@ impl Leadership {
 }
 
 async fn renew(e: std::sync::Arc<Election>, term: i64, lost: CancellationToken, stop: CancellationToken) {
+    // SQLite is a file on this host: a slow renewal there is a busy writer, not a lost database, and
+    // another process can only take the lease after it expired, which the next renewal sees.
+    let networked = e.store.backend() == crate::store::Backend::Postgres;
     let mut last_ok = Instant::now();
     loop {
+        // Never wait, sleeping or renewing, past the moment this leader must have stepped down.
+        let deadline = tokio::time::Instant::from_std(last_ok + STEP_DOWN_AFTER);
+        let next = tokio::time::Instant::now() + RENEW_EVERY;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RENEW_EVERY) => {}
+            _ = tokio::time::sleep_until(if networked { next.min(deadline) } else { next }) => {}
         }
         let sent = Instant::now();
         let ttl = LEASE_TTL.as_millis() as i64;
-        match tokio::time::timeout(RENEW_EVERY, e.store.renew_lease(e.kind, &e.me, term, ttl)).await {
+        let limit = if networked {
+            deadline.min(tokio::time::Instant::now() + RENEW_EVERY)
+        } else {
+            tokio::time::Instant::now() + RENEW_EVERY
+        };
+        match tokio::time::timeout_at(limit, e.store.renew_lease(e.kind, &e.me, term, ttl)).await {
             Ok(Ok(true)) => last_ok = sent,
             Ok(Ok(false)) => {
                 error!(kind = e.kind, term, "the lease is another's: stepping down");
@@ -160,9 +171,6 @@ async fn renew(e: std::sync::Arc<Election>, term: i64, lost: CancellationToken, 
             Ok(Err(err)) => warn!(kind = e.kind, error = %err, "cannot renew the lease"),
             Err(_) => warn!(kind = e.kind, "the store did not answer the renewal in time"),
         }
-        // SQLite is a file on this host: a slow renewal there is a busy writer, not a lost database, and
-        // another process can only take the lease after it expired, which the next renewal sees.
-        let networked = e.store.backend() == crate::store::Backend::Postgres;
         if networked && must_step_down(last_ok, Instant::now()) {
             error!(kind = e.kind, term, after = ?STEP_DOWN_AFTER, "could not renew the lease: stepping down before it expires");
             lost.cancel();

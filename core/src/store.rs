@@ -224,6 +224,16 @@ impl Store {
         Store { fence: Some((kind, term)), ..self.clone() }
     }
 
+    /// On PostgreSQL the fence reads the lease row `FOR SHARE`: a new leader's acquisition then waits for the
+    /// write to commit, or the write sees the new term (under READ COMMITTED a plain read would not see an
+    /// acquisition that commits while the write is in flight). SQLite has one writer at a time.
+    fn fence_lock(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR SHARE",
+            Backend::Sqlite => "",
+        }
+    }
+
     fn fence_args(&self) -> (&'static str, i64) {
         self.fence.unwrap_or(("", 0))
     }
@@ -303,13 +313,14 @@ impl Store {
     pub async fn put_agent(&self, a: &AgentRecord) -> Result<(), StoreError> {
         let attributes = a.attributes.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(";");
         let (kind, term) = self.fence_args();
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO agents (id, hostname, resources, attributes, registered_at, principal) \
              SELECT $1, $2, $3, $4, $5, $6 \
-             WHERE $7 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $7 AND term = $8) \
+             WHERE $7 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $7 AND term = $8{lock}) \
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, resources = excluded.resources, \
              attributes = excluded.attributes, principal = COALESCE(agents.principal, excluded.principal)",
-        )
+            lock = self.fence_lock()
+        ))
         .bind(a.id.as_str())
         .bind(&a.hostname)
         .bind(a.resources.to_string())
@@ -350,10 +361,11 @@ impl Store {
 
     pub async fn remove_agent(&self, id: &AgentId) -> Result<(), StoreError> {
         let (kind, term) = self.fence_args();
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "DELETE FROM agents WHERE id = $1 \
-             AND ($2 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $2 AND term = $3))",
-        )
+             AND ($2 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $2 AND term = $3{lock}))",
+            lock = self.fence_lock()
+        ))
         .bind(id.as_str())
         .bind(kind)
         .bind(term)
@@ -368,15 +380,16 @@ impl Store {
 
     pub async fn put_framework(&self, f: &FrameworkRecord) -> Result<(), StoreError> {
         let (kind, term) = self.fence_args();
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO frameworks \
              (id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at, principal) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-             WHERE $9 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $9 AND term = $10) \
+             WHERE $9 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $9 AND term = $10{lock}) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, \
              failover_timeout_seconds = excluded.failover_timeout_seconds, webui_url = excluded.webui_url, \
              removed_at = excluded.removed_at, principal = COALESCE(frameworks.principal, excluded.principal)",
-        )
+            lock = self.fence_lock()
+        ))
         .bind(f.id.as_str())
         .bind(&f.name)
         .bind(&f.role)
@@ -425,10 +438,11 @@ impl Store {
     /// Marks a framework torn down.
     pub async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError> {
         let (kind, term) = self.fence_args();
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE frameworks SET removed_at = $1 WHERE id = $2 \
-             AND ($3 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $3 AND term = $4))",
-        )
+             AND ($3 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $3 AND term = $4{lock}))",
+            lock = self.fence_lock()
+        ))
         .bind(at)
         .bind(id.as_str())
         .bind(kind)

@@ -653,11 +653,18 @@ impl Master {
                             name: t.spec.name.clone(),
                             resources: t.spec.resources.clone(),
                             state: t.state,
-                            status: Some(status),
+                            status: Some(status.clone()),
                             kill_requested: fw.removed,
                             history: vec![],
                         },
                     );
+                    // An agent that was found unreachable while the master recovered: its frameworks were
+                    // told its tasks were unreachable (and may have replaced them), so tell them the tasks
+                    // are back, as for a known task above, rather than leaving it to their next
+                    // reconciliation.
+                    if was_unreachable {
+                        self.send_update(&t.framework_id, status);
+                    }
                 }
             }
             let live = self
