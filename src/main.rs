@@ -296,6 +296,11 @@ struct FrameworkOptions {
     web: WebOptions,
     #[command(flatten)]
     tls: TlsOptions,
+    /// The URL this instance registers as the framework's web UI and standbys redirect to while it leads.
+    /// Default: http(s)://LISTEN, with this machine's name for an unspecified address. Each instance must
+    /// advertise its own URL.
+    #[arg(long, value_parser = parse_origin)]
+    advertise_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -334,6 +339,11 @@ struct MasterOptions {
     /// Address to listen on for gRPC and HTTP.
     #[arg(long, default_value = "127.0.0.1:5050", env = "KEEL_LISTEN")]
     listen: String,
+    /// The URL other masters' standbys redirect to while this one leads, such as http://10.0.0.1:5050.
+    /// Default: http(s)://LISTEN, with this machine's name for an unspecified address. Each master must
+    /// advertise its own URL.
+    #[arg(long, value_parser = parse_origin)]
+    advertise_url: Option<String>,
     #[command(flatten)]
     store: StoreOptions,
     #[command(flatten)]
@@ -516,7 +526,7 @@ impl MasterOptions {
         };
         let limits = self.web.limits();
         // The port serves from now on; until this process leads, it redirects to the master that does.
-        let me = public_url(&local.to_string(), tls.is_some());
+        let me = self.advertise_url.clone().unwrap_or_else(|| public_url(&local.to_string(), tls.is_some()));
         // The election has a pool of its own: renewals never wait behind the master's work.
         let lease_store = self.store.open().await?;
         let election = keel_core::election::Election::new(lease_store, "master", &me);
@@ -530,7 +540,10 @@ impl MasterOptions {
             tls.clone(),
             shutdown.clone(),
         ));
-        let Some(leadership) = election.lead(shutdown).await else { bail!("stopped before this master was elected") };
+        let Some(leadership) = election.lead(shutdown).await else {
+            info!("stopped while standing by");
+            std::process::exit(0);
+        };
         step_down_when_lost(&leadership);
         let fenced = store.fenced("master", leadership.term);
         let (master, _actor) =
@@ -703,11 +716,12 @@ async fn stand_for(
     db_url: &str,
     limits: keel_core::server::Limits,
     leader: (&'static str, keel_core::election::LeaderBody),
+    advertise: Option<String>,
     shutdown: &CancellationToken,
 ) -> Result<Candidacy> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
-    let me = public_url(&local.to_string(), tls.is_some());
+    let me = advertise.unwrap_or_else(|| public_url(&local.to_string(), tls.is_some()));
     // The election has a pool of its own: renewals never wait behind the framework's work.
     let election = keel_core::election::Election::new(open_store(db_url).await?, kind, &me);
     let standing = election.watch();
@@ -720,7 +734,10 @@ async fn stand_for(
         tls,
         shutdown.clone(),
     ));
-    let Some(leadership) = election.lead(shutdown).await else { bail!("stopped before this {kind} was elected") };
+    let Some(leadership) = election.lead(shutdown).await else {
+        info!(kind, "stopped while standing by");
+        std::process::exit(0);
+    };
     step_down_when_lost(&leadership);
     Ok(Candidacy { slot, server, leadership, local, me, standing })
 }
@@ -1153,6 +1170,7 @@ async fn run(command: Command) -> Result<()> {
                 &args.database_url,
                 args.framework.web.limits(),
                 ("/v2/leader", marathon_leader_json),
+                args.framework.advertise_url.clone(),
                 &shutdown,
             )
             .await?;
@@ -1205,6 +1223,7 @@ async fn run(command: Command) -> Result<()> {
                 &args.database_url,
                 args.framework.web.limits(),
                 ("/keel/v1/leader", keel_core::election::leader_json),
+                args.framework.advertise_url.clone(),
                 &shutdown,
             )
             .await?;

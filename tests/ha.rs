@@ -24,10 +24,23 @@ impl Masters {
         let mut procs = vec![];
         let mut urls = vec![];
         for i in 0..n {
-            let listen = format!("127.0.0.1:{}", free_port());
-            let args = ["master", "--listen", &listen, "--database-url", db, "--agent-timeout", "10s"];
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
+            // Advertised by name: standbys redirect there, not to the address they listen on.
+            let url = format!("http://localhost:{port}");
+            let args = [
+                "master",
+                "--listen",
+                &listen,
+                "--advertise-url",
+                &url,
+                "--database-url",
+                db,
+                "--agent-timeout",
+                "10s",
+            ];
             procs.push(Some(Proc::spawn(&args, dir.join(format!("master-{i}.log")))));
-            urls.push(format!("http://{listen}"));
+            urls.push(url);
         }
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Masters { procs, urls, token, http }
