@@ -709,6 +709,7 @@ struct Candidacy {
 
 /// Binds `listen`, serves a standby's answers on it, and waits until this process leads `kind` among the
 /// processes on the database at `db_url`.
+#[allow(clippy::too_many_arguments)]
 async fn stand_for(
     kind: &'static str,
     listen: &str,
