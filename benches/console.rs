@@ -10,7 +10,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use keel_core::task::TaskState;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -29,21 +28,12 @@ fn main() {
 
         let dir = tempfile::tempdir().unwrap();
         let store = keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("c.db").display())).await.unwrap();
-        let apps_store = keel_marathon::store::AppStore::new(store.clone());
-        let handle = keel_marathon::scheduler::start(&master.url, apps_store.clone(), shutdown.clone()).await.unwrap();
-        let callbacks =
-            keel_marathon::callbacks::Callbacks::start(apps_store.clone(), &handle, shutdown.clone()).await.unwrap();
-        let info = keel_marathon::api::ServiceInfo::default();
-        let api = keel_marathon::api::Api { apps: apps_store, marathon: handle.clone(), callbacks, info };
+        let (handle, services) = support::services(&master.url, store.clone(), &shutdown).await;
         let jobs = keel_chronos::store::JobStore::new(store);
         let chronos = keel_chronos::scheduler::start(&master.url, jobs.clone(), keel_chronos::scheduler::Clock::System, shutdown.clone())
             .await
             .unwrap();
-        let router = keel_marathon::api::router(api).merge(keel_chronos::api::router(keel_chronos::api::Api { jobs, chronos }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let url = support::serve(services.merge(keel_chronos::api::router(keel_chronos::api::Api { jobs, chronos }))).await;
 
         let list: Vec<serde_json::Value> = (0..apps)
             .map(|i| serde_json::json!({"id": format!("/bench/app-{i:04}"), "cmd": "simulated", "cpus": 0.01, "mem": 1, "instances": per_app}))
@@ -53,14 +43,7 @@ fn main() {
         assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
         let total = apps * per_app;
         let started = Instant::now();
-        loop {
-            let running = handle.snapshot().await.unwrap().instances.iter().filter(|i| i.state == TaskState::Running).count();
-            if running >= total {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(600), "only {running} of {total} running after 10 minutes");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        support::wait_running(&handle, total).await;
         println!("{total} tasks RUNNING after {:?}", started.elapsed());
 
         let mut fixed = std::collections::HashMap::new();
@@ -74,7 +57,7 @@ fn main() {
             ("overview", "/ui/".to_owned()),
             ("apps", "/ui/apps".to_owned()),
             ("apps, page 10, by memory", "/ui/apps?sort=-mem&page=10".to_owned()),
-            ("one app (10 instances)", "/ui/apps/bench/app-0500".to_owned()),
+            ("one app (10 instances)", format!("/ui/apps/bench/app-{:04}", apps / 2)),
             ("tasks", "/ui/tasks".to_owned()),
             ("tasks, running, page 100", "/ui/tasks?state=TASK_RUNNING&page=100".to_owned()),
             ("agents", "/ui/agents".to_owned()),

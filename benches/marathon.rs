@@ -9,7 +9,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use keel_core::task::TaskState;
 use tokio_util::sync::CancellationToken;
 
 fn main() {
@@ -27,17 +26,8 @@ fn main() {
 
         let dir = tempfile::tempdir().unwrap();
         let store = keel_core::store::Store::connect(&format!("sqlite:{}", dir.path().join("m.db").display())).await.unwrap();
-        let apps_store = keel_marathon::store::AppStore::new(store);
-        let handle = keel_marathon::scheduler::start(&master.url, apps_store.clone(), shutdown.clone()).await.unwrap();
-        let callbacks =
-            keel_marathon::callbacks::Callbacks::start(apps_store.clone(), &handle, shutdown.clone()).await.unwrap();
-        let info = keel_marathon::api::ServiceInfo::default();
-        let api = keel_marathon::api::Api { apps: apps_store, marathon: handle.clone(), callbacks, info };
-        let router = keel_marathon::api::router(api);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (handle, router) = support::services(&master.url, store, &shutdown).await;
+        let url = support::serve(router).await;
 
         let list: Vec<serde_json::Value> = (0..apps)
             .map(|i| serde_json::json!({"id": format!("/bench/app-{i}"), "cmd": "simulated", "cpus": 0.01, "mem": 1, "instances": per_app}))
@@ -47,16 +37,7 @@ fn main() {
         let resp = client.put(format!("{url}/v2/apps")).json(&list).send().await.unwrap();
         assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
         println!("PUT /v2/apps with {apps} apps answered after {:?}", started.elapsed());
-        let total = apps * per_app;
-        loop {
-            let running = handle.snapshot().await.unwrap().instances.iter().filter(|i| i.state == TaskState::Running).count();
-            if running >= total {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(600), "only {running} of {total} running after 10 minutes");
-            // Each look copies every instance, so look rarely enough not to slow the scheduler down.
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        support::wait_running(&handle, apps * per_app).await;
         let deploy = started.elapsed();
 
         let mut times = Vec::new();

@@ -80,29 +80,8 @@ struct Dev {
 
 impl Dev {
     async fn start(dir: &Path) -> Dev {
-        let port = free_port();
-        let data = dir.join("data");
-        let listen = format!("127.0.0.1:{port}");
-        let args = [
-            "dev",
-            "--listen",
-            &listen,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--no-docker",
-            "--resources",
-            "cpus:4;mem:4096;disk:8192;ports:[31000-31999]",
-        ];
-        let proc = Proc::spawn(&args, dir.join("dev.log"));
-        let log = proc.log.clone();
-        let link = wait_for("keel dev's login link", LONG, || async {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
-                .find_map(|l| l.split_once("(this sign-in link works once): ").map(|(_, u)| u.trim().to_owned()))
-        })
-        .await;
-        let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
-        let base = format!("http://{listen}");
+        let dev = common::DevProc::start(dir, &["--resources", "cpus:4;mem:4096;disk:8192;ports:[31000-31999]"]).await;
+        let (base, token) = (dev.base, dev.token);
         let http = reqwest::Client::new();
         wait_for("keel dev to be healthy with its agent", LONG, || async {
             let s: Value =
@@ -110,7 +89,7 @@ impl Dev {
             (s["agents"].as_array()?.len() == 1 && s["frameworks"].as_array()?.len() == 2).then_some(())
         })
         .await;
-        Dev { _proc: proc, base, token, link, data, http }
+        Dev { _proc: dev.proc, base, token, link: dev.link, data: dev.data, http }
     }
 
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {

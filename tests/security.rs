@@ -233,23 +233,11 @@ async fn revocation_reaches_every_process() {
 
 /// What `keel dev` prints, once it has printed its login link.
 async fn start_dev(dir: &std::path::Path) -> (Proc, String, String, String) {
-    let port = free_port();
-    let data = dir.join("data");
-    let listen = format!("127.0.0.1:{port}");
-    let args = ["dev", "--listen", &listen, "--data-dir", data.to_str().unwrap(), "--no-docker"];
-    let proc = Proc::spawn(&args, dir.join("dev.log"));
-    let log = proc.log.clone();
-    let link = wait_for("keel dev's login link", LONG, || async {
-        let text = std::fs::read_to_string(&log).ok()?;
-        text.lines()
-            .find_map(|l| l.split_once("console (this sign-in link works once): ").map(|(_, u)| u.trim().to_owned()))
-    })
-    .await;
-    let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+    let dev = common::DevProc::start(dir, &[]).await;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(data.join("admin.token")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(dev.data.join("admin.token")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "admin.token must be readable by its owner only");
-    (proc, format!("http://{listen}"), link, token)
+    (dev.proc, dev.base, dev.link, dev.token)
 }
 
 /// A hostile page cannot write through an operator's browser; the login link works once; logout ends the

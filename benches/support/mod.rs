@@ -113,3 +113,41 @@ pub fn start_agents(
     }
     dir
 }
+
+/// The services framework against `master`, on `store`: its handle and its `/v2` routes (not served).
+pub async fn services(
+    master: &str,
+    store: keel_core::store::Store,
+    shutdown: &CancellationToken,
+) -> (keel_marathon::scheduler::MarathonHandle, axum::Router) {
+    let apps = keel_marathon::store::AppStore::new(store);
+    let handle = keel_marathon::scheduler::start(master, apps.clone(), shutdown.clone()).await.unwrap();
+    let callbacks = keel_marathon::callbacks::Callbacks::start(apps.clone(), &handle, shutdown.clone()).await.unwrap();
+    let info = keel_marathon::api::ServiceInfo::default();
+    let api = keel_marathon::api::Api { apps, marathon: handle.clone(), callbacks, info };
+    (handle, keel_marathon::api::router(api))
+}
+
+/// Serves `router` on a free loopback port; answers its URL.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    url
+}
+
+/// Waits until `total` instances of the services framework run (at most 10 minutes).
+pub async fn wait_running(handle: &keel_marathon::scheduler::MarathonHandle, total: usize) {
+    let started = std::time::Instant::now();
+    loop {
+        let snapshot = handle.snapshot().await.unwrap();
+        let running = snapshot.instances.iter().filter(|i| i.state == keel_core::task::TaskState::Running).count();
+        if running >= total {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "only {running} of {total} running after 10 minutes");
+        // Each look copies every instance, so look rarely enough not to slow the scheduler down.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

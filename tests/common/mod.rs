@@ -92,6 +92,36 @@ impl Drop for Proc {
     }
 }
 
+/// A `keel dev` process, once it has printed its one-time login link: its URL, the link, its admin token and
+/// its data directory.
+pub struct DevProc {
+    pub proc: Proc,
+    pub base: String,
+    pub link: String,
+    pub token: String,
+    pub data: PathBuf,
+}
+
+impl DevProc {
+    /// Starts `keel dev --listen … --data-dir DIR/data --no-docker EXTRA…`.
+    pub async fn start(dir: &Path, extra: &[&str]) -> DevProc {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let data = dir.join("data");
+        let mut args = vec!["dev", "--listen", &listen, "--data-dir", data.to_str().unwrap(), "--no-docker"];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(&args, dir.join("dev.log"));
+        let log = proc.log.clone();
+        let link = wait_for("keel dev's login link", Duration::from_secs(60), || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .find_map(|l| l.split_once("(this sign-in link works once): ").map(|(_, u)| u.trim().to_owned()))
+        })
+        .await;
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+        DevProc { proc, base: format!("http://{listen}"), link, token, data }
+    }
+}
+
 /// A master process and where it keeps things.
 pub struct Master {
     pub proc: Proc,

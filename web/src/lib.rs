@@ -334,8 +334,9 @@ async fn tail(
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// Whether the master's name of a state is a terminal one (the core's rule, not a list of our own).
 fn is_terminal(state: &str) -> bool {
-    matches!(state, "TASK_FINISHED" | "TASK_FAILED" | "TASK_KILLED" | "TASK_LOST" | "TASK_ERROR" | "TASK_DROPPED")
+    keel_core::task::TaskState::try_from(state.to_owned()).is_ok_and(|s| s.is_terminal())
 }
 
 async fn apps(

@@ -71,12 +71,7 @@ pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<F
     match (service, kind) {
         (Service::Master, "task_updated") => {
             let state = s("state");
-            let tone = match state.as_str() {
-                "TASK_RUNNING" | "TASK_FINISHED" => "ok",
-                "TASK_STAGING" | "TASK_STARTING" | "TASK_KILLING" | "TASK_KILLED" => "info",
-                "TASK_UNREACHABLE" => "warn",
-                _ => "bad",
-            };
+            let tone = crate::view::tone(&state).0;
             let id = s("task_id");
             let text = format!("task {id} is {}", state.trim_start_matches("TASK_").to_lowercase());
             (
@@ -117,11 +112,7 @@ pub fn classify(service: Service, kind: &str, data: &Value) -> (Topics, Option<F
         (Service::Services, _) => (Topics::APPS, None),
         (Service::Jobs, "run_updated") => {
             let status = s("status");
-            let tone = match status.as_str() {
-                "SUCCESS" => "ok",
-                "FAILED" => "bad",
-                _ => "info",
-            };
+            let tone = crate::view::tone(&status).0;
             let job = s("jobId");
             let text = format!("job {job}: run {} {}", s("runId"), status.to_lowercase());
             (
