@@ -1184,10 +1184,11 @@ async fn run(command: Command) -> Result<()> {
                 }
                 None => keel_core::secrets::Secrets::none(),
             };
+            // Its writes carry its term: once another instance leads, the database refuses them.
             let (routes, api) = marathon_routes(
                 &target,
                 &candidacy.local.to_string(),
-                store.clone(),
+                store.fenced("marathon", candidacy.leadership.term),
                 secrets,
                 args.deployment_timeout,
                 &candidacy.me.clone(),
@@ -1231,7 +1232,8 @@ async fn run(command: Command) -> Result<()> {
             let health = keel_core::health::Health::default();
             let target = args.framework.credentials.target(&args.framework.master)?;
             let url = candidacy.me.clone();
-            let routes = chronos_routes(&target, store.clone(), &url, &health, &shutdown).await?;
+            let fenced = store.fenced("chronos", candidacy.leadership.term);
+            let routes = chronos_routes(&target, fenced, &url, &health, &shutdown).await?;
             let routes = routes.route("/ping", axum::routing::get(|| async { "pong" }));
             let mut doc = keel_core::openapi::framework_port();
             doc.merge(keel_core::openapi::ping());
@@ -1286,10 +1288,12 @@ async fn run(command: Command) -> Result<()> {
             let marathon_target = internal("keel:marathon", Role::Framework);
             let key = args.secrets.key(&args.master.store.data_dir)?;
             let secrets = keel_core::secrets::Secrets::start(started.store.clone(), key, shutdown.clone()).await?;
+            // The frameworks in this process write under the master's term.
+            let fenced = started.store.fenced("master", started.leadership.term);
             let (marathon, api) = marathon_routes(
                 &marathon_target,
                 &addr,
-                started.store.clone(),
+                fenced.clone(),
                 secrets,
                 timeout,
                 &base,
@@ -1298,8 +1302,7 @@ async fn run(command: Command) -> Result<()> {
             )
             .await?;
             let chronos_target = internal("keel:chronos", Role::Framework);
-            let chronos =
-                chronos_routes(&chronos_target, started.store.clone(), &base, &extras.health, &shutdown).await?;
+            let chronos = chronos_routes(&chronos_target, fenced, &base, &extras.health, &shutdown).await?;
             // Marathon clients read Marathon's JSON metrics at `/metrics`; Prometheus gets the master's text.
             extras.json_metrics = Some(std::sync::Arc::new(move || {
                 Box::pin(keel_marathon::api::json_metrics(api.clone())) as futures::future::BoxFuture<'static, _>

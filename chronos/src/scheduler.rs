@@ -1657,14 +1657,24 @@ impl Chronos {
             Ok(v) if v.first() == Some(&true) => {
                 info!(job_id = %child, run_id = %run.id, after = %parent, "all parents succeeded; starting the dependent job");
                 self.last_dependency_run.insert(child.clone(), now);
-                let key = (child.clone(), run.id.clone());
-                self.by_task.insert(run.task_id(1), key.clone());
-                self.pending.insert(key.clone(), now);
-                self.runs.insert(key, run);
+                self.start_pending(run, now);
             }
             Ok(_) => {
-                debug!(job_id = %child, "dependent run already recorded");
                 self.last_dependency_run.insert(child.clone(), now);
+                // Recorded before, perhaps by an earlier try whose commit landed although the store answered
+                // an error: reload and look. A run this process does not hold and that never started is
+                // this one, and starts now.
+                match self.store.run_by_trigger(child, &run.trigger_key).await {
+                    Ok(Some(stored)) if stored.status == RunStatus::Initial && !self.holds(&stored) => {
+                        info!(job_id = %child, run_id = %stored.id, "dependent run found recorded by an earlier try; starting it");
+                        self.start_pending(stored, now);
+                    }
+                    Ok(_) => debug!(job_id = %child, "dependent run already recorded"),
+                    Err(e) => {
+                        warn!(job_id = %child, error = %e, "cannot read the recorded dependent run; trying again shortly");
+                        self.retry_children.insert(child.clone());
+                    }
+                }
             }
             Err(e) => {
                 warn!(job_id = %child, error = %e, "cannot record the dependent run; trying again shortly");
@@ -1853,13 +1863,38 @@ impl Chronos {
         let now = millis(self.clock.now());
         let key = format!("manual:{}", uuid::Uuid::new_v4());
         let run = Run::new(id.clone(), Trigger::Manual, key, now, now);
-        self.store.insert_runs(std::slice::from_ref(&run)).await?;
+        let run = match self.store.insert_runs(std::slice::from_ref(&run)).await {
+            Ok(_) => run,
+            // The commit may have landed all the same: reload and look. Found, the run is this request's and
+            // starts; not found, nothing was written and the caller may try again.
+            Err(e) => match self.store.run_by_trigger(id, &run.trigger_key).await {
+                Ok(Some(stored)) => stored,
+                Ok(None) => return Err(e.into()),
+                Err(_) => {
+                    // Neither answer is known. If it landed, the next start of the framework adopts it as an
+                    // open run.
+                    warn!(job_id = %id, run_id = %run.id, error = %e, "cannot tell whether a requested run was recorded");
+                    return Err(e.into());
+                }
+            },
+        };
         info!(job_id = %id, run_id = %run.id, "run started by request");
-        let k = (id.clone(), run.id.clone());
-        self.by_task.insert(run.task_id(1), k.clone());
-        self.pending.insert(k.clone(), now);
-        self.runs.insert(k, run.clone());
+        self.start_pending(run.clone(), now);
         Ok(run)
+    }
+
+    /// Whether this process holds `run` already (open or just finished).
+    fn holds(&self, run: &Run) -> bool {
+        let key = (run.job_id.clone(), run.id.clone());
+        self.runs.contains_key(&key) || self.finished.contains_key(&key)
+    }
+
+    /// Takes a recorded run that waits for an offer.
+    fn start_pending(&mut self, run: Run, now: i64) {
+        let key = (run.job_id.clone(), run.id.clone());
+        self.by_task.insert(run.task_id(1), key.clone());
+        self.pending.insert(key.clone(), now);
+        self.runs.insert(key, run);
     }
 }
 

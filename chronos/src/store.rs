@@ -19,6 +19,9 @@ pub enum JobStoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("stored run is corrupt: {0}")]
     BadRow(String),
+    /// Typically: this process no longer leads, and the database refused its write.
+    #[error(transparent)]
+    Store(#[from] keel_core::store::StoreError),
 }
 
 /// Jobs, runs and counters.
@@ -36,28 +39,50 @@ impl JobStore {
     }
 
     pub async fn put_job(&self, job: &Job) -> Result<(), JobStoreError> {
-        sqlx::query(
-            "INSERT INTO chronos_jobs (id, definition) VALUES ($1, $2) \
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "INSERT INTO chronos_jobs (id, definition) SELECT $1, $2 WHERE {fence} \
              ON CONFLICT (id) DO UPDATE SET definition = excluded.definition",
-        )
+            fence = self.store.fence_condition(3)
+        ))
         .bind(job.id.as_str())
         .bind(serde_json::to_string(job)?)
+        .bind(kind)
+        .bind(term)
         .execute(self.store.pool())
-        .await?;
+        .await?
+        .rows_affected();
+        self.written(rows).await
+    }
+
+    /// After fenced writes of which one changed `rows` rows: none may mean that the database refused them,
+    /// because another process leads now. (Checked after the transaction: SQLite's pool has one connection.)
+    async fn written(&self, rows: u64) -> Result<(), JobStoreError> {
+        if rows == 0 {
+            self.store.check_fence().await?;
+        }
         Ok(())
     }
 
     /// Removes a job with its runs and counters; false when there was no such job.
     pub async fn delete_job(&self, id: &JobId) -> Result<bool, JobStoreError> {
+        let (kind, term) = self.store.fence_args();
+        let fence = self.store.fence_condition(2);
         let mut tx = self.store.pool().begin().await?;
-        let gone = sqlx::query("DELETE FROM chronos_jobs WHERE id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM chronos_runs WHERE job_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM chronos_stats WHERE job_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        let mut gone = 0;
+        for (table, key) in [("chronos_jobs", "id"), ("chronos_runs", "job_id"), ("chronos_stats", "job_id")] {
+            let done = sqlx::query(&format!("DELETE FROM {table} WHERE {key} = $1 AND {fence}"))
+                .bind(id.as_str())
+                .bind(kind)
+                .bind(term)
+                .execute(&mut *tx)
+                .await?;
+            if table == "chronos_jobs" {
+                gone = done.rows_affected();
+            }
+        }
         tx.commit().await?;
+        self.written(gone).await?;
         Ok(gone > 0)
     }
 
@@ -68,12 +93,14 @@ impl JobStore {
     }
 
     /// Inserts new runs in one transaction. Says, per run, whether it was new: false means a run with the
-    /// same job and trigger key already exists, and nothing was written for it.
+    /// same job and trigger key already exists, and nothing was written for it. A deposed leader's insert
+    /// is an error ([`keel_core::store::StoreError::Fenced`]), never a false "already there".
     pub async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, JobStoreError> {
         /// Rows per statement: one statement per row costs a round trip each, which 10,000 ticks at one
         /// instant cannot afford.
         const CHUNK: usize = 64;
         const COLUMNS: usize = 15;
+        let (kind, term) = self.store.fence_args();
         let mut tx = self.store.pool().begin().await?;
         let mut out = Vec::with_capacity(runs.len());
         for chunk in runs.chunks(CHUNK) {
@@ -83,12 +110,17 @@ impl JobStore {
                     format!("({})", params.join(", "))
                 })
                 .collect();
-            let sql =
-                format!("INSERT INTO chronos_runs ({RUN_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING", values.join(", "));
+            let sql = format!(
+                "INSERT INTO chronos_runs ({RUN_COLUMNS}) SELECT * FROM (VALUES {}) AS v WHERE {} \
+                 ON CONFLICT DO NOTHING",
+                values.join(", "),
+                self.store.fence_condition(chunk.len() * COLUMNS + 1)
+            );
             let mut q = sqlx::query(&sql);
             for r in chunk {
                 q = bind_run(q, r);
             }
+            let q = q.bind(kind).bind(term);
             // Within a savepoint: if any row was there already, undo the chunk and insert row by row to
             // learn which.
             let mut chunk_tx = sqlx::Acquire::begin(&mut tx).await?;
@@ -101,41 +133,69 @@ impl JobStore {
             chunk_tx.rollback().await?;
             let one = format!(
                 "INSERT INTO chronos_runs ({RUN_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING"
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 WHERE {} \
+                 ON CONFLICT DO NOTHING",
+                self.store.fence_condition(16)
             );
             for r in chunk {
-                let n = bind_run(sqlx::query(&one), r).execute(&mut *tx).await?.rows_affected();
+                let n = bind_run(sqlx::query(&one), r).bind(kind).bind(term).execute(&mut *tx).await?.rows_affected();
                 out.push(n > 0);
             }
         }
         tx.commit().await?;
+        if out.contains(&false) {
+            self.written(0).await?;
+        }
         Ok(out)
     }
 
     /// Writes the mutable fields of runs, in one transaction. Finished runs also count towards their job's
-    /// counters; `counted` says which of `runs` have just finished.
+    /// counters; `counted` says which of `runs` have just finished. A run counts once only: when it is still
+    /// open in the store. So writing a batch again after an error (whose commit may have landed) never
+    /// counts a run twice.
     pub async fn update_runs(&self, runs: &[(Run, bool)]) -> Result<(), JobStoreError> {
-        let mut tx = self.store.pool().begin().await?;
-        for (r, counted) in runs {
-            sqlx::query(
+        let (kind, term) = self.store.fence_args();
+        let update = |extra: &str| {
+            format!(
                 "UPDATE chronos_runs SET status = $3, attempts = $4, task_ids = $5, started_at = $6, \
                  finished_at = $7, exit_code = $8, message = $9, stdout_tail = $10, stderr_tail = $11 \
-                 WHERE job_id = $1 AND id = $2",
+                 WHERE job_id = $1 AND id = $2 AND {}{extra}",
+                self.store.fence_condition(12)
             )
-            .bind(r.job_id.as_str())
-            .bind(&r.id)
-            .bind(r.status.name())
-            .bind(i64::from(r.attempts))
-            .bind(serde_json::to_string(&r.task_ids)?)
-            .bind(r.started_at)
-            .bind(r.finished_at)
-            .bind(r.exit_code.map(i64::from))
-            .bind(&r.message)
-            .bind(&r.stdout_tail)
-            .bind(&r.stderr_tail)
-            .execute(&mut *tx)
-            .await?;
-            if *counted {
+        };
+        let (update, finish) = (update(""), update(" AND status IN ('INITIAL', 'STARTING', 'ACTIVE')"));
+        let count = format!(
+            "INSERT INTO chronos_stats (job_id, success_count, error_count, missed_count, last_success, last_error) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE {} \
+             ON CONFLICT (job_id) DO UPDATE SET \
+               success_count = chronos_stats.success_count + excluded.success_count, \
+               error_count = chronos_stats.error_count + excluded.error_count, \
+               missed_count = chronos_stats.missed_count + excluded.missed_count, \
+               last_success = COALESCE(excluded.last_success, chronos_stats.last_success), \
+               last_error = COALESCE(excluded.last_error, chronos_stats.last_error)",
+            self.store.fence_condition(7)
+        );
+        let mut tx = self.store.pool().begin().await?;
+        let mut rows = u64::MAX;
+        for (r, counted) in runs {
+            let done = sqlx::query(if *counted { &finish } else { &update })
+                .bind(r.job_id.as_str())
+                .bind(&r.id)
+                .bind(r.status.name())
+                .bind(i64::from(r.attempts))
+                .bind(serde_json::to_string(&r.task_ids)?)
+                .bind(r.started_at)
+                .bind(r.finished_at)
+                .bind(r.exit_code.map(i64::from))
+                .bind(&r.message)
+                .bind(&r.stdout_tail)
+                .bind(&r.stderr_tail)
+                .bind(kind)
+                .bind(term)
+                .execute(&mut *tx)
+                .await?;
+            rows = rows.min(done.rows_affected());
+            if *counted && done.rows_affected() > 0 {
                 let at = r.finished_at.unwrap_or(r.created_at);
                 let (s, e, m) = match r.status {
                     RunStatus::Success => (1, 0, 0),
@@ -143,53 +203,60 @@ impl JobStore {
                     RunStatus::Missed => (0, 0, 1),
                     _ => (0, 0, 0),
                 };
-                sqlx::query(
-                    "INSERT INTO chronos_stats (job_id, success_count, error_count, missed_count, last_success, last_error) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (job_id) DO UPDATE SET \
-                       success_count = chronos_stats.success_count + excluded.success_count, \
-                       error_count = chronos_stats.error_count + excluded.error_count, \
-                       missed_count = chronos_stats.missed_count + excluded.missed_count, \
-                       last_success = COALESCE(excluded.last_success, chronos_stats.last_success), \
-                       last_error = COALESCE(excluded.last_error, chronos_stats.last_error)",
-                )
-                .bind(r.job_id.as_str())
-                .bind(s as i64)
-                .bind(e as i64)
-                .bind(m as i64)
-                .bind((s == 1).then_some(at))
-                .bind((e == 1).then_some(at))
-                .execute(&mut *tx)
-                .await?;
+                let done = sqlx::query(&count)
+                    .bind(r.job_id.as_str())
+                    .bind(s as i64)
+                    .bind(e as i64)
+                    .bind(m as i64)
+                    .bind((s == 1).then_some(at))
+                    .bind((e == 1).then_some(at))
+                    .bind(kind)
+                    .bind(term)
+                    .execute(&mut *tx)
+                    .await?;
+                rows = rows.min(done.rows_affected());
             }
         }
         tx.commit().await?;
-        Ok(())
+        self.written(rows).await
     }
 
     /// Stores the tails of a finished run's output.
     pub async fn set_tails(&self, job: &JobId, run: &str, stdout: &str, stderr: &str) -> Result<(), JobStoreError> {
-        sqlx::query("UPDATE chronos_runs SET stdout_tail = $3, stderr_tail = $4 WHERE job_id = $1 AND id = $2")
-            .bind(job.as_str())
-            .bind(run)
-            .bind(stdout)
-            .bind(stderr)
-            .execute(self.store.pool())
-            .await?;
-        Ok(())
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "UPDATE chronos_runs SET stdout_tail = $3, stderr_tail = $4 WHERE job_id = $1 AND id = $2 AND {}",
+            self.store.fence_condition(5)
+        ))
+        .bind(job.as_str())
+        .bind(run)
+        .bind(stdout)
+        .bind(stderr)
+        .bind(kind)
+        .bind(term)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        self.written(rows).await
     }
 
     /// Adds missed ticks beyond those recorded one by one to a job's counter.
     pub async fn add_missed(&self, job: &JobId, n: u64) -> Result<(), JobStoreError> {
-        sqlx::query(
-            "INSERT INTO chronos_stats (job_id, success_count, error_count, missed_count) VALUES ($1, 0, 0, $2) \
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "INSERT INTO chronos_stats (job_id, success_count, error_count, missed_count) \
+             SELECT $1, 0, 0, $2 WHERE {} \
              ON CONFLICT (job_id) DO UPDATE SET missed_count = chronos_stats.missed_count + excluded.missed_count",
-        )
+            self.store.fence_condition(3)
+        ))
         .bind(job.as_str())
         .bind(n as i64)
+        .bind(kind)
+        .bind(term)
         .execute(self.store.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        self.written(rows).await
     }
 
     /// Runs that have not finished.
@@ -212,6 +279,18 @@ impl JobStore {
         .fetch_all(self.store.pool())
         .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    /// The run of `job` recorded for `trigger_key`, if any: where a write that may or may not have landed
+    /// is looked for.
+    pub async fn run_by_trigger(&self, job: &JobId, trigger_key: &str) -> Result<Option<Run>, JobStoreError> {
+        let row =
+            sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM chronos_runs WHERE job_id = $1 AND trigger_key = $2"))
+                .bind(job.as_str())
+                .bind(trigger_key)
+                .fetch_optional(self.store.pool())
+                .await?;
+        row.as_ref().map(run_from_row).transpose()
     }
 
     pub async fn run(&self, job: &JobId, id: &str) -> Result<Option<Run>, JobStoreError> {
@@ -299,18 +378,23 @@ impl JobStore {
     /// Deletes finished runs of `job` beyond the newest `keep`, except the latest of each trigger (each
     /// schedule's latest tick is where watching it resumes after a restart).
     pub async fn prune(&self, job: &JobId, keep: i64) -> Result<u64, JobStoreError> {
-        let n = sqlx::query(
-            "DELETE FROM chronos_runs WHERE job_id = $1 \
+        let (kind, term) = self.store.fence_args();
+        let n = sqlx::query(&format!(
+            "DELETE FROM chronos_runs WHERE job_id = $1 AND {} \
                AND status IN ('SUCCESS', 'FAILED', 'MISSED', 'SKIPPED') \
                AND id NOT IN (SELECT id FROM chronos_runs WHERE job_id = $1 ORDER BY created_at DESC, scheduled_at DESC LIMIT $2) \
                AND scheduled_at < (SELECT MAX(r2.scheduled_at) FROM chronos_runs r2 \
                                    WHERE r2.job_id = chronos_runs.job_id AND r2.trigger_kind = chronos_runs.trigger_kind)",
-        )
+            self.store.fence_condition(3)
+        ))
         .bind(job.as_str())
         .bind(keep)
+        .bind(kind)
+        .bind(term)
         .execute(self.store.pool())
         .await?
         .rows_affected();
+        self.written(n).await?;
         Ok(n)
     }
 
@@ -323,14 +407,19 @@ impl JobStore {
     }
 
     pub async fn set_framework_id(&self, id: &str) -> Result<(), JobStoreError> {
-        sqlx::query(
-            "INSERT INTO chronos_framework (name, framework_id) VALUES ('chronos', $1) \
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "INSERT INTO chronos_framework (name, framework_id) SELECT 'chronos', $1 WHERE {} \
              ON CONFLICT (name) DO UPDATE SET framework_id = excluded.framework_id",
-        )
+            self.store.fence_condition(2)
+        ))
         .bind(id)
+        .bind(kind)
+        .bind(term)
         .execute(self.store.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        self.written(rows).await
     }
 }
 

@@ -123,3 +123,74 @@ async fn jobs_and_the_framework_id_persist() {
         assert_eq!(store.framework_id().await.unwrap().as_deref(), Some("fw-2"), "{name}");
     }
 }
+
+/// Once another instance leads, the database refuses every write of the deposed one. An insert of a tick is
+/// then an error, never a "the run exists already" that would make the caller skip it.
+#[tokio::test]
+async fn a_deposed_leaders_writes_are_refused_by_the_database() {
+    use keel_chronos::store::JobStoreError;
+    use keel_core::store::StoreError;
+    fn refused<T: std::fmt::Debug>(r: Result<T, JobStoreError>) -> bool {
+        matches!(r, Err(JobStoreError::Store(StoreError::Fenced { .. })))
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut raws = vec![Store::connect(&format!("sqlite:{}", dir.path().join("k.db").display())).await.unwrap()];
+    if let Some(url) = keel_core::testing::postgres_database().await {
+        raws.push(Store::connect(&url).await.unwrap());
+    }
+    for raw in raws {
+        let backend = raw.backend();
+        let t1 = raw.acquire_lease("chronos", "http://a", 60_000).await.unwrap().unwrap();
+        let a = JobStore::new(raw.fenced("chronos", t1));
+        a.put_job(&Job::new(id("nightly"))).await.unwrap();
+        let first = tick("nightly", "s", 60_000);
+        assert_eq!(a.insert_runs(std::slice::from_ref(&first)).await.unwrap(), [true], "{backend:?}");
+        a.set_framework_id("fw-1").await.unwrap();
+
+        raw.resign_lease("chronos", "http://a", t1).await.unwrap();
+        let t2 = raw.acquire_lease("chronos", "http://b", 60_000).await.unwrap().unwrap();
+        let many: Vec<Run> = (2..100).map(|i| tick("nightly", "s", i * 60_000)).collect();
+        assert!(refused(a.insert_runs(&many).await), "{backend:?}: a batch");
+        assert!(refused(a.insert_runs(&[tick("nightly", "s", 6_000_000)]).await), "{backend:?}: one");
+        assert!(refused(a.insert_runs(std::slice::from_ref(&first)).await), "{backend:?}: an existing one");
+        let mut done = first.clone();
+        done.status = RunStatus::Success;
+        done.finished_at = Some(61_000);
+        assert!(refused(a.update_runs(&[(done.clone(), true)]).await), "{backend:?}");
+        assert!(refused(a.set_tails(&id("nightly"), &first.id, "out", "err").await), "{backend:?}");
+        assert!(refused(a.add_missed(&id("nightly"), 3).await), "{backend:?}");
+        assert!(refused(a.put_job(&Job::new(id("other"))).await), "{backend:?}");
+        assert!(refused(a.delete_job(&id("nightly")).await), "{backend:?}");
+        assert!(refused(a.set_framework_id("fw-2").await), "{backend:?}");
+
+        let b = JobStore::new(raw.fenced("chronos", t2));
+        assert_eq!(b.open_runs().await.unwrap(), vec![first.clone()], "{backend:?}: nothing was written");
+        assert!(b.stats().await.unwrap().is_empty(), "{backend:?}");
+        assert_eq!(b.jobs().await.unwrap().len(), 1, "{backend:?}");
+        assert_eq!(b.framework_id().await.unwrap().as_deref(), Some("fw-1"), "{backend:?}");
+        // The new leader's writes pass, and a tick it finds recorded is "not new", not an error.
+        assert_eq!(b.insert_runs(&[first.clone(), tick("nightly", "s", 120_000)]).await.unwrap(), [false, true]);
+        b.update_runs(&[(done, true)]).await.unwrap();
+        assert_eq!(b.stats().await.unwrap()[&id("nightly")].success_count, 1, "{backend:?}");
+        assert_eq!(b.prune(&id("nightly"), 100).await.unwrap(), 0, "{backend:?}");
+    }
+}
+
+/// Writing a finished run again (after an error whose commit may have landed) counts it once, and a run is
+/// found by its trigger, where an ambiguous insert is looked for.
+#[tokio::test]
+async fn a_finished_run_written_twice_counts_once() {
+    for (name, store, _dir) in stores().await {
+        let run = Run::new(id("child"), Trigger::Parents, "after:parent/r1".into(), 1000, 1000);
+        assert_eq!(store.run_by_trigger(&id("child"), "after:parent/r1").await.unwrap(), None, "{name}");
+        store.insert_runs(std::slice::from_ref(&run)).await.unwrap();
+        assert_eq!(store.run_by_trigger(&id("child"), "after:parent/r1").await.unwrap().as_ref(), Some(&run));
+        let mut done = run.clone();
+        done.status = RunStatus::Success;
+        done.finished_at = Some(2000);
+        store.update_runs(&[(done.clone(), true)]).await.unwrap();
+        store.update_runs(&[(done.clone(), true)]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap()[&id("child")].success_count, 1, "{name}");
+        assert_eq!(store.run(&id("child"), &run.id).await.unwrap(), Some(done), "{name}");
+    }
+}

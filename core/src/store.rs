@@ -234,12 +234,25 @@ impl Store {
         }
     }
 
-    fn fence_args(&self) -> (&'static str, i64) {
+    /// What a fenced write binds to the two parameters of [`Store::fence_condition`]: the lease's kind and
+    /// the term this process holds it at (`""` and 0 when unfenced).
+    pub fn fence_args(&self) -> (&'static str, i64) {
         self.fence.unwrap_or(("", 0))
     }
 
+    /// The condition every fenced write adds to its `WHERE`: true while the lease is still at this process's
+    /// term (or when this store is not fenced). It binds [`Store::fence_args`] to `$n` and `$n+1`. A deposed
+    /// leader's write then changes no row: the database refuses it, whatever the leader believes.
+    pub fn fence_condition(&self, n: usize) -> String {
+        format!(
+            "(${n} = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = ${n} AND term = ${m}{lock}))",
+            m = n + 1,
+            lock = self.fence_lock()
+        )
+    }
+
     /// Whether a write that changed no row was refused by the fence (rather than finding nothing to change).
-    async fn check_fence(&self) -> Result<(), StoreError> {
+    pub async fn check_fence(&self) -> Result<(), StoreError> {
         let Some((kind, term)) = self.fence else { return Ok(()) };
         match self.lease(kind).await? {
             Some(l) if l.term == term => Ok(()),
@@ -316,10 +329,10 @@ impl Store {
         let done = sqlx::query(&format!(
             "INSERT INTO agents (id, hostname, resources, attributes, registered_at, principal) \
              SELECT $1, $2, $3, $4, $5, $6 \
-             WHERE $7 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $7 AND term = $8{lock}) \
+             WHERE {fence} \
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, resources = excluded.resources, \
              attributes = excluded.attributes, principal = COALESCE(agents.principal, excluded.principal)",
-            lock = self.fence_lock()
+            fence = self.fence_condition(7)
         ))
         .bind(a.id.as_str())
         .bind(&a.hostname)
@@ -361,17 +374,14 @@ impl Store {
 
     pub async fn remove_agent(&self, id: &AgentId) -> Result<(), StoreError> {
         let (kind, term) = self.fence_args();
-        let done = sqlx::query(&format!(
-            "DELETE FROM agents WHERE id = $1 \
-             AND ($2 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $2 AND term = $3{lock}))",
-            lock = self.fence_lock()
-        ))
-        .bind(id.as_str())
-        .bind(kind)
-        .bind(term)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("remove agent"))?;
+        let done =
+            sqlx::query(&format!("DELETE FROM agents WHERE id = $1 AND {fence}", fence = self.fence_condition(2)))
+                .bind(id.as_str())
+                .bind(kind)
+                .bind(term)
+                .execute(&self.pool)
+                .await
+                .map_err(query_err("remove agent"))?;
         if done.rows_affected() == 0 {
             self.check_fence().await?;
         }
@@ -384,11 +394,11 @@ impl Store {
             "INSERT INTO frameworks \
              (id, name, role, failover_timeout_seconds, webui_url, registered_at, removed_at, principal) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-             WHERE $9 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $9 AND term = $10{lock}) \
+             WHERE {fence} \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, role = excluded.role, \
              failover_timeout_seconds = excluded.failover_timeout_seconds, webui_url = excluded.webui_url, \
              removed_at = excluded.removed_at, principal = COALESCE(frameworks.principal, excluded.principal)",
-            lock = self.fence_lock()
+            fence = self.fence_condition(9)
         ))
         .bind(f.id.as_str())
         .bind(&f.name)
@@ -439,9 +449,8 @@ impl Store {
     pub async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError> {
         let (kind, term) = self.fence_args();
         let done = sqlx::query(&format!(
-            "UPDATE frameworks SET removed_at = $1 WHERE id = $2 \
-             AND ($3 = '' OR EXISTS (SELECT 1 FROM leases WHERE kind = $3 AND term = $4{lock}))",
-            lock = self.fence_lock()
+            "UPDATE frameworks SET removed_at = $1 WHERE id = $2 AND {fence}",
+            fence = self.fence_condition(3)
         ))
         .bind(at)
         .bind(id.as_str())

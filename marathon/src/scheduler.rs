@@ -491,6 +491,9 @@ pub async fn start_with(
     let mut info = FrameworkInfo::new("marathon");
     info.webui_url = webui_url.to_owned();
     info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
+    if let Some(latest) = store.latest_version().await? {
+        crate::store::issue_versions_after(&latest);
+    }
     let (driver, events) = scheduler::start(master, info, framework_id, shutdown.clone());
     let mut apps = BTreeMap::new();
     for app in store.list().await? {

@@ -11,6 +11,9 @@ pub enum AppStoreError {
     Query(#[from] sqlx::Error),
     #[error("stored app definition is corrupt")]
     Corrupt(#[from] serde_json::Error),
+    /// Typically: this process no longer leads, and the database refused its write.
+    #[error(transparent)]
+    Store(#[from] keel_core::store::StoreError),
 }
 
 /// Apps and their version history.
@@ -40,26 +43,29 @@ impl AppStore {
     pub async fn put(&self, id: &AppId, app: &AppDefinition) -> Result<(), AppStoreError> {
         let json = serde_json::to_string(app)?;
         let version = app.version.clone().unwrap_or_default();
+        let (kind, term) = self.store.fence_args();
         let mut tx = self.store.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO marathon_apps (id, version, definition) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET version = excluded.version, definition = excluded.definition",
-        )
-        .bind(id.as_str())
-        .bind(&version)
-        .bind(&json)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO marathon_app_versions (id, version, definition) VALUES ($1, $2, $3) \
-             ON CONFLICT (id, version) DO UPDATE SET definition = excluded.definition",
-        )
-        .bind(id.as_str())
-        .bind(&version)
-        .bind(&json)
-        .execute(&mut *tx)
-        .await?;
+        let mut rows = u64::MAX;
+        for table in ["marathon_apps", "marathon_app_versions"] {
+            let key = if table == "marathon_apps" { "id" } else { "id, version" };
+            let sql = format!(
+                "INSERT INTO {table} (id, version, definition) SELECT $1, $2, $3 WHERE {fence} \
+                 ON CONFLICT ({key}) DO UPDATE SET version = excluded.version, definition = excluded.definition",
+                fence = self.store.fence_condition(4)
+            );
+            let q = sqlx::query(&sql).bind(id.as_str()).bind(&version).bind(&json).bind(kind).bind(term);
+            rows = rows.min(q.execute(&mut *tx).await?.rows_affected());
+        }
         tx.commit().await?;
+        self.written(rows).await
+    }
+
+    /// After a fenced write that changed `rows` rows: none may mean that the database refused it, because
+    /// another process leads now.
+    async fn written(&self, rows: u64) -> Result<(), AppStoreError> {
+        if rows == 0 {
+            self.store.check_fence().await?;
+        }
         Ok(())
     }
 
@@ -79,15 +85,31 @@ impl AppStore {
 
     /// Removes an app and its history; false when there was no such app.
     pub async fn delete(&self, id: &AppId) -> Result<bool, AppStoreError> {
+        let (kind, term) = self.store.fence_args();
+        let fence = self.store.fence_condition(2);
         let mut tx = self.store.pool().begin().await?;
-        let gone = sqlx::query("DELETE FROM marathon_apps WHERE id = $1")
+        let gone = sqlx::query(&format!("DELETE FROM marathon_apps WHERE id = $1 AND {fence}"))
             .bind(id.as_str())
+            .bind(kind)
+            .bind(term)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM marathon_app_versions WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query(&format!("DELETE FROM marathon_app_versions WHERE id = $1 AND {fence}"))
+            .bind(id.as_str())
+            .bind(kind)
+            .bind(term)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
+        self.written(gone).await?;
         Ok(gone > 0)
+    }
+
+    /// The latest version any app has had, to issue later ones after a failover.
+    pub async fn latest_version(&self) -> Result<Option<String>, AppStoreError> {
+        let row = sqlx::query("SELECT MAX(version) FROM marathon_app_versions").fetch_one(self.store.pool()).await?;
+        Ok(row.try_get::<Option<String>, _>(0)?)
     }
 
     /// The app's versions, newest first.
@@ -133,14 +155,19 @@ impl AppStore {
     }
 
     pub async fn set_framework_id(&self, id: &str) -> Result<(), AppStoreError> {
-        sqlx::query(
-            "INSERT INTO marathon_framework (name, framework_id) VALUES ('marathon', $1) \
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "INSERT INTO marathon_framework (name, framework_id) SELECT 'marathon', $1 WHERE {fence} \
              ON CONFLICT (name) DO UPDATE SET framework_id = excluded.framework_id",
-        )
+            fence = self.store.fence_condition(2)
+        ))
         .bind(id)
+        .bind(kind)
+        .bind(term)
         .execute(self.store.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        self.written(rows).await
     }
 
     /// The callback URLs subscribed to events, oldest first.
@@ -154,57 +181,83 @@ impl AppStore {
 
     /// Subscribes a callback URL; subscribing one twice changes nothing.
     pub async fn subscribe(&self, url: &str) -> Result<(), AppStoreError> {
-        sqlx::query(
-            "INSERT INTO marathon_event_subscriptions (callback_url, created_at) VALUES ($1, $2) \
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "INSERT INTO marathon_event_subscriptions (callback_url, created_at) SELECT $1, $2 WHERE {fence} \
              ON CONFLICT (callback_url) DO NOTHING",
-        )
+            fence = self.store.fence_condition(3)
+        ))
         .bind(url)
         .bind(keel_core::store::now_millis())
+        .bind(kind)
+        .bind(term)
         .execute(self.store.pool())
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        self.written(rows).await
     }
 
     /// Unsubscribes a callback URL; returns whether it was subscribed.
     pub async fn unsubscribe(&self, url: &str) -> Result<bool, AppStoreError> {
-        let done = sqlx::query("DELETE FROM marathon_event_subscriptions WHERE callback_url = $1")
-            .bind(url)
-            .execute(self.store.pool())
-            .await?;
+        let (kind, term) = self.store.fence_args();
+        let done = sqlx::query(&format!(
+            "DELETE FROM marathon_event_subscriptions WHERE callback_url = $1 AND {fence}",
+            fence = self.store.fence_condition(2)
+        ))
+        .bind(url)
+        .bind(kind)
+        .bind(term)
+        .execute(self.store.pool())
+        .await?;
+        self.written(done.rows_affected()).await?;
         Ok(done.rows_affected() > 0)
     }
 
     /// Records launched tasks, in one transaction.
     pub async fn put_instances(&self, records: &[InstanceRecord]) -> Result<(), AppStoreError> {
+        let (kind, term) = self.store.fence_args();
+        let sql = format!(
+            "INSERT INTO marathon_instances (task_id, app_id, version, agent_id, host, ports, staged_at, attributes) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {fence} ON CONFLICT (task_id) DO NOTHING",
+            fence = self.store.fence_condition(9)
+        );
         let mut tx = self.store.pool().begin().await?;
+        let mut rows = u64::MAX;
         for r in records {
             let ports = r.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
             let attributes = serde_json::to_string(&r.attributes)?;
-            sqlx::query(
-                "INSERT INTO marathon_instances (task_id, app_id, version, agent_id, host, ports, staged_at, attributes) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (task_id) DO NOTHING",
-            )
-            .bind(&r.task_id)
-            .bind(&r.app_id)
-            .bind(&r.version)
-            .bind(&r.agent_id)
-            .bind(&r.host)
-            .bind(ports)
-            .bind(r.staged_at)
-            .bind(attributes)
-            .execute(&mut *tx)
-            .await?;
+            let done = sqlx::query(&sql)
+                .bind(&r.task_id)
+                .bind(&r.app_id)
+                .bind(&r.version)
+                .bind(&r.agent_id)
+                .bind(&r.host)
+                .bind(ports)
+                .bind(r.staged_at)
+                .bind(attributes)
+                .bind(kind)
+                .bind(term)
+                .execute(&mut *tx)
+                .await?;
+            rows = rows.min(done.rows_affected());
         }
         tx.commit().await?;
-        Ok(())
+        self.written(rows).await
     }
 
     pub async fn delete_instance(&self, task_id: &str) -> Result<(), AppStoreError> {
-        sqlx::query("DELETE FROM marathon_instances WHERE task_id = $1")
-            .bind(task_id)
-            .execute(self.store.pool())
-            .await?;
-        Ok(())
+        let (kind, term) = self.store.fence_args();
+        let rows = sqlx::query(&format!(
+            "DELETE FROM marathon_instances WHERE task_id = $1 AND {fence}",
+            fence = self.store.fence_condition(2)
+        ))
+        .bind(task_id)
+        .bind(kind)
+        .bind(term)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        self.written(rows).await
     }
 
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError> {
@@ -234,16 +287,50 @@ impl AppStore {
     }
 }
 
-/// A new app version: the time now as a [`timestamp`], later than every version this process issued before,
-/// so that two changes within one millisecond do not share a version (the second would overwrite the first
-/// in the history).
+static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// A new app version: the time now as a [`timestamp`], later than every version this process issued before
+/// or found stored ([`issue_versions_after`]), so that two changes within one millisecond do not share a
+/// version (the second would overwrite the first in the history), and a new leader whose clock is behind
+/// its predecessor's does not issue an earlier version than the app already has.
 pub fn new_version() -> String {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    static LAST: AtomicI64 = AtomicI64::new(0);
+    use std::sync::atomic::Ordering;
     let now = keel_core::store::now_millis();
     let prev = LAST.fetch_max(now, Ordering::SeqCst);
     let millis = if now > prev { now } else { LAST.fetch_add(1, Ordering::SeqCst) + 1 };
     timestamp(millis)
+}
+
+/// Makes [`new_version`] issue versions later than `version` (a stored one) from now on.
+pub fn issue_versions_after(version: &str) {
+    if let Some(millis) = parse_timestamp(version) {
+        LAST.fetch_max(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The milliseconds since the epoch of a [`timestamp`]; `None` for any other text.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 24 || [b[4], b[7], b[10], b[13], b[16], b[19], b[23]] != *b"--T::.Z" {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| {
+        text.get(r)?.bytes().try_fold(0i64, |n, c| c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0')))
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, m, sec, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + m * 60 + sec) * 1000) + ms)
 }
 
 /// Milliseconds since the epoch as Marathon's timestamp: `YYYY-MM-DDTHH:MM:SS.sssZ`.
@@ -272,6 +359,25 @@ mod tests {
     fn versions_are_unique_within_a_millisecond() {
         let versions: Vec<String> = (0..1000).map(|_| super::new_version()).collect();
         assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
+
+    #[test]
+    fn versions_follow_the_stored_ones_and_timestamps_parse_back() {
+        for millis in [0, 951_782_400_000, 1_795_398_421_123, 4_102_444_799_999] {
+            assert_eq!(super::parse_timestamp(&timestamp(millis)), Some(millis));
+        }
+        for bad in [
+            "",
+            "2026-11-23T01:47:01Z",
+            "2026-13-23T01:47:01.123Z",
+            "2026-11-23 01:47:01.123Z",
+            "x".repeat(24).as_str(),
+        ] {
+            assert_eq!(super::parse_timestamp(bad), None, "{bad}");
+        }
+        let future = timestamp(keel_core::store::now_millis() + 3_600_000);
+        super::issue_versions_after(&future);
+        assert!(super::new_version() > future, "a new leader's clock behind the stored versions");
     }
 
     #[test]
