@@ -54,13 +54,18 @@ pub struct Election {
     kind: &'static str,
     /// This process's advertised URL: what standbys redirect to.
     me: String,
+    /// What the lease row names: the URL and a nonce of this process, so that no other process (a
+    /// restart of this one, or one given the same URL by mistake) passes for it.
+    holder: String,
     status: watch::Sender<Standing>,
 }
 
 impl Election {
     pub fn new(store: Store, kind: &'static str, me: &str) -> Election {
         let status = watch::channel(Standing::Standby { leader: None }).0;
-        Election { store, kind, me: me.trim_end_matches('/').to_owned(), status }
+        let me = me.trim_end_matches('/').to_owned();
+        let holder = format!("{me} {}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Election { store, kind, me, holder, status }
     }
 
     /// Where this process stands, as it changes.
@@ -75,7 +80,7 @@ impl Election {
         loop {
             match tokio::time::timeout(
                 POLL * 2,
-                self.store.acquire_lease(self.kind, &self.me, LEASE_TTL.as_millis() as i64),
+                self.store.acquire_lease(self.kind, &self.holder, LEASE_TTL.as_millis() as i64),
             )
             .await
             {
@@ -86,7 +91,7 @@ impl Election {
                 }
                 Ok(Ok(None)) => {
                     let leader = match self.store.lease(self.kind).await {
-                        Ok(Some(l)) if l.remaining_ms > 0 => Some(l.holder),
+                        Ok(Some(l)) if l.remaining_ms > 0 => Some(holder_url(&l.holder).to_owned()),
                         _ => None,
                     };
                     if told.as_ref() != Some(&leader) {
@@ -133,7 +138,7 @@ impl Leadership {
         self.stop.cancel();
         let _ = self.renewer.await;
         let e = &self.election;
-        match tokio::time::timeout(Duration::from_secs(1), e.store.resign_lease(e.kind, &e.me, self.term)).await {
+        match tokio::time::timeout(Duration::from_secs(1), e.store.resign_lease(e.kind, &e.holder, self.term)).await {
             Ok(Ok(())) => info!(kind = e.kind, term = self.term, "resigned the lease"),
             Ok(Err(err)) => warn!(kind = e.kind, error = %err, "could not resign the lease; it expires by itself"),
             Err(_) => warn!(kind = e.kind, "could not resign the lease in time; it expires by itself"),
@@ -161,7 +166,7 @@ async fn renew(e: std::sync::Arc<Election>, term: i64, lost: CancellationToken, 
         } else {
             tokio::time::Instant::now() + RENEW_EVERY
         };
-        match tokio::time::timeout_at(limit, e.store.renew_lease(e.kind, &e.me, term, ttl)).await {
+        match tokio::time::timeout_at(limit, e.store.renew_lease(e.kind, &e.holder, term, ttl)).await {
             Ok(Ok(true)) => last_ok = sent,
             Ok(Ok(false)) => {
                 error!(kind = e.kind, term, "the lease is another's: stepping down");
@@ -177,6 +182,11 @@ async fn renew(e: std::sync::Arc<Election>, term: i64, lost: CancellationToken, 
             return;
         }
     }
+}
+
+/// The advertised URL in a lease's holder (`URL NONCE`).
+fn holder_url(holder: &str) -> &str {
+    holder.split_once(' ').map_or(holder, |(url, _)| url)
 }
 
 /// Who leads, for `GET {leader path}`: `{"leader": URL or null, "elected": this process leads}`.

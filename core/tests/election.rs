@@ -40,9 +40,17 @@ async fn one_leads_a_standby_takes_over_and_a_deposed_leader_steps_down() {
         .unwrap()
         .clone();
         assert_eq!(told, Standing::Standby { leader: Some("http://a".into()) }, "{backend:?}");
+        // Another process with a's URL (a restart of a, or a mistake) is another candidate: it waits too.
+        let twin = Election::new(store.clone(), "test", "http://a");
+        let twin_lead = tokio::spawn({
+            let s = b_shutdown.clone();
+            async move { twin.lead(&s).await }
+        });
         // a keeps its lease past its TTL by renewing it.
         tokio::time::sleep(LEASE_TTL + Duration::from_millis(500)).await;
         assert!(!b_lead.is_finished(), "{backend:?}: b must not lead while a renews");
+        assert!(!twin_lead.is_finished(), "{backend:?}: nor may a process that shares a's URL");
+        twin_lead.abort();
         // a resigns: b leads within moments, with a higher term.
         let a_term = a.term;
         let resigned = Instant::now();
@@ -51,7 +59,7 @@ async fn one_leads_a_standby_takes_over_and_a_deposed_leader_steps_down() {
         assert!(resigned.elapsed() < Duration::from_millis(1000), "{backend:?}: {:?}", resigned.elapsed());
         assert!(b.term > a_term, "{backend:?}");
         // Someone takes b's lease behind its back (as after a partition): b notices and steps down.
-        assert!(store.renew_lease("test", "http://b", b.term, -1).await.unwrap());
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE kind = 'test'").execute(store.pool()).await.unwrap();
         assert!(store.acquire_lease("test", "http://c", 60_000).await.unwrap().is_some());
         let lost = b.lost();
         tokio::time::timeout(Duration::from_secs(2), lost.cancelled()).await.expect("b steps down");
