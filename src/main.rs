@@ -299,7 +299,7 @@ struct FrameworkOptions {
     /// The URL this instance registers as the framework's web UI and standbys redirect to while it leads.
     /// Default: http(s)://LISTEN, with this machine's name for an unspecified address. Each instance must
     /// advertise its own URL.
-    #[arg(long, value_parser = parse_origin)]
+    #[arg(long, value_parser = parse_origin, env = "KEEL_ADVERTISE_URL")]
     advertise_url: Option<String>,
 }
 
@@ -342,7 +342,7 @@ struct MasterOptions {
     /// The URL other masters' standbys redirect to while this one leads, such as http://10.0.0.1:5050.
     /// Default: http(s)://LISTEN, with this machine's name for an unspecified address. Each master must
     /// advertise its own URL.
-    #[arg(long, value_parser = parse_origin)]
+    #[arg(long, value_parser = parse_origin, env = "KEEL_ADVERTISE_URL")]
     advertise_url: Option<String>,
     #[command(flatten)]
     store: StoreOptions,
