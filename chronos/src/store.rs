@@ -52,16 +52,7 @@ impl JobStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
-    }
-
-    /// After fenced writes of which one changed `rows` rows: none may mean that the database refused them,
-    /// because another process leads now. (Checked after the transaction: SQLite's pool has one connection.)
-    async fn written(&self, rows: u64) -> Result<(), JobStoreError> {
-        if rows == 0 {
-            self.store.check_fence().await?;
-        }
-        Ok(())
+        Ok(self.store.written(rows).await?)
     }
 
     /// Removes a job with its runs and counters; false when there was no such job.
@@ -82,7 +73,7 @@ impl JobStore {
             }
         }
         tx.commit().await?;
-        self.written(gone).await?;
+        self.store.written(gone).await?;
         Ok(gone > 0)
     }
 
@@ -144,7 +135,7 @@ impl JobStore {
         }
         tx.commit().await?;
         if out.contains(&false) {
-            self.written(0).await?;
+            self.store.written(0).await?;
         }
         Ok(out)
     }
@@ -218,7 +209,7 @@ impl JobStore {
             }
         }
         tx.commit().await?;
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     /// Stores the tails of a finished run's output.
@@ -237,7 +228,7 @@ impl JobStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     /// Adds missed ticks beyond those recorded one by one to a job's counter.
@@ -256,7 +247,7 @@ impl JobStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     /// Runs that have not finished.
@@ -394,7 +385,7 @@ impl JobStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(n).await?;
+        self.store.written(n).await?;
         Ok(n)
     }
 
@@ -419,7 +410,7 @@ impl JobStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 }
 

@@ -251,6 +251,13 @@ impl Store {
         )
     }
 
+    /// After a fenced write (or transaction) of which a statement changed `rows` rows: none may mean that
+    /// the database refused it, because another process leads now. Call it after the transaction: on SQLite
+    /// the pool has one connection.
+    pub async fn written(&self, rows: u64) -> Result<(), StoreError> {
+        if rows == 0 { self.check_fence().await } else { Ok(()) }
+    }
+
     /// Whether a write that changed no row was refused by the fence (rather than finding nothing to change).
     pub async fn check_fence(&self) -> Result<(), StoreError> {
         let Some((kind, term)) = self.fence else { return Ok(()) };
@@ -345,10 +352,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(query_err("put agent"))?;
-        if done.rows_affected() == 0 {
-            self.check_fence().await?;
-        }
-        Ok(())
+        self.written(done.rows_affected()).await
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
@@ -382,10 +386,7 @@ impl Store {
                 .execute(&self.pool)
                 .await
                 .map_err(query_err("remove agent"))?;
-        if done.rows_affected() == 0 {
-            self.check_fence().await?;
-        }
-        Ok(())
+        self.written(done.rows_affected()).await
     }
 
     pub async fn put_framework(&self, f: &FrameworkRecord) -> Result<(), StoreError> {
@@ -413,10 +414,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(query_err("put framework"))?;
-        if done.rows_affected() == 0 {
-            self.check_fence().await?;
-        }
-        Ok(())
+        self.written(done.rows_affected()).await
     }
 
     /// Every framework ever registered, removed ones included.
@@ -459,10 +457,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(query_err("remove framework"))?;
-        if done.rows_affected() == 0 {
-            self.check_fence().await?;
-        }
-        Ok(())
+        self.written(done.rows_affected()).await
     }
 
     /// Stores a new token's record; fails when an active token already has its name.

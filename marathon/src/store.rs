@@ -57,16 +57,7 @@ impl AppStore {
             rows = rows.min(q.execute(&mut *tx).await?.rows_affected());
         }
         tx.commit().await?;
-        self.written(rows).await
-    }
-
-    /// After a fenced write that changed `rows` rows: none may mean that the database refused it, because
-    /// another process leads now.
-    async fn written(&self, rows: u64) -> Result<(), AppStoreError> {
-        if rows == 0 {
-            self.store.check_fence().await?;
-        }
-        Ok(())
+        Ok(self.store.written(rows).await?)
     }
 
     pub async fn get(&self, id: &AppId) -> Result<Option<AppDefinition>, AppStoreError> {
@@ -102,7 +93,7 @@ impl AppStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.written(gone).await?;
+        self.store.written(gone).await?;
         Ok(gone > 0)
     }
 
@@ -167,7 +158,7 @@ impl AppStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     /// The callback URLs subscribed to events, oldest first.
@@ -194,7 +185,7 @@ impl AppStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     /// Unsubscribes a callback URL; returns whether it was subscribed.
@@ -209,7 +200,7 @@ impl AppStore {
         .bind(term)
         .execute(self.store.pool())
         .await?;
-        self.written(done.rows_affected()).await?;
+        self.store.written(done.rows_affected()).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -242,7 +233,7 @@ impl AppStore {
             rows = rows.min(done.rows_affected());
         }
         tx.commit().await?;
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     pub async fn delete_instance(&self, task_id: &str) -> Result<(), AppStoreError> {
@@ -257,7 +248,7 @@ impl AppStore {
         .execute(self.store.pool())
         .await?
         .rows_affected();
-        self.written(rows).await
+        Ok(self.store.written(rows).await?)
     }
 
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError> {
