@@ -128,6 +128,21 @@ async fn create_app(http: &reqwest::Client, marathon: &str, instances: usize) {
     .await;
 }
 
+/// Deletes `/web` and waits until its tasks are gone, so that no `sleep` outlives the benchmark.
+async fn delete_app(http: &reqwest::Client, marathon: &str) {
+    let _ = http.delete(format!("{marathon}/v2/apps/web?force=true")).bearer_auth("bench").send().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let r = http.get(format!("{marathon}/v2/apps/web")).bearer_auth("bench").send().await;
+        if r.is_ok_and(|r| r.status() == 404) {
+            tokio::time::sleep(Duration::from_secs(1)).await; // the kills reach the agents
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("warning: /web was not deleted within 30 s; its tasks may outlive the benchmark");
+}
+
 /// Agent death: SIGKILL the agent with the most tasks; time until all run on the other.
 async fn agent_death(dir: &Path, http: &reqwest::Client) -> Vec<Duration> {
     let db = format!("sqlite:{}", dir.join("agents.db").display());
@@ -167,6 +182,7 @@ async fn agent_death(dir: &Path, http: &reqwest::Client) -> Vec<Duration> {
         })
         .await;
     }
+    delete_app(http, &marathon).await;
     for c in agents.iter_mut().chain([&mut fw, &mut m]) {
         kill(c);
     }
@@ -226,6 +242,7 @@ async fn task_during_failover(dir: &Path, http: &reqwest::Client) -> Vec<Duratio
         println!("master failover with a task killed {}: replacement running after {:?}", round + 1, took[round]);
         masters[leader] = master(&listens[leader], &db, &logs[leader]);
     }
+    delete_app(http, &marathon).await;
     for c in masters.iter_mut().chain([&mut a, &mut fw]) {
         kill(c);
     }

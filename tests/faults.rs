@@ -17,7 +17,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{KEEL, wait_for};
@@ -247,7 +247,7 @@ impl Supervisor {
         let services = Arc::downgrade(&s.services);
         std::thread::spawn(move || {
             while let Some(all) = services.upgrade() {
-                for svc in all.lock().unwrap().values_mut() {
+                for svc in all.lock().unwrap_or_else(PoisonError::into_inner).values_mut() {
                     let exited = match svc.child.as_mut() {
                         None => true,
                         Some(c) => c.try_wait().ok().flatten().is_some(),
@@ -274,20 +274,25 @@ impl Supervisor {
             starts: 0,
         };
         svc.spawn();
-        self.services.lock().unwrap().insert(name.to_owned(), svc);
+        self.services.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_owned(), svc);
     }
 
     fn kill(&self, name: &str) {
-        self.services.lock().unwrap().get_mut(name).expect("a service of that name").kill();
+        self.services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(name)
+            .expect("a service of that name")
+            .kill();
     }
 
     fn starts(&self, name: &str) -> u32 {
-        self.services.lock().unwrap()[name].starts
+        self.services.lock().unwrap_or_else(PoisonError::into_inner)[name].starts
     }
 
     /// Kills everything and shows the logs' tails if the test is failing.
     fn stop(&self) {
-        let mut all = self.services.lock().unwrap();
+        let mut all = self.services.lock().unwrap_or_else(PoisonError::into_inner);
         for svc in all.values_mut() {
             svc.kill();
             if std::thread::panicking() {
@@ -316,9 +321,11 @@ impl Drop for Containers {
     fn drop(&mut self) {
         for dir in &self.0 {
             let Ok(id) = std::fs::read_to_string(dir.join("meta/agent_id")) else { continue };
-            let ids = common::docker(&["ps", "-aq", "--filter", &format!("label=keel.agent_id={}", id.trim())]);
-            for c in ids.split_whitespace() {
-                common::docker(&["rm", "-f", c]);
+            // Best effort, and never a panic while unwinding: the engine may be gone.
+            let filter = format!("label=keel.agent_id={}", id.trim());
+            let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() else { continue };
+            for c in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", c]).output();
             }
         }
     }
@@ -366,10 +373,13 @@ impl Cluster {
         out
     }
 
+    /// The one of `urls` that leads and serves: elected, and past recovering its state (its `/health`
+    /// answers 200 as the leader, not as a standby or while starting).
     async fn leader(&self, urls: &[String], path: &str, what: &str) -> String {
         let i = wait_for(what, LONG, || async {
             let l = self.leading(urls, path).await;
-            (l.len() == 1).then(|| l[0])
+            let health = self.get(format!("{}/health", urls[*l.first()?])).await?;
+            (l.len() == 1 && health["standby"] != true).then(|| l[0])
         })
         .await;
         urls[i].clone()
@@ -419,10 +429,12 @@ impl Cluster {
 
     /// No task id was launched twice: each process task appended its id to `launches` when it started.
     fn no_task_ran_twice(&self) {
-        let text = std::fs::read_to_string(self.dir.join("launches")).unwrap_or_default();
-        let mut seen = BTreeSet::new();
-        for id in text.lines() {
-            assert!(seen.insert(id), "task {id} was launched twice:\n{text}");
+        for file in ["launches", "ticks"] {
+            let text = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+            let mut seen = BTreeSet::new();
+            for id in text.lines() {
+                assert!(seen.insert(id), "task {id} ran twice ({file}):\n{text}");
+            }
         }
     }
 

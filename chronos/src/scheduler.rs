@@ -620,25 +620,22 @@ impl Chronos {
             }
         }
         let inserted = self.store.insert_runs(&created).await?;
-        let mut finished = Vec::new();
+        // Missed ticks are stored finished: count them here, as no update will finish them.
+        let mut missed: BTreeMap<JobId, u64> = missed_extra.into_iter().collect();
         for (r, new) in created.into_iter().zip(inserted) {
             if !new {
                 continue;
             }
             if r.status == RunStatus::Missed {
-                finished.push((r, true));
+                *missed.entry(r.job_id.clone()).or_default() += 1;
             } else {
                 self.to_fire.insert((r.job_id.clone(), r.id.clone()), r.scheduled_at);
                 self.runs.insert((r.job_id.clone(), r.id.clone()), r);
             }
         }
-        self.store.update_runs(&finished).await?;
-        for (id, n) in missed_extra {
+        for (id, n) in missed {
             self.store.add_missed(&id, n).await?;
             self.stats.entry(id).or_default().missed_count += n;
-        }
-        for (r, _) in &finished {
-            self.count(r);
         }
         // Prepared ticks whose instant has not come: fire them when it does.
         for ((job, sid), list) in stale {
@@ -1660,16 +1657,20 @@ impl Chronos {
                 self.start_pending(run, now);
             }
             Ok(_) => {
-                self.last_dependency_run.insert(child.clone(), now);
                 // Recorded before, perhaps by an earlier try whose commit landed although the store answered
                 // an error: reload and look. A run this process does not hold and that never started is
                 // this one, and starts now.
                 match self.store.run_by_trigger(child, &run.trigger_key).await {
                     Ok(Some(stored)) if stored.status == RunStatus::Initial && !self.holds(&stored) => {
                         info!(job_id = %child, run_id = %stored.id, "dependent run found recorded by an earlier try; starting it");
+                        self.last_dependency_run.insert(child.clone(), now);
                         self.start_pending(stored, now);
                     }
-                    Ok(_) => debug!(job_id = %child, "dependent run already recorded"),
+                    Ok(_) => {
+                        debug!(job_id = %child, "dependent run already recorded");
+                        self.last_dependency_run.insert(child.clone(), now);
+                    }
+                    // Not marked as handled: the retry looks again.
                     Err(e) => {
                         warn!(job_id = %child, error = %e, "cannot read the recorded dependent run; trying again shortly");
                         self.retry_children.insert(child.clone());

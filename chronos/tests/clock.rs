@@ -137,3 +137,44 @@ async fn a_tick_recorded_by_an_ambiguous_write_is_reloaded_and_fired() {
     assert_eq!(runs[0].status, RunStatus::Missed, "the tick was handled, not skipped: {runs:#?}");
     shutdown.cancel();
 }
+
+/// Ticks that passed while no scheduler ran are recorded as missed at the restart, and counted in the
+/// stored statistics as well as in the actor's (they are stored finished, so no later update counts them).
+#[tokio::test]
+async fn ticks_missed_while_down_are_counted_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("k.db").display());
+    let jobs = JobStore::new(keel_core::store::Store::connect(&url).await.unwrap());
+    let id = JobId::parse("hourly").unwrap();
+    let clock = ManualClock::new(utc("2026-06-01T00:00:30Z"));
+    let shutdown = CancellationToken::new();
+    let chronos =
+        scheduler::start(NO_MASTER, jobs.clone(), Clock::Manual(clock.clone()), shutdown.clone()).await.unwrap();
+    let mut job = Job::new(id.clone());
+    job.run.cmd = Some("report".into());
+    job.schedules.push(ScheduleSpec {
+        id: "h".into(),
+        expr: ScheduleExpr::Cron("0 * * * *".into()),
+        time_zone: "UTC".into(),
+        concurrency_policy: ConcurrencyPolicy::Allow,
+        starting_deadline_seconds: 60,
+        enabled: true,
+    });
+    chronos.put(job, PutMode::Create).await.unwrap();
+    shutdown.cancel();
+    // Down for good before the clock moves: the actor no longer answers.
+    while chronos.view(None).await.is_ok() {
+        tokio::task::yield_now().await;
+    }
+
+    // Down from 00:00:30 to 05:00:30: the 01:00 to 04:00 ticks are missed; 05:00 is within its deadline.
+    clock.advance(Duration::from_secs(5 * 3600));
+    let shutdown = CancellationToken::new();
+    let chronos =
+        scheduler::start(NO_MASTER, jobs.clone(), Clock::Manual(clock.clone()), shutdown.clone()).await.unwrap();
+    assert_eq!(chronos.view(Some(id.clone())).await.unwrap()[0].stats.missed_count, 4);
+    assert_eq!(jobs.stats().await.unwrap()[&id].missed_count, 4, "the store counts them too");
+    let missed = jobs.runs(&id, 100).await.unwrap().into_iter().filter(|r| r.status == RunStatus::Missed).count();
+    assert_eq!(missed, 4);
+    shutdown.cancel();
+}

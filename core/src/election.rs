@@ -91,7 +91,11 @@ impl Election {
                 }
                 Ok(Ok(None)) => {
                     let leader = match self.store.lease(self.kind).await {
-                        Ok(Some(l)) if l.remaining_ms > 0 => Some(holder_url(&l.holder).to_owned()),
+                        // A lease of this URL that is not this process's is an earlier run's (or a
+                        // twin's): never redirect to ourselves.
+                        Ok(Some(l)) if l.remaining_ms > 0 && holder_url(&l.holder) != self.me => {
+                            Some(holder_url(&l.holder).to_owned())
+                        }
                         _ => None,
                     };
                     if told.as_ref() != Some(&leader) {
@@ -230,7 +234,13 @@ fn standby_answer(standing: &Standing, me: &str, leader_path: &str, render: Lead
     if path == leader_path {
         return axum::Json(render(standing, me)).into_response();
     }
+    let starting = matches!(standing, Standing::Leader { .. });
     if path == "/health" {
+        if starting {
+            // Elected, still recovering its state: not yet serving, so not yet healthy.
+            let body = json!({ "status": "starting", "standby": false, "leader": me });
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        }
         return axum::Json(json!({ "status": "standby", "standby": true, "leader": leader })).into_response();
     }
     let grpc = req
@@ -252,6 +262,9 @@ fn standby_answer(standing: &Standing, me: &str, leader_path: &str, render: Lead
         _ => {
             let message = match leader {
                 Some(l) => format!("not the leader: {l} is"),
+                None if starting => {
+                    "this instance was just elected and is recovering its state; retry shortly".to_owned()
+                }
                 None => "no leader is elected yet; retry shortly".to_owned(),
             };
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "message": message }))).into_response()
@@ -303,5 +316,11 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(leader_json(&Standing::Leader { term: 3 }, "http://me")["elected"], true);
+        // Elected but not yet serving: not healthy, and nothing is served or redirected.
+        let starting = Standing::Leader { term: 3 };
+        for path in ["/health", "/v2/apps"] {
+            let r = standby_answer(&starting, "http://me", "/master/leader", leader_json, &req(path, false));
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        }
     }
 }
