@@ -241,6 +241,9 @@ async fn task_during_failover(dir: &Path, http: &reqwest::Client) -> Vec<Duratio
         took.push(killed.elapsed());
         println!("master failover with a task killed {}: replacement running after {:?}", round + 1, took[round]);
         masters[leader] = master(&listens[leader], &db, &logs[leader]);
+        // Each failover from a steady state: the task's launch delay is forgotten 10 s after it ran out, as
+        // Marathon forgets it, so every round starts from `backoffSeconds`.
+        tokio::time::sleep(Duration::from_secs(11)).await;
     }
     delete_app(http, &marathon).await;
     for c in masters.iter_mut().chain([&mut a, &mut fw]) {
@@ -268,13 +271,18 @@ fn main() {
         "agent death: p50 {dp50:?}, max {dmax:?}; task killed during a master failover: p50 {fp50:?}, max {fmax:?}"
     );
     let report = format!(
-        "## Replacement (issue #12)\n\nRecorded by `cargo bench --bench replacement`, with default settings (agent timeout, `unreachableStrategy`, lease): real `keel master`, `keel agent` and `keel marathon` processes on SQLite, {ROUNDS} rounds each.\n\n| from | to | p50 | max | target |\n|---|---|---|---|---|\n| SIGKILL of an agent running {INSTANCES} tasks | all {INSTANCES} running on the other agent | {:.2} s | {:.2} s | < 15 s ({}) |\n| SIGKILL of the leading master and of a task | the task's replacement running | {:.2} s | {:.2} s | < 3 s ({}) |\n\nMesos with Marathon's defaults took over 75 s for the first. The second misses its target: about 2 s until a standby holds the lease, the agent's re-registration and the task's failure reaching the services framework, then Marathon's launch backoff for a failed task (`backoffSeconds` 1, times 1.15 per failure, growing over the back-to-back rounds) and the next offer round.\n",
+        "## Replacement (issue #12)\n\nRecorded by `cargo bench --bench replacement`, with default settings (agent timeout, `unreachableStrategy`, lease): real `keel master`, `keel agent` and `keel marathon` processes on SQLite, {ROUNDS} rounds each.\n\n| from | to | p50 | max | target |\n|---|---|---|---|---|\n| SIGKILL of an agent running {INSTANCES} tasks | all {INSTANCES} running on the other agent | {:.2} s | {:.2} s | < 15 s ({}) |\n| SIGKILL of the leading master and of a task | the task's replacement running | {:.2} s | {:.2} s | < 3 s ({}) |\n\nMesos with Marathon's defaults took over 75 s for the first.{}\n",
         dp50.as_secs_f64(),
         dmax.as_secs_f64(),
         verdict(dmax, 15),
         fp50.as_secs_f64(),
         fmax.as_secs_f64(),
         verdict(fmax, 3),
+        if fmax < Duration::from_secs(3) {
+            ""
+        } else {
+            " The second misses its target: about 2 s until a standby holds the lease, the agent's re-registration and the task's failure reaching the services framework, then Marathon's launch backoff for a failed task (`backoffSeconds`, 1 s; the rounds are 11 s apart, so the delay does not grow) and the next offer round."
+        },
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
     keel_core::testing::write_report_section(Path::new(path), "replacement", &report)

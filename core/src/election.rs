@@ -6,6 +6,9 @@
 //! steps down ([`Leadership::lost`]); the binary then exits, and its supervisor restarts it as a standby.
 //! Its writes carry its term, so even a leader that had not noticed would be refused by the database. A
 //! clean shutdown resigns the lease, so a standby takes over within one [`POLL`].
+//!
+//! The leader's decisions are the pure [`Tenure`]; `core/tests/election_sim.rs` plays them against a model
+//! of the lease row under a thousand seeded schedules of faults.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,81 @@ pub fn must_step_down(last_ok: Instant, now: Instant) -> bool {
     now.saturating_duration_since(last_ok) >= STEP_DOWN_AFTER
 }
 
+/// How long a standby waits for the answer to a lease request.
+pub const ACQUIRE_WAIT: Duration = Duration::from_millis(400);
+
+/// What a renewal came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// The database extended the lease.
+    Granted,
+    /// The lease is another's (or at another term).
+    Refused,
+    /// No answer in time, or an error: the renewal may or may not have landed.
+    Failed,
+}
+
+/// Whether a leader goes on leading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Lead,
+    StepDown(&'static str),
+}
+
+/// A leader's tenure, as a pure state machine driven by [`renew`]'s loop and by the deterministic
+/// simulation (`core/tests/election_sim.rs`): when to renew, how long to wait for the answer, and when to
+/// step down. Every instant is the leader's own monotonic clock.
+#[derive(Clone, Debug)]
+pub struct Tenure {
+    pub term: i64,
+    /// When the latest request the database granted was *sent*: the lease runs at least [`LEASE_TTL`] from
+    /// the moment the database saw it, which is later. Counting from the answer would not be safe: an answer
+    /// can come late.
+    last_ok: Instant,
+    /// Whether the database is across a network (PostgreSQL). SQLite is a file on this host: a slow renewal
+    /// there is a busy writer, not a lost database, and another process can only take the lease after it
+    /// expired, which the next renewal sees.
+    networked: bool,
+}
+
+impl Tenure {
+    /// The tenure of term `term`, won by a lease request sent at `asked_at`.
+    pub fn new(term: i64, asked_at: Instant, networked: bool) -> Tenure {
+        Tenure { term, last_ok: asked_at, networked }
+    }
+
+    /// The moment this leader must have stepped down by, unless a renewal is granted first.
+    pub fn deadline(&self) -> Instant {
+        self.last_ok + STEP_DOWN_AFTER
+    }
+
+    /// When to send the next renewal, given that the last answer (or timeout) came at `now`: after
+    /// [`RENEW_EVERY`], never past the deadline.
+    pub fn next_renewal(&self, now: Instant) -> Instant {
+        let next = now + RENEW_EVERY;
+        if self.networked { next.min(self.deadline()) } else { next }
+    }
+
+    /// Until when to wait for the answer to a renewal sent at `sent`: never past the deadline.
+    pub fn answer_by(&self, sent: Instant) -> Instant {
+        let by = sent + RENEW_EVERY;
+        if self.networked { by.min(self.deadline()) } else { by }
+    }
+
+    /// The answer to the renewal sent at `sent`, known at `now`.
+    pub fn renewed(&mut self, sent: Instant, renewal: Renewal, now: Instant) -> Verdict {
+        match renewal {
+            Renewal::Granted => self.last_ok = self.last_ok.max(sent),
+            Renewal::Refused => return Verdict::StepDown("the lease is another's"),
+            Renewal::Failed => {}
+        }
+        if self.networked && must_step_down(self.last_ok, now) {
+            return Verdict::StepDown("no renewal was granted in time, and the lease may soon expire");
+        }
+        Verdict::Lead
+    }
+}
+
 /// One process's candidacy for lease `kind`. Give it a store of its own (a pool no other work waits in), so
 /// that a busy process never misses a renewal.
 pub struct Election {
@@ -78,8 +156,9 @@ impl Election {
     pub async fn lead(self, shutdown: &CancellationToken) -> Option<Leadership> {
         let mut told: Option<Option<String>> = None;
         loop {
+            let asked_at = Instant::now();
             match tokio::time::timeout(
-                POLL * 2,
+                ACQUIRE_WAIT,
                 self.store.acquire_lease(self.kind, &self.holder, LEASE_TTL.as_millis() as i64),
             )
             .await
@@ -87,7 +166,8 @@ impl Election {
                 Ok(Ok(Some(term))) => {
                     info!(kind = self.kind, term, me = %self.me, "elected leader");
                     let _ = self.status.send(Standing::Leader { term });
-                    return Some(Leadership::start(self, term, shutdown));
+                    let networked = self.store.backend() == crate::store::Backend::Postgres;
+                    return Some(Leadership::start(self, Tenure::new(term, asked_at, networked), shutdown));
                 }
                 Ok(Ok(None)) => {
                     let leader = match self.store.lease(self.kind).await {
@@ -125,10 +205,11 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    fn start(election: Election, term: i64, shutdown: &CancellationToken) -> Leadership {
+    fn start(election: Election, tenure: Tenure, shutdown: &CancellationToken) -> Leadership {
         let election = std::sync::Arc::new(election);
         let (lost, stop) = (CancellationToken::new(), shutdown.child_token());
-        let renewer = tokio::spawn(renew(election.clone(), term, lost.clone(), stop.clone()));
+        let term = tenure.term;
+        let renewer = tokio::spawn(renew(election.clone(), tenure, lost.clone(), stop.clone()));
         Leadership { term, lost, stop, renewer, election }
     }
 
@@ -150,38 +231,31 @@ impl Leadership {
     }
 }
 
-async fn renew(e: std::sync::Arc<Election>, term: i64, lost: CancellationToken, stop: CancellationToken) {
-    // SQLite is a file on this host: a slow renewal there is a busy writer, not a lost database, and
-    // another process can only take the lease after it expired, which the next renewal sees.
-    let networked = e.store.backend() == crate::store::Backend::Postgres;
-    let mut last_ok = Instant::now();
+async fn renew(e: std::sync::Arc<Election>, mut tenure: Tenure, lost: CancellationToken, stop: CancellationToken) {
+    let (term, ttl) = (tenure.term, LEASE_TTL.as_millis() as i64);
+    let mut now = Instant::now();
     loop {
-        // Never wait, sleeping or renewing, past the moment this leader must have stepped down.
-        let deadline = tokio::time::Instant::from_std(last_ok + STEP_DOWN_AFTER);
-        let next = tokio::time::Instant::now() + RENEW_EVERY;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(if networked { next.min(deadline) } else { next }) => {}
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(tenure.next_renewal(now))) => {}
         }
         let sent = Instant::now();
-        let ttl = LEASE_TTL.as_millis() as i64;
-        let limit = if networked {
-            deadline.min(tokio::time::Instant::now() + RENEW_EVERY)
-        } else {
-            tokio::time::Instant::now() + RENEW_EVERY
-        };
-        match tokio::time::timeout_at(limit, e.store.renew_lease(e.kind, &e.holder, term, ttl)).await {
-            Ok(Ok(true)) => last_ok = sent,
-            Ok(Ok(false)) => {
-                error!(kind = e.kind, term, "the lease is another's: stepping down");
-                lost.cancel();
-                return;
+        let by = tokio::time::Instant::from_std(tenure.answer_by(sent));
+        let renewal = match tokio::time::timeout_at(by, e.store.renew_lease(e.kind, &e.holder, term, ttl)).await {
+            Ok(Ok(true)) => Renewal::Granted,
+            Ok(Ok(false)) => Renewal::Refused,
+            Ok(Err(err)) => {
+                warn!(kind = e.kind, error = %err, "cannot renew the lease");
+                Renewal::Failed
             }
-            Ok(Err(err)) => warn!(kind = e.kind, error = %err, "cannot renew the lease"),
-            Err(_) => warn!(kind = e.kind, "the store did not answer the renewal in time"),
-        }
-        if networked && must_step_down(last_ok, Instant::now()) {
-            error!(kind = e.kind, term, after = ?STEP_DOWN_AFTER, "could not renew the lease: stepping down before it expires");
+            Err(_) => {
+                warn!(kind = e.kind, "the store did not answer the renewal in time");
+                Renewal::Failed
+            }
+        };
+        now = Instant::now();
+        if let Verdict::StepDown(why) = tenure.renewed(sent, renewal, now) {
+            error!(kind = e.kind, term, after = ?STEP_DOWN_AFTER, "{why}: stepping down");
             lost.cancel();
             return;
         }
@@ -282,6 +356,31 @@ mod tests {
         assert!(!must_step_down(t, t + Duration::from_millis(1399)));
         assert!(must_step_down(t, t + STEP_DOWN_AFTER));
         assert!(STEP_DOWN_AFTER + RENEW_EVERY <= LEASE_TTL, "the last renewal's answer may take RENEW_EVERY");
+    }
+
+    #[test]
+    fn a_tenure_renews_in_time_and_counts_from_when_it_asked() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut t = Tenure::new(7, t0, true);
+        assert_eq!(t.deadline(), t0 + STEP_DOWN_AFTER);
+        // Renewals wait RENEW_EVERY, and neither a renewal nor its answer goes past the deadline.
+        assert_eq!(t.next_renewal(t0), t0 + RENEW_EVERY);
+        assert_eq!(t.next_renewal(t0 + ms(1300)), t.deadline());
+        assert_eq!(t.answer_by(t0 + ms(1200)), t.deadline());
+        // A grant counts from when the renewal was sent, however late its answer comes.
+        assert_eq!(t.renewed(t0 + ms(400), Renewal::Granted, t0 + ms(790)), Verdict::Lead);
+        assert_eq!(t.deadline(), t0 + ms(400) + STEP_DOWN_AFTER);
+        // An older grant answered later moves nothing back.
+        assert_eq!(t.renewed(t0 + ms(100), Renewal::Granted, t0 + ms(800)), Verdict::Lead);
+        assert_eq!(t.deadline(), t0 + ms(400) + STEP_DOWN_AFTER);
+        assert_eq!(t.renewed(t0 + ms(1200), Renewal::Failed, t0 + ms(1600)), Verdict::Lead);
+        assert!(matches!(t.renewed(t0 + ms(1600), Renewal::Failed, t0 + ms(1800)), Verdict::StepDown(_)));
+        assert!(matches!(Tenure::new(1, t0, true).renewed(t0, Renewal::Refused, t0), Verdict::StepDown(_)));
+        // On SQLite (a file on this host) a slow renewal is a busy writer: only a refusal ends the tenure.
+        let mut local = Tenure::new(1, t0, false);
+        assert_eq!(local.renewed(t0, Renewal::Failed, t0 + ms(5000)), Verdict::Lead);
+        assert_eq!(local.next_renewal(t0 + ms(5000)), t0 + ms(5000) + RENEW_EVERY);
     }
 
     #[test]

@@ -334,9 +334,35 @@ impl MarathonHandle {
     }
 }
 
+/// An app's launch delay after failures, as Marathon's rate limiter keeps it.
+#[derive(Debug)]
 struct Backoff {
+    /// Failures since the delay was last forgotten: the exponent of `backoffFactor`.
     failures: u32,
+    /// No launch of the app before this.
     until: Instant,
+}
+
+/// How long after its deadline a delay is forgotten, so that the next failure waits `backoffSeconds` again.
+/// Marathon drops overdue delays every 10 s; a task that failed again sooner than that keeps the delay
+/// growing.
+const FORGET_BACKOFF_AFTER: Duration = Duration::from_secs(10);
+
+impl Backoff {
+    /// A failure at `now`: the next launch waits `backoff_seconds × backoff_factor^(failures − 1)`, at most
+    /// `max_seconds`. Answers the delay in seconds. Pure.
+    fn failed(&mut self, now: Instant, backoff_seconds: f64, backoff_factor: f64, max_seconds: f64) -> f64 {
+        if now >= self.until + FORGET_BACKOFF_AFTER {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let exponent = i32::try_from(self.failures - 1).unwrap_or(i32::MAX);
+        let delay = (backoff_seconds * backoff_factor.powi(exponent)).min(max_seconds);
+        // Validation bounds both numbers; clamp anyway, as no stored value may overflow the clock.
+        let delay = if delay.is_finite() { delay.clamp(0.0, crate::app::MAX_SECONDS as f64) } else { 0.0 };
+        self.until = now + Duration::from_secs_f64(delay);
+        delay
+    }
 }
 
 /// A change being rolled out to one app, as Marathon's deployments show it.
@@ -1534,13 +1560,9 @@ impl Marathon {
         let expected = self.killing.remove(&inst.id).is_some();
         let Ok(app_id) = AppId::parse(&inst.app_id) else { return };
         if !expected && let Some(app) = self.apps.get(&app_id) {
-            let b = self.backoff.entry(app_id.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
-            b.failures += 1;
-            let delay = (app.backoff_seconds * app.backoff_factor.powi(b.failures as i32 - 1))
-                .min(app.max_launch_delay_seconds);
-            // Validation bounds both numbers; clamp anyway, as no stored value may overflow the clock.
-            let delay = if delay.is_finite() { delay.clamp(0.0, crate::app::MAX_SECONDS as f64) } else { 0.0 };
-            b.until = Instant::now() + Duration::from_secs_f64(delay);
+            let now = Instant::now();
+            let b = self.backoff.entry(app_id.clone()).or_insert(Backoff { failures: 0, until: now });
+            let delay = b.failed(now, app.backoff_seconds, app.backoff_factor, app.max_launch_delay_seconds);
             info!(task_id = %inst.id, app_id = %app_id, state = %state, delay_seconds = delay, "task ended; relaunching after a delay");
             self.failures.insert(
                 app_id.to_string(),
@@ -1561,6 +1583,24 @@ impl Marathon {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_backoff_grows_with_failures_in_a_row_and_is_forgotten_once_overdue() {
+        use super::{Backoff, FORGET_BACKOFF_AFTER};
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut b = Backoff { failures: 0, until: t0 };
+        assert_eq!(b.failed(t0, 1.0, 2.0, 300.0), 1.0);
+        // Failing again 1.5 s later, soon after the delay ran out: the delay grows.
+        assert_eq!(b.failed(t0 + Duration::from_millis(1500), 1.0, 2.0, 300.0), 2.0);
+        assert_eq!(b.failed(t0 + Duration::from_secs(4), 1.0, 2.0, 300.0), 4.0);
+        assert_eq!(b.failed(t0 + Duration::from_secs(9), 100.0, 2.0, 300.0), 300.0, "capped at maxLaunchDelaySeconds");
+        // A task that ran well past the delay: the next failure waits backoffSeconds again.
+        let later = b.until + FORGET_BACKOFF_AFTER;
+        assert_eq!(b.failed(later, 1.0, 2.0, 300.0), 1.0);
+        assert_eq!(b.until, later + Duration::from_secs(1));
+        assert_eq!(b.failed(later, 1e12, 1.0, 1e13), crate::app::MAX_SECONDS as f64, "no delay overflows the clock");
+    }
+
     use super::*;
 
     fn instance(id: &str, seen_from_launch: bool) -> Instance {
