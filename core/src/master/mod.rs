@@ -8,6 +8,7 @@
 pub mod grpc;
 pub mod http;
 mod state;
+mod timers;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

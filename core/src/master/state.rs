@@ -14,6 +14,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::timers::{self, AgentClock, FrameworkClock, Marks};
 use super::{Command, Conn, FileRequest, MasterConfig, MasterError};
 use crate::allocator::Allocator;
 use crate::api::{
@@ -36,8 +37,6 @@ const COMPLETED_TASKS_KEPT: usize = 1000;
 const BATCH: usize = 1024;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(200);
-/// How long an agent has to answer a file read.
-const FILE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most a file read returns.
 pub const MAX_FILE_READ: u64 = 1 << 20;
 
@@ -1421,59 +1420,44 @@ impl Master {
                 self.unsaved_removals.remove(&id);
             }
         }
-        let timeout = self.config.agent_timeout;
-        // Agents expected back after a master restart get the longer recovery grace.
-        let recovering_timeout = timeout.max(self.config.recovery_grace);
-        let silent: Vec<AgentId> = self
-            .agents
-            .values()
-            .filter(|a| {
-                let limit = if a.status == AgentStatus::Recovering { recovering_timeout } else { timeout };
-                a.status != AgentStatus::Unreachable && now.duration_since(a.last_seen) > limit
-            })
-            .map(|a| a.id.clone())
-            .collect();
-        for id in silent {
+        let marks = Marks {
+            last_heartbeat: self.last_heartbeat,
+            last_full_allocation: self.last_full_allocation,
+            allocation_due: self.allocation_due,
+        };
+        let agents = self.agents.values().map(|a| AgentClock {
+            id: a.id.clone(),
+            recovering: a.status == AgentStatus::Recovering,
+            unreachable: a.status == AgentStatus::Unreachable,
+            last_seen: a.last_seen,
+        });
+        let frameworks = self.frameworks.iter().map(|(id, f)| FrameworkClock {
+            id: id.clone(),
+            removed: f.removed,
+            connected: f.conn.is_some(),
+            failover_deadline: f.failover_deadline,
+        });
+        let reads = self.file_reads.iter().map(|(id, (t, _, _))| (*id, *t));
+        let offers = self.offers.iter().map(|(id, o)| (id.clone(), o.created));
+        let due = timers::due(now, &self.config, &marks, agents, frameworks, reads, offers);
+
+        for id in due.unreachable {
             self.mark_unreachable(&id);
         }
-
-        let expired: Vec<FrameworkId> = self
-            .frameworks
-            .iter()
-            .filter(|(_, f)| !f.removed && f.conn.is_none() && f.failover_deadline.is_some_and(|d| now >= d))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
+        for id in due.expired {
             self.teardown(&id, "its failover timeout passed").await;
         }
-
-        let stale: Vec<u64> = self
-            .file_reads
-            .iter()
-            .filter(|(_, (t, _, _))| now.duration_since(*t) > FILE_READ_TIMEOUT)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stale {
+        for id in due.stale_reads {
             if let Some((_, reply, _)) = self.file_reads.remove(&id) {
                 let _ =
                     reply.send(Err(MasterError::Unavailable("the agent did not answer the file read in time".into())));
             }
         }
-
-        if let Some(offer_timeout) = self.config.offer_timeout {
-            let stale: Vec<OfferId> = self
-                .offers
-                .iter()
-                .filter(|(_, o)| now.duration_since(o.created) > offer_timeout)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for oid in stale {
-                debug!(offer_id = %oid, "offer timed out");
-                self.rescind(&oid);
-            }
+        for oid in due.stale_offers {
+            debug!(offer_id = %oid, "offer timed out");
+            self.rescind(&oid);
         }
-
-        if now.duration_since(self.last_heartbeat) >= self.config.framework_heartbeat {
+        if due.heartbeat {
             self.last_heartbeat = now;
             let connected: Vec<FrameworkId> =
                 self.frameworks.iter().filter(|(_, f)| f.conn.is_some()).map(|(id, _)| id.clone()).collect();
@@ -1481,8 +1465,8 @@ impl Master {
                 self.send_event(&fid, Event::Heartbeat);
             }
         }
-
-        if self.allocation_due || now.duration_since(self.last_full_allocation) >= self.config.allocation_interval {
+        // Carrying out the above (a rescind, an agent gone) may itself call for an allocation.
+        if due.allocate || self.allocation_due {
             self.last_full_allocation = now;
             self.allocator.expire_filters(now);
             self.allocate(now);
