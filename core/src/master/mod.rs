@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, FileChunk, FrameworkInfo, MasterMessage};
 use crate::ids::{AgentId, FrameworkId, TaskId};
-use crate::store::{Store, StoreError};
+use crate::store::{AgentRecord, FrameworkRecord, Store, StoreError};
 
 pub use state::{
     AgentView, ClusterEvent, FrameworkView, HistoryEntry, MAX_FILE_READ, StateSnapshot, Summary, TaskDetail, TaskView,
@@ -331,14 +331,52 @@ impl MasterHandle {
     }
 }
 
+/// What the master keeps in the store: its registry of agents and frameworks. Every write carries the term
+/// the master leads at ([`MasterStore::term`]), and the store itself refuses it ([`StoreError::Fenced`])
+/// once another master holds the lease. [`Store`] is the real one; the cluster simulation
+/// (`core/tests/cluster_sim.rs`) plays the master against one in memory.
+#[async_trait::async_trait]
+pub trait MasterStore: Send + Sync + 'static {
+    /// The term the writes are fenced at; 0 when they are not fenced.
+    fn term(&self) -> i64;
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    async fn frameworks(&self) -> Result<Vec<FrameworkRecord>, StoreError>;
+    async fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
+    async fn put_framework(&self, framework: &FrameworkRecord) -> Result<(), StoreError>;
+    async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl MasterStore for Store {
+    fn term(&self) -> i64 {
+        self.fence_args().1
+    }
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        Store::agents(self).await
+    }
+    async fn frameworks(&self) -> Result<Vec<FrameworkRecord>, StoreError> {
+        Store::frameworks(self).await
+    }
+    async fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        Store::put_agent(self, agent).await
+    }
+    async fn put_framework(&self, framework: &FrameworkRecord) -> Result<(), StoreError> {
+        Store::put_framework(self, framework).await
+    }
+    async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError> {
+        Store::remove_framework(self, id, at).await
+    }
+}
+
 /// Loads the registry from `store` and starts the master actor. It runs until `shutdown` is cancelled.
 pub async fn start(
     config: MasterConfig,
-    store: Store,
+    store: impl MasterStore,
     shutdown: CancellationToken,
 ) -> Result<(MasterHandle, JoinHandle<()>), MasterError> {
     let agents = store.agents().await?;
     let frameworks = store.frameworks().await?;
+    let store: std::sync::Arc<dyn MasterStore> = std::sync::Arc::new(store);
     let (tx, rx) = mpsc::channel(COMMAND_BUFFER);
     let events = tokio::sync::broadcast::channel(EVENT_BUFFER).0;
     let master = state::Master::recover(config, store, agents, frameworks, events.clone());

@@ -4,8 +4,9 @@
 //! channels with `try_send` (it never waits on a slow peer). Only registry changes (an agent registering, a
 //! framework subscribing or being torn down) wait on the store; they are rare.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::timers::{self, AgentClock, FrameworkClock, Marks};
-use super::{Command, Conn, FileRequest, MasterConfig, MasterError};
+use super::{Command, Conn, FileRequest, MasterConfig, MasterError, MasterStore};
 use crate::allocator::Allocator;
 use crate::api::{
     AgentInfo, AgentMessage, AgentTask, Call, Event, FileChunk, Filters, FrameworkInfo, MasterMessage, Offer,
@@ -23,10 +24,21 @@ use crate::api::{
 };
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use crate::resources::Resources;
-use crate::store::{AgentRecord, FrameworkRecord, Store, now_millis};
+use crate::store::{AgentRecord, FrameworkRecord, now_millis};
 use crate::task::{TaskSpec, TaskState, TaskStatus, now_seconds, reason};
 
 /// `now + d`, saturating instead of overflowing on absurd durations.
+/// The master's clock: tokio's, so that a test (or the cluster simulation) can pause and advance it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The prefix of this incarnation's offer ids. A leader's term is unique and grows, so ids never repeat
+/// across failovers (and a simulation replays them exactly); an unfenced master draws a random one.
+fn epoch(term: i64) -> String {
+    if term > 0 { format!("t{term}") } else { uuid::Uuid::new_v4().simple().to_string()[..12].to_owned() }
+}
+
 fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(crate::convert::MAX_DURATION)).unwrap_or(now + crate::convert::MAX_DURATION)
 }
@@ -62,8 +74,8 @@ struct Agent {
     conn: Option<Conn<MasterMessage>>,
     last_seen: Instant,
     status: AgentStatus,
-    tasks: HashSet<(FrameworkId, TaskId)>,
-    offers: HashSet<OfferId>,
+    tasks: BTreeSet<(FrameworkId, TaskId)>,
+    offers: BTreeSet<OfferId>,
 }
 
 struct Task {
@@ -109,8 +121,8 @@ struct Framework {
     failover_deadline: Option<Instant>,
     /// Torn down: its tasks are being killed and it may not subscribe again.
     removed: bool,
-    tasks: HashMap<TaskId, Task>,
-    offers: HashSet<OfferId>,
+    tasks: BTreeMap<TaskId, Task>,
+    offers: BTreeSet<OfferId>,
     completed: VecDeque<(TaskId, TaskStatus, Vec<HistoryEntry>)>,
 }
 
@@ -134,26 +146,26 @@ struct Counters {
 
 pub(crate) struct Master {
     config: MasterConfig,
-    store: Store,
+    store: Arc<dyn MasterStore>,
     /// Prefix of this master incarnation's offer ids, so ids never repeat across restarts.
     epoch: String,
     next_offer: u64,
     started: Instant,
     started_at: f64,
-    agents: HashMap<AgentId, Agent>,
-    frameworks: HashMap<FrameworkId, Framework>,
+    agents: BTreeMap<AgentId, Agent>,
+    frameworks: BTreeMap<FrameworkId, Framework>,
     /// Frameworks torn down in an earlier life, which may not subscribe again.
-    removed: HashSet<FrameworkId>,
-    offers: HashMap<OfferId, OutstandingOffer>,
+    removed: BTreeSet<FrameworkId>,
+    offers: BTreeMap<OfferId, OutstandingOffer>,
     allocator: Allocator,
     allocation_due: bool,
     last_full_allocation: Instant,
     last_heartbeat: Instant,
     counters: Counters,
     /// File reads waiting for their agent's answer.
-    file_reads: HashMap<u64, (Instant, FileReply, AgentId)>,
+    file_reads: BTreeMap<u64, (Instant, FileReply, AgentId)>,
     /// Teardowns the store has not recorded yet; retried until it does.
-    unsaved_removals: HashSet<FrameworkId>,
+    unsaved_removals: BTreeSet<FrameworkId>,
     /// Reconciliation questions about tasks that an agent still recovering may hold, in the order asked.
     /// Each is answered once, when the agent re-registers or is found unreachable (Mesos's rule), so a
     /// framework that asked while the master was recovering is never left without an answer.
@@ -243,32 +255,32 @@ impl Master {
     /// frameworks to re-subscribe, each within its grace period.
     pub(crate) fn recover(
         config: MasterConfig,
-        store: Store,
+        store: Arc<dyn MasterStore>,
         agents: Vec<AgentRecord>,
         frameworks: Vec<FrameworkRecord>,
         events: tokio::sync::broadcast::Sender<ClusterEvent>,
     ) -> Master {
-        let now = Instant::now();
+        let now = now();
         let mut allocator = Allocator::new();
         for (role, weight) in &config.role_weights {
             allocator.set_weight(role, *weight);
         }
         let mut m = Master {
-            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            epoch: epoch(store.term()),
             next_offer: 0,
             started: now,
             started_at: now_seconds(),
-            agents: HashMap::new(),
-            frameworks: HashMap::new(),
-            removed: HashSet::new(),
-            offers: HashMap::new(),
+            agents: BTreeMap::new(),
+            frameworks: BTreeMap::new(),
+            removed: BTreeSet::new(),
+            offers: BTreeMap::new(),
             allocator,
             allocation_due: false,
             last_full_allocation: now,
             last_heartbeat: now,
             counters: Counters::default(),
-            file_reads: HashMap::new(),
-            unsaved_removals: HashSet::new(),
+            file_reads: BTreeMap::new(),
+            unsaved_removals: BTreeSet::new(),
             deferred: VecDeque::new(),
             next_file_read: 0,
             events,
@@ -293,8 +305,8 @@ impl Master {
                     conn: None,
                     last_seen: now,
                     status: AgentStatus::Recovering,
-                    tasks: HashSet::new(),
-                    offers: HashSet::new(),
+                    tasks: BTreeSet::new(),
+                    offers: BTreeSet::new(),
                 },
             );
         }
@@ -322,8 +334,8 @@ impl Master {
                     conn: None,
                     failover_deadline: Some(after(now, timeout.max(m.config.recovery_grace))),
                     removed: false,
-                    tasks: HashMap::new(),
-                    offers: HashSet::new(),
+                    tasks: BTreeMap::new(),
+                    offers: BTreeSet::new(),
                     completed: VecDeque::new(),
                 },
             );
@@ -336,7 +348,9 @@ impl Master {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased, so that the actor's order of work never depends on a random draw.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -350,10 +364,10 @@ impl Master {
                         n += 1;
                     }
                     if self.allocation_due {
-                        self.allocate(Instant::now());
+                        self.allocate(now());
                     }
                 }
-                _ = tick.tick() => self.periodic(Instant::now()).await,
+                _ = tick.tick() => self.periodic(now()).await,
             }
         }
         info!("master stopped");
@@ -497,7 +511,7 @@ impl Master {
         caller: Option<super::Caller>,
         conn: Conn<MasterMessage>,
     ) -> Result<AgentId, MasterError> {
-        let now = Instant::now();
+        let now = now();
         let agent_id = info.id.clone().unwrap_or_else(AgentId::generate);
         let known = self.agents.get(&agent_id);
         let owner = known.and_then(|a| a.principal.clone());
@@ -533,8 +547,8 @@ impl Master {
             conn: None,
             last_seen: now,
             status: AgentStatus::Active,
-            tasks: HashSet::new(),
-            offers: HashSet::new(),
+            tasks: BTreeSet::new(),
+            offers: BTreeSet::new(),
         });
         agent.info = info;
         agent.principal = principal;
@@ -561,7 +575,7 @@ impl Master {
 
     /// Brings the master's view of an agent's tasks in line with what the agent reports.
     fn reconcile_agent_tasks(&mut self, agent_id: &AgentId, reported: Vec<AgentTask>, was_unreachable: bool) {
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         let mut kills = Vec::new();
         for t in reported {
             let key = (t.framework_id.clone(), t.spec.id.clone());
@@ -593,10 +607,10 @@ impl Master {
                         registered_at: now_millis(),
                         principal: None,
                         conn: None,
-                        failover_deadline: Some(Instant::now() + self.config.recovery_grace),
+                        failover_deadline: Some(now() + self.config.recovery_grace),
                         removed: false,
-                        tasks: HashMap::new(),
-                        offers: HashSet::new(),
+                        tasks: BTreeMap::new(),
+                        offers: BTreeSet::new(),
                         completed: VecDeque::new(),
                     },
                 );
@@ -707,7 +721,7 @@ impl Master {
             debug!(agent_id = %agent_id, "message from a replaced agent connection ignored");
             return;
         }
-        agent.last_seen = Instant::now();
+        agent.last_seen = now();
         match msg {
             AgentMessage::Heartbeat => {}
             AgentMessage::StatusUpdate { framework_id, status } => self.status_update(&agent_id, framework_id, status),
@@ -778,7 +792,7 @@ impl Master {
         if !self.send_agent(&agent_id, msg) {
             return fail(MasterError::Unavailable(format!("agent {agent_id} is not reachable")), reply);
         }
-        self.file_reads.insert(request_id, (Instant::now(), reply, agent_id));
+        self.file_reads.insert(request_id, (now(), reply, agent_id));
         Ok(())
     }
 
@@ -792,8 +806,16 @@ impl Master {
             return;
         };
         let removed = fw.removed;
+        if !fw.tasks.contains_key(&tid) && fw.completed.iter().any(|(id, _, _)| *id == tid) {
+            // A retry of an update for a task that already completed (its terminal update was acknowledged,
+            // and this copy crossed the acknowledgement): acknowledge it so the agent stops, and tell nobody.
+            // Recreating the task would leave it in the master for ever, as the agent has already let go.
+            debug!(agent_id = %agent_id, task_id = %tid, state = %status.state, "dropped an update for a completed task");
+            self.ack_for_framework(agent_id, &framework_id, &status);
+            return;
+        }
         let task = match fw.tasks.entry(tid.clone()) {
-            std::collections::hash_map::Entry::Occupied(known) if &known.get().agent_id != agent_id => {
+            std::collections::btree_map::Entry::Occupied(known) if &known.get().agent_id != agent_id => {
                 warn!(agent_id = %agent_id, task_id = %tid, owner = %known.get().agent_id,
                     "an agent sent an update for a task of another agent; ignoring it");
                 return;
@@ -862,7 +884,7 @@ impl Master {
         self.publish(ClusterEvent::AgentUnreachable { agent_id: agent_id.clone(), hostname, at: now_seconds() });
         self.allocator.set_agent_active(agent_id, false);
         self.rescind_agent_offers(agent_id);
-        let mut told = HashSet::new();
+        let mut told = BTreeSet::new();
         for (fid, tid) in tasks {
             if told.insert(fid.clone()) {
                 self.send_event(&fid, Event::Failure { agent_id: agent_id.clone() });
@@ -973,8 +995,8 @@ impl Master {
             conn: None,
             failover_deadline: None,
             removed: false,
-            tasks: HashMap::new(),
-            offers: HashSet::new(),
+            tasks: BTreeMap::new(),
+            offers: BTreeSet::new(),
             completed: VecDeque::new(),
         });
         if let Some(old) = fw.conn.take() {
@@ -1003,7 +1025,7 @@ impl Master {
             return;
         }
         fw.conn = None;
-        fw.failover_deadline = Some(after(Instant::now(), fw.info.failover_timeout));
+        fw.failover_deadline = Some(after(now(), fw.info.failover_timeout));
         info!(framework_id = %id, failover_timeout = ?fw.info.failover_timeout, "framework disconnected");
         let name = fw.info.name.clone();
         self.allocator.set_framework_active(id, false);
@@ -1165,7 +1187,7 @@ impl Master {
             self.allocator.recover(fid, &agent_id, &remaining);
             let refuse = filters.refuse();
             if !refuse.is_zero() {
-                self.allocator.filter(fid, &agent_id, after(Instant::now(), refuse));
+                self.allocator.filter(fid, &agent_id, after(now(), refuse));
             }
         }
         self.allocation_due = true;
@@ -1210,7 +1232,7 @@ impl Master {
                 self.counters.offers_declined += 1;
                 self.allocator.recover(fid, &offer.agent_id, &offer.resources);
                 if !refuse.is_zero() {
-                    self.allocator.filter(fid, &offer.agent_id, after(Instant::now(), refuse));
+                    self.allocator.filter(fid, &offer.agent_id, after(now(), refuse));
                 }
             }
         }
@@ -1386,7 +1408,7 @@ impl Master {
     fn allocate(&mut self, now: Instant) {
         self.allocation_due = false;
         let allocations = self.allocator.allocate(now);
-        let mut by_framework: HashMap<FrameworkId, Vec<Offer>> = HashMap::new();
+        let mut by_framework: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
         for a in allocations {
             let Some(agent) = self.agents.get_mut(&a.agent_id) else { continue };
             self.next_offer += 1;
@@ -1510,7 +1532,7 @@ impl Master {
 
     /// Counts and capacity, without copying every task: the console's overview.
     fn summary(&self) -> Summary {
-        let mut tasks: HashMap<TaskState, usize> = HashMap::new();
+        let mut tasks: std::collections::HashMap<TaskState, usize> = std::collections::HashMap::new();
         let mut used = Resources::default();
         for fw in self.frameworks.values() {
             for t in fw.tasks.values() {
@@ -1539,8 +1561,8 @@ impl Master {
     }
 
     fn snapshot(&self) -> StateSnapshot {
-        let now = Instant::now();
-        let mut used: HashMap<&AgentId, Resources> = HashMap::new();
+        let now = now();
+        let mut used: BTreeMap<&AgentId, Resources> = BTreeMap::new();
         let mut tasks = Vec::new();
         let mut completed_tasks = Vec::new();
         for (fid, fw) in &self.frameworks {
@@ -1623,7 +1645,7 @@ impl Master {
                 let _ = writeln!(out, "{name}{labels} {v}");
             }
         };
-        let mut by_status: HashMap<AgentStatus, usize> = HashMap::new();
+        let mut by_status: BTreeMap<AgentStatus, usize> = BTreeMap::new();
         let mut total = Resources::default();
         for a in self.agents.values() {
             *by_status.entry(a.status).or_default() += 1;
@@ -1650,7 +1672,7 @@ impl Master {
                 })
                 .collect(),
         );
-        let mut states: HashMap<TaskState, usize> = HashMap::new();
+        let mut states: std::collections::HashMap<TaskState, usize> = std::collections::HashMap::new();
         let mut used = Resources::default();
         for fw in self.frameworks.values() {
             for t in fw.tasks.values() {

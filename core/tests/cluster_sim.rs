@@ -1,0 +1,804 @@
+//! Deterministic simulation of a cluster: the real master actor, a registry in memory that fences writes by
+//! term, agents and a framework as models that speak the master's protocol (the agent's update queue and
+//! acknowledgements, the framework's reconciliation and kills, as the real ones do them). Everything runs
+//! on one thread, on tokio's paused clock, so a run depends only on its seed.
+//!
+//! Each seed plays a schedule of faults for 60 simulated seconds: master crashes (a new master recovers
+//! from the registry at the next term, after an election gap), the database going away, agents partitioned
+//! (every message lost both ways), agents rebooted (their tasks die with them), dropped connections of
+//! agents and of the framework, tasks failing, and per-message delays and losses on every link. Then the
+//! faults stop and the cluster gets 90 s to settle. The invariants, checked after every run:
+//! - no task id is ever started twice, on any agent;
+//! - the framework has exactly its wanted number of tasks running;
+//! - what the agents run, what the master reports and what the framework believes are the same tasks;
+//! - a master's write at a deposed term is refused (counted, never applied).
+//!
+//! `KEEL_SIM_SEEDS=N` runs N seeds (default 1000); a failure prints its seed, and `KEEL_SIM_SEED=S`
+//! replays exactly that one (a test checks that two runs of a seed leave the same trace).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use keel_core::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, Filters, FrameworkInfo, MasterMessage};
+use keel_core::ids::{AgentId, FrameworkId, OfferId, TaskId};
+use keel_core::master::{self, MasterConfig, MasterHandle, MasterStore};
+use keel_core::store::{AgentRecord, FrameworkRecord, StoreError};
+use keel_core::task::{CommandSpec, Source, TaskSpec, TaskState, TaskStatus};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+const AGENTS: usize = 3;
+/// How many tasks the framework wants running.
+const WANTED: usize = 6;
+const FAULTS_FOR: Duration = Duration::from_secs(60);
+const SETTLE_FOR: Duration = Duration::from_secs(90);
+const FRAMEWORK: &str = "sim-framework";
+
+// ---- the registry, in memory ----
+
+/// The database: the lease's term, the registry rows, and whether it answers at all.
+#[derive(Default)]
+struct Db {
+    term: i64,
+    down: bool,
+    agents: BTreeMap<AgentId, AgentRecord>,
+    frameworks: BTreeMap<FrameworkId, FrameworkRecord>,
+    /// Writes refused because they carried a deposed term.
+    fenced: u64,
+}
+
+/// One master's view of the database: every write carries the term it was elected at.
+struct MemStore {
+    db: Arc<Mutex<Db>>,
+    term: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemStore {
+    fn write(&self, what: &'static str, apply: impl FnOnce(&mut Db)) -> Result<(), StoreError> {
+        let mut db = lock(&self.db);
+        if db.down {
+            return Err(StoreError::Query { what, source: sqlx::Error::PoolTimedOut });
+        }
+        if db.term != self.term {
+            db.fenced += 1;
+            return Err(StoreError::Fenced { kind: "master", term: self.term });
+        }
+        apply(&mut db);
+        Ok(())
+    }
+
+    fn read<T>(&self, what: &'static str, get: impl FnOnce(&Db) -> T) -> Result<T, StoreError> {
+        let db = lock(&self.db);
+        if db.down {
+            return Err(StoreError::Query { what, source: sqlx::Error::PoolTimedOut });
+        }
+        Ok(get(&db))
+    }
+}
+
+#[async_trait::async_trait]
+impl MasterStore for MemStore {
+    fn term(&self) -> i64 {
+        self.term
+    }
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.read("agents", |db| db.agents.values().cloned().collect())
+    }
+    async fn frameworks(&self) -> Result<Vec<FrameworkRecord>, StoreError> {
+        self.read("frameworks", |db| db.frameworks.values().cloned().collect())
+    }
+    async fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.write("put agent", |db| {
+            db.agents.insert(agent.id.clone(), agent.clone());
+        })
+    }
+    async fn put_framework(&self, framework: &FrameworkRecord) -> Result<(), StoreError> {
+        self.write("put framework", |db| {
+            db.frameworks.insert(framework.id.clone(), framework.clone());
+        })
+    }
+    async fn remove_framework(&self, id: &FrameworkId, at: i64) -> Result<(), StoreError> {
+        self.write("remove framework", |db| {
+            if let Some(f) = db.frameworks.get_mut(id) {
+                f.removed_at = Some(at);
+            }
+        })
+    }
+}
+
+impl Believed {
+    /// Tasks that count towards what it wants: live, reachable and not being killed. An unreachable task
+    /// is replaced (and killed if it comes back); a task being killed is on its way out.
+    fn active(&self) -> usize {
+        self.live.iter().filter(|(t, (s, _))| *s != TaskState::Unreachable && !self.killing.contains(*t)).count()
+    }
+}
+
+// ---- the world the models share ----
+
+/// One agent host, as the simulation keeps it.
+#[derive(Default)]
+struct AgentHost {
+    /// Its tasks: framework, spec, state and the updates not acknowledged yet (the head is in flight).
+    tasks: BTreeMap<TaskId, HostTask>,
+    /// Every message to and from the master is lost until then.
+    partitioned_until: Option<Instant>,
+    /// Down (rebooting) until then.
+    down_until: Option<Instant>,
+    /// Bumped to make the agent drop its connection and register again.
+    generation: u64,
+}
+
+struct HostTask {
+    framework_id: FrameworkId,
+    spec: TaskSpec,
+    state: TaskState,
+    pending: VecDeque<TaskStatus>,
+}
+
+/// What the framework believes about its tasks.
+#[derive(Default)]
+struct Believed {
+    /// Non-terminal tasks and their last known state.
+    live: BTreeMap<TaskId, (TaskState, Option<AgentId>)>,
+    /// Tasks it asked to kill, until it hears they ended.
+    killing: BTreeSet<TaskId>,
+    /// Bumped to make it drop its connection and subscribe again.
+    generation: u64,
+    next_task: u64,
+    /// Periodic passes so far (one every 3 s).
+    passes: u64,
+}
+
+struct World {
+    rng: StdRng,
+    start: Instant,
+    leader: Option<MasterHandle>,
+    hosts: Vec<AgentHost>,
+    framework: Believed,
+    /// How many times each task id was started on any agent.
+    started: BTreeMap<TaskId, u32>,
+    /// What happened, with simulated times: compared between two runs of one seed.
+    trace: Vec<String>,
+    violations: Vec<String>,
+    /// Link faults for this seed: the chance a message is lost, and the longest delay.
+    loss: f64,
+    max_delay_ms: u64,
+}
+
+type Shared = Arc<Mutex<World>>;
+
+impl World {
+    fn now(&self) -> f64 {
+        (Instant::now() - self.start).as_secs_f64()
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>8.3} {what}", self.now());
+        self.trace.push(line);
+    }
+
+    /// Whether a message on a link is lost, and how long it takes otherwise.
+    fn link(&mut self) -> Option<Duration> {
+        if self.rng.random_bool(self.loss) {
+            return None;
+        }
+        Some(Duration::from_millis(self.rng.random_range(0..=self.max_delay_ms)))
+    }
+}
+
+fn cut_off(host: &AgentHost, now: Instant) -> bool {
+    host.partitioned_until.is_some_and(|t| now < t) || host.down_until.is_some_and(|t| now < t)
+}
+
+fn agent_id(i: usize) -> AgentId {
+    AgentId::parse(format!("sim-agent-{i}")).unwrap()
+}
+
+fn framework_id() -> FrameworkId {
+    FrameworkId::parse("sim-framework-0").unwrap()
+}
+
+fn status(task_id: &TaskId, agent: &AgentId, state: TaskState, seq: u64) -> TaskStatus {
+    TaskStatus {
+        task_id: task_id.clone(),
+        state,
+        message: String::new(),
+        source: Source::Agent,
+        reason: None,
+        agent_id: Some(agent.clone()),
+        uuid: Some(format!("{task_id}-{seq}")),
+        timestamp: 0.0,
+        exit_code: None,
+        healthy: None,
+    }
+}
+
+// ---- the agent model ----
+
+/// Sends `msg` to the master over a link that may delay or lose it. Answers false when the master is gone.
+async fn to_master(w: &Shared, i: usize, handle: &MasterHandle, id: &AgentId, conn: u64, msg: AgentMessage) -> bool {
+    let Some(delay) = lock(w).link() else { return true };
+    sleep(delay).await;
+    if cut_off(&lock(w).hosts[i], Instant::now()) {
+        return true;
+    }
+    handle.agent_message(id.clone(), conn, msg).await.is_ok()
+}
+
+/// The head of each task's queue, as the real agent sends it on (re-)registration and on each retry.
+fn heads(w: &Shared, i: usize) -> Vec<(FrameworkId, TaskStatus)> {
+    let w = lock(w);
+    w.hosts[i].tasks.values().filter_map(|t| Some((t.framework_id.clone(), t.pending.front()?.clone()))).collect()
+}
+
+async fn agent(w: Shared, i: usize) {
+    let id = agent_id(i);
+    let mut seq = 0u64;
+    loop {
+        // Wait until the host is up and reachable and a master leads.
+        let (handle, generation, tasks) = loop {
+            {
+                let w = lock(&w);
+                let host = &w.hosts[i];
+                if !cut_off(host, Instant::now())
+                    && let Some(h) = &w.leader
+                {
+                    let tasks = host
+                        .tasks
+                        .values()
+                        .map(|t| AgentTask {
+                            framework_id: t.framework_id.clone(),
+                            spec: t.spec.clone(),
+                            state: t.state,
+                            healthy: None,
+                        })
+                        .collect::<Vec<_>>();
+                    break (h.clone(), host.generation, tasks);
+                }
+            }
+            sleep(Duration::from_millis(200)).await;
+        };
+        let info = AgentInfo {
+            id: Some(id.clone()),
+            hostname: format!("host-{i}"),
+            resources: "cpus:1;mem:256".parse().unwrap(),
+            attributes: vec![],
+            docker: false,
+        };
+        let mut session = match handle.register_agent(info, tasks, None).await {
+            Ok(s) => s,
+            Err(_) => {
+                sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        lock(&w).note(format!("agent {i} registered"));
+        let conn = session.conn_id;
+        let mut retry = Instant::now() + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                biased;
+                msg = session.messages.recv() => {
+                    let Some(msg) = msg else { break };
+                    let replies = {
+                        let mut w = lock(&w);
+                        if cut_off(&w.hosts[i], Instant::now()) {
+                            continue; // lost on the way
+                        }
+                        on_master_message(&mut w, i, &id, &mut seq, msg)
+                    };
+                    for (fid, status) in replies {
+                        to_master(&w, i, &handle, &id, conn, AgentMessage::StatusUpdate { framework_id: fid, status }).await;
+                    }
+                }
+                _ = sleep_until(retry) => {
+                    retry = Instant::now() + Duration::from_secs(1);
+                    let (gone, cut) = {
+                        let w = lock(&w);
+                        (w.hosts[i].generation != generation, cut_off(&w.hosts[i], Instant::now()))
+                    };
+                    if gone {
+                        // The connection dropped: the master hears of it (unless the host is cut off).
+                        if !cut {
+                            handle.agent_disconnected(id.clone(), conn).await;
+                        }
+                        break;
+                    }
+                    if cut {
+                        continue;
+                    }
+                    if !to_master(&w, i, &handle, &id, conn, AgentMessage::Heartbeat).await {
+                        break;
+                    }
+                    for (fid, status) in heads(&w, i) {
+                        to_master(&w, i, &handle, &id, conn, AgentMessage::StatusUpdate { framework_id: fid, status }).await;
+                    }
+                }
+            }
+        }
+        lock(&w).note(format!("agent {i} lost its connection"));
+    }
+}
+
+/// What the agent does with one message from the master; answers the updates to send now.
+fn on_master_message(
+    w: &mut World,
+    i: usize,
+    id: &AgentId,
+    seq: &mut u64,
+    msg: MasterMessage,
+) -> Vec<(FrameworkId, TaskStatus)> {
+    let mut out = Vec::new();
+    match msg {
+        MasterMessage::Registered { .. } => {}
+        MasterMessage::RunTask { framework_id, spec } => {
+            if w.hosts[i].tasks.contains_key(&spec.id) {
+                return out;
+            }
+            let n = w.started.entry(spec.id.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                let v = format!("task {} started a second time, on agent {i}", spec.id);
+                w.violations.push(v);
+            }
+            w.note(format!("agent {i} starts {}", spec.id));
+            *seq += 1;
+            let s = status(&spec.id, id, TaskState::Running, *seq);
+            let task = HostTask {
+                framework_id: framework_id.clone(),
+                spec: *spec,
+                state: TaskState::Running,
+                pending: VecDeque::from([s.clone()]),
+            };
+            w.hosts[i].tasks.insert(s.task_id.clone(), task);
+            out.push((framework_id, s));
+        }
+        MasterMessage::KillTask { framework_id, task_id } => match w.hosts[i].tasks.get_mut(&task_id) {
+            Some(t) if !t.state.is_terminal() => {
+                *seq += 1;
+                t.state = TaskState::Killed;
+                let s = status(&task_id, id, TaskState::Killed, *seq);
+                t.pending.push_back(s.clone());
+                if t.pending.len() == 1 {
+                    out.push((framework_id, s));
+                }
+            }
+            Some(_) => {}
+            None => {
+                let mut s = status(&task_id, id, TaskState::Lost, 0);
+                s.uuid = None;
+                out.push((framework_id, s));
+            }
+        },
+        MasterMessage::Acknowledge { task_id, uuid, .. } => {
+            let host = &mut w.hosts[i];
+            let Some(t) = host.tasks.get_mut(&task_id) else { return out };
+            if t.pending.front().and_then(|s| s.uuid.as_deref()) != Some(uuid.as_str()) {
+                return out;
+            }
+            t.pending.pop_front();
+            if let Some(next) = t.pending.front() {
+                out.push((t.framework_id.clone(), next.clone()));
+            } else if t.state.is_terminal() {
+                host.tasks.remove(&task_id);
+            }
+        }
+        MasterMessage::ReadFile { .. } => {}
+    }
+    out
+}
+
+// ---- the framework model ----
+
+async fn framework(w: Shared) {
+    let fid = framework_id();
+    loop {
+        let (handle, generation) = loop {
+            {
+                let w = lock(&w);
+                if let Some(h) = &w.leader {
+                    break (h.clone(), w.framework.generation);
+                }
+            }
+            sleep(Duration::from_millis(200)).await;
+        };
+        let mut info = FrameworkInfo::new(FRAMEWORK);
+        info.failover_timeout = Duration::from_secs(3600);
+        let mut sub = match handle.subscribe(Some(fid.clone()), info, None).await {
+            Ok(s) => s,
+            Err(_) => {
+                sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let conn = sub.conn_id;
+        lock(&w).note("framework subscribed".into());
+        let call = |call: Call| {
+            let w = w.clone();
+            let handle = handle.clone();
+            let fid = fid.clone();
+            async move {
+                let Some(delay) = lock(&w).link() else { return true };
+                sleep(delay).await;
+                handle.call(fid, conn, call).await.is_ok()
+            }
+        };
+        // Learn the real state of every task it may have, then of all.
+        let known: Vec<(TaskId, Option<AgentId>)> =
+            lock(&w).framework.live.iter().map(|(t, (_, a))| (t.clone(), a.clone())).collect();
+        call(Call::Reconcile { tasks: known }).await;
+        call(Call::Reconcile { tasks: vec![] }).await;
+        call(Call::Revive).await;
+        let mut pass = Instant::now() + Duration::from_secs(3);
+        loop {
+            tokio::select! {
+                biased;
+                event = sub.events.recv() => {
+                    let Some(event) = event else { break };
+                    let calls = on_event(&mut lock(&w), event);
+                    for c in calls {
+                        call(c).await;
+                    }
+                }
+                _ = sleep_until(pass) => {
+                    pass = Instant::now() + Duration::from_secs(3);
+                    if lock(&w).framework.generation != generation {
+                        handle.framework_disconnected(fid.clone(), conn).await;
+                        break;
+                    }
+                    let calls = periodic_calls(&mut lock(&w));
+                    for c in calls {
+                        if !call(c).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        lock(&w).note("framework lost its connection".into());
+    }
+}
+
+/// The framework's answer to one event: the calls to make.
+fn on_event(w: &mut World, event: Event) -> Vec<Call> {
+    let mut calls = Vec::new();
+    match event {
+        Event::Offers(offers) => {
+            let mut used = Vec::new();
+            let mut tasks = Vec::new();
+            let mut spare = Vec::new();
+            for offer in offers {
+                if w.framework.active() + tasks.len() < WANTED {
+                    w.framework.next_task += 1;
+                    let id = TaskId::parse(format!("sim-task-{}", w.framework.next_task)).unwrap();
+                    w.note(format!("framework launches {id} on {}", offer.agent_id));
+                    tasks.push((id, offer.agent_id.clone()));
+                    used.push(offer.id);
+                } else {
+                    spare.push(offer.id);
+                }
+            }
+            for (id, agent) in &tasks {
+                w.framework.live.insert(id.clone(), (TaskState::Staging, Some(agent.clone())));
+            }
+            if !used.is_empty() {
+                // One task per offer, one ACCEPT per offer, as most frameworks do.
+                for (offer_id, (id, _)) in used.into_iter().zip(tasks) {
+                    calls.push(accept(offer_id, id));
+                }
+            }
+            if !spare.is_empty() {
+                calls.push(Call::Decline {
+                    offer_ids: spare,
+                    filters: Filters { refuse: Some(Duration::from_secs(1)) },
+                });
+            }
+        }
+        Event::Update(s) => {
+            w.note(format!("framework hears {} {}", s.task_id, s.state.name()));
+            if s.state.is_terminal() || s.state == TaskState::Unknown {
+                w.framework.live.remove(&s.task_id);
+                w.framework.killing.remove(&s.task_id);
+            } else {
+                w.framework.live.insert(s.task_id.clone(), (s.state, s.agent_id.clone()));
+            }
+            if let (Some(uuid), Some(agent_id)) = (s.uuid.clone(), s.agent_id.clone()) {
+                calls.push(Call::Acknowledge { agent_id, task_id: s.task_id.clone(), uuid });
+            }
+        }
+        _ => {}
+    }
+    calls
+}
+
+fn accept(offer_id: OfferId, id: TaskId) -> Call {
+    let spec = TaskSpec {
+        id,
+        name: "sim".into(),
+        resources: "cpus:0.1;mem:16".parse().unwrap(),
+        command: CommandSpec { value: "sleep 3600".into(), shell: true, arguments: vec![], env: BTreeMap::new() },
+        labels: BTreeMap::new(),
+        kill_grace: None,
+        container: None,
+        health_check: None,
+        user: None,
+    };
+    Call::Accept { offer_ids: vec![offer_id], tasks: vec![spec], filters: Filters::default() }
+}
+
+/// Every few seconds: kill tasks beyond what it wants (a replaced task can come back from a partition),
+/// ask again about tasks not yet running, and revive when short.
+fn periodic_calls(w: &mut World) -> Vec<Call> {
+    let mut calls = Vec::new();
+    let running: Vec<TaskId> = w
+        .framework
+        .live
+        .iter()
+        .filter(|(t, (s, _))| *s == TaskState::Running && !w.framework.killing.contains(*t))
+        .map(|(t, _)| t.clone())
+        .collect();
+    let extra = w.framework.active().saturating_sub(WANTED);
+    for id in running.iter().rev().take(extra) {
+        w.framework.killing.insert(id.clone());
+    }
+    for id in &w.framework.killing {
+        let agent_id = w.framework.live.get(id).and_then(|(_, a)| a.clone());
+        calls.push(Call::Kill { task_id: id.clone(), agent_id });
+    }
+    // Every 30 s it asks about every task it knows (an answer, or the question, may have been lost), as
+    // Marathon's periodic reconciliation does; in between, only about tasks not running yet.
+    w.framework.passes += 1;
+    let all = w.framework.passes % 10 == 0;
+    let unsure: Vec<(TaskId, Option<AgentId>)> = w
+        .framework
+        .live
+        .iter()
+        .filter(|(_, (s, _))| all || *s != TaskState::Running)
+        .map(|(t, (_, a))| (t.clone(), a.clone()))
+        .collect();
+    if !unsure.is_empty() {
+        calls.push(Call::Reconcile { tasks: unsure });
+    }
+    if w.framework.active() < WANTED {
+        calls.push(Call::Revive);
+    }
+    calls
+}
+
+// ---- the masters and the faults ----
+
+/// The running leader, if any: stopping it is a crash (SIGKILL): nothing is resigned or flushed.
+struct Leader {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn elect(w: &Shared, db: &Arc<Mutex<Db>>) -> Option<Leader> {
+    let term = {
+        let mut db = lock(db);
+        if db.down {
+            return None;
+        }
+        db.term += 1;
+        db.term
+    };
+    let stop = CancellationToken::new();
+    let config = MasterConfig::default();
+    let store = MemStore { db: db.clone(), term };
+    let (handle, task) = master::start(config, store, stop.clone()).await.ok()?;
+    let mut w = lock(w);
+    w.note(format!("master elected at term {term}"));
+    w.leader = Some(handle);
+    Some(Leader { stop, task })
+}
+
+#[derive(Debug)]
+enum Fault {
+    MasterCrash { down: Duration },
+    DatabaseDown { down: Duration },
+    Partition { agent: usize, down: Duration },
+    Reboot { agent: usize, down: Duration },
+    AgentReconnect { agent: usize },
+    FrameworkReconnect,
+    TaskFails,
+}
+
+fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
+    let n = rng.random_range(3..=10);
+    let mut faults: Vec<(Duration, Fault)> = (0..n)
+        .map(|_| {
+            let at = Duration::from_millis(rng.random_range(5_000..FAULTS_FOR.as_millis() as u64));
+            let secs =
+                |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo * 1000..hi * 1000));
+            let fault = match rng.random_range(0..7) {
+                0 => Fault::MasterCrash { down: secs(rng, 1, 4) },
+                1 => Fault::DatabaseDown { down: secs(rng, 1, 6) },
+                2 => Fault::Partition { agent: rng.random_range(0..AGENTS), down: secs(rng, 1, 20) },
+                3 => Fault::Reboot { agent: rng.random_range(0..AGENTS), down: secs(rng, 1, 20) },
+                4 => Fault::AgentReconnect { agent: rng.random_range(0..AGENTS) },
+                5 => Fault::FrameworkReconnect,
+                _ => Fault::TaskFails,
+            };
+            (at, fault)
+        })
+        .collect();
+    faults.sort_by_key(|(at, _)| *at);
+    faults
+}
+
+async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
+    let start = lock(&w).start;
+    let mut leader = elect(&w, &db).await.expect("the first election");
+    for (at, fault) in faults {
+        sleep_until(start + at).await;
+        let now = Instant::now();
+        lock(&w).note(format!("fault {fault:?}"));
+        match fault {
+            Fault::MasterCrash { down } => {
+                leader.stop.cancel();
+                leader.task.abort();
+                lock(&w).leader = None;
+                sleep(down).await;
+                leader = loop {
+                    if let Some(l) = elect(&w, &db).await {
+                        break l;
+                    }
+                    sleep(Duration::from_millis(500)).await;
+                };
+            }
+            Fault::DatabaseDown { down } => {
+                lock(&db).down = true;
+                sleep(down).await;
+                lock(&db).down = false;
+            }
+            Fault::Partition { agent, down } => {
+                // The agent's stream breaks on its side too; it registers again once the partition heals.
+                let mut w = lock(&w);
+                w.hosts[agent].partitioned_until = Some(now + down);
+                w.hosts[agent].generation += 1;
+            }
+            Fault::Reboot { agent, down } => {
+                let mut w = lock(&w);
+                let host = &mut w.hosts[agent];
+                host.tasks.clear();
+                host.down_until = Some(now + down);
+                host.generation += 1;
+            }
+            Fault::AgentReconnect { agent } => lock(&w).hosts[agent].generation += 1,
+            Fault::FrameworkReconnect => lock(&w).framework.generation += 1,
+            Fault::TaskFails => {
+                let mut w = lock(&w);
+                let picks: Vec<(usize, TaskId)> = w
+                    .hosts
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, h)| {
+                        h.tasks
+                            .iter()
+                            .filter(|(_, t)| t.state == TaskState::Running)
+                            .map(move |(id, _)| (i, id.clone()))
+                    })
+                    .collect();
+                if !picks.is_empty() {
+                    let (i, id) = picks[w.rng.random_range(0..picks.len())].clone();
+                    let agent = agent_id(i);
+                    let t = w.hosts[i].tasks.get_mut(&id).unwrap();
+                    t.state = TaskState::Failed;
+                    t.pending.push_back(status(&id, &agent, TaskState::Failed, 1_000_000 + t.pending.len() as u64));
+                }
+            }
+        }
+    }
+    // Keep the leader alive until the run ends.
+    std::future::pending::<()>().await;
+    drop(leader);
+}
+
+/// Plays one seed; answers its trace, or what went wrong with it.
+fn run(seed: u64) -> Result<Vec<String>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+    rt.block_on(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let faults = schedule(&mut rng);
+        let loss = if rng.random_bool(0.5) { 0.03 } else { 0.0 };
+        let max_delay_ms = rng.random_range(0..500);
+        let w: Shared = Arc::new(Mutex::new(World {
+            rng,
+            start: Instant::now(),
+            leader: None,
+            hosts: (0..AGENTS).map(|_| AgentHost::default()).collect(),
+            framework: Believed::default(),
+            started: BTreeMap::new(),
+            trace: vec![],
+            violations: vec![],
+            loss,
+            max_delay_ms,
+        }));
+        let db = Arc::new(Mutex::new(Db::default()));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(chaos(w.clone(), db.clone(), faults));
+        for i in 0..AGENTS {
+            tasks.spawn(agent(w.clone(), i));
+        }
+        tasks.spawn(framework(w.clone()));
+        sleep(FAULTS_FOR + SETTLE_FOR).await;
+        let handle = lock(&w).leader.clone().ok_or("no master leads at the end")?;
+        let state = handle.state().await.map_err(|e| format!("the master does not answer: {e}"))?;
+        tasks.abort_all();
+        let w = lock(&w);
+        let mut problems = w.violations.clone();
+        let believed: BTreeSet<TaskId> = w.framework.live.keys().cloned().collect();
+        let running: Vec<&(TaskState, Option<AgentId>)> =
+            w.framework.live.values().filter(|(s, _)| *s == TaskState::Running).collect();
+        if believed.len() != WANTED || running.len() != WANTED {
+            problems.push(format!(
+                "the framework believes {} tasks live ({} running), wants {WANTED}: {:?}",
+                believed.len(),
+                running.len(),
+                w.framework.live
+            ));
+        }
+        let on_agents: BTreeSet<TaskId> = w
+            .hosts
+            .iter()
+            .flat_map(|h| h.tasks.iter().filter(|(_, t)| !t.state.is_terminal()).map(|(id, _)| id.clone()))
+            .collect();
+        if on_agents != believed {
+            problems.push(format!("agents run {on_agents:?}, the framework believes {believed:?}"));
+        }
+        let in_master: BTreeSet<TaskId> =
+            state.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.clone()).collect();
+        if state.tasks.len() != in_master.len() || in_master != on_agents {
+            let all: Vec<String> = state.tasks.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
+            problems.push(format!("the master reports {all:?}, agents run {on_agents:?}"));
+        }
+        if problems.is_empty() {
+            Ok(w.trace.clone())
+        } else {
+            Err(format!("{}\ntrace:\n{}", problems.join("\n"), w.trace.join("\n")))
+        }
+    })
+}
+
+#[test]
+fn a_thousand_seeded_schedules_of_faults_keep_every_invariant() {
+    if let Ok(seed) = std::env::var("KEEL_SIM_SEED") {
+        let seed: u64 = seed.parse().expect("KEEL_SIM_SEED is a number");
+        match run(seed) {
+            Ok(trace) => eprintln!("seed {seed} kept every invariant; its trace:\n{}", trace.join("\n")),
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+        return;
+    }
+    let seeds: u64 = std::env::var("KEEL_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let started = std::time::Instant::now();
+    let mut failed = Vec::new();
+    for seed in 0..seeds {
+        if let Err(e) = run(seed) {
+            if failed.is_empty() {
+                eprintln!("seed {seed} failed (replay with KEEL_SIM_SEED={seed}):\n{e}");
+            }
+            failed.push(seed);
+        }
+    }
+    eprintln!("{seeds} seeds in {:.1?}", started.elapsed());
+    assert!(failed.is_empty(), "{} of {seeds} seeds failed: {failed:?}", failed.len());
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 17] {
+        let a = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let b = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(a, b, "two runs of seed {seed} differ");
+        assert!(a.iter().any(|l| l.contains("fault")), "seed {seed} played no fault");
+    }
+}
