@@ -148,6 +148,9 @@ pub struct LeaseView {
     pub remaining_ms: i64,
 }
 
+/// How many times SQLite's migrations are tried before the store gives up (see [`Store::connect`]).
+const MIGRATE_ATTEMPTS: u64 = 10;
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite:PATH`, created if missing) and applies migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
@@ -190,6 +193,24 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        // PostgreSQL's migrations hold an advisory lock; SQLite's take none, so two processes starting on a
+        // fresh file at once (a master and a framework sharing `keel dev`'s database) can both try to apply
+        // the same migration (or switch to WAL), and one fails. Its next attempt finds the work done.
+        let mut attempt = 1;
+        loop {
+            match self.migrate_once().await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.backend == Backend::Sqlite && attempt < MIGRATE_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "migration raced another process; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn migrate_once(&self) -> Result<(), StoreError> {
         let (migrator, name) = match self.backend {
             Backend::Postgres => (&POSTGRES_MIGRATIONS, "postgres"),
             Backend::Sqlite => {

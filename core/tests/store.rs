@@ -254,3 +254,26 @@ async fn leases_elect_one_holder_and_fence_the_deposed() {
         assert!(t4 > t3 && t3 > t2, "{backend:?}");
     }
 }
+
+/// A master and a framework started at once on a fresh SQLite file (as `keel dev`'s processes, or a test's,
+/// share one) both migrate it; neither may fail because the other got there first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_at_once_on_a_fresh_sqlite_file_both_open_it() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("fresh.db").display());
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn({
+                    let url = url.clone();
+                    async move { Store::connect(&url).await.map(|_| ()) }
+                })
+            })
+            .collect();
+        for open in opens {
+            if let Err(e) = open.await.unwrap() {
+                panic!("round {round}: {e}: {:?}", std::error::Error::source(&e));
+            }
+        }
+    }
+}
