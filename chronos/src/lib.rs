@@ -6,11 +6,13 @@
 //! - [`job`]: the job and run model, with its rules;
 //! - [`store`]: jobs, runs and counters in PostgreSQL or SQLite;
 //! - [`scheduler`]: the framework actor that fires each tick exactly once;
+//! - [`pool`]: which pending run goes on which held offer, a pure step of the actor;
 //! - [`forms`] and [`api`]: the JSON forms and REST endpoints.
 
 pub mod api;
 pub mod forms;
 pub mod job;
+pub mod pool;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

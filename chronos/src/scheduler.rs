@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 use crate::job::{
     ConcurrencyPolicy, Job, JobError, JobId, JobStats, Run, RunStatus, ScheduleExpr, Trigger, check_dependencies,
 };
+use crate::pool;
 use crate::schedule::{Schedule, due};
 use crate::store::{JobStore, JobStoreError};
 
@@ -1090,18 +1091,16 @@ impl Chronos {
         if self.pending.is_empty() || self.held.is_empty() {
             return;
         }
-        let mut left: Vec<Resources> = self.held.iter().map(|o| o.resources.clone()).collect();
-        let mut placed: Vec<Vec<(Key, u32)>> = vec![Vec::new(); self.held.len()];
         let mut unbuildable = Vec::new();
-        let mut any = false;
-        let mut next = 0;
+        let mut wanted: Vec<(Key, u32)> = Vec::new();
+        let mut needs = Vec::new();
         for (_, job, run_id) in self.pending.iter() {
             let key = (job.clone(), run_id.clone());
             let (Some(entry), Some(run)) = (self.jobs.get(job), self.runs.get(&key)) else {
                 unbuildable.push((key, "the job was deleted".to_owned()));
                 continue;
             };
-            let need = match self.prebuilt.get(&key).filter(|_| run.attempts == 0) {
+            let resources = match self.prebuilt.get(&key).filter(|_| run.attempts == 0) {
                 Some(spec) => spec.resources.clone(),
                 None => match resources(&entry.job) {
                     Ok(r) => r,
@@ -1111,20 +1110,16 @@ impl Chronos {
                     }
                 },
             };
-            let docker = entry.job.run.docker.is_some();
-            // Round robin from the offer after the last one used: tasks spread over the agents rather than
-            // piling onto the first, and each offer's launch is small enough to go out soon.
-            let n = self.held.len();
-            let Some(i) =
-                (0..n).map(|k| (next + k) % n).find(|i| left[*i].contains(&need) && (!docker || self.held[*i].docker))
-            else {
-                continue;
-            };
-            next = i + 1;
-            left[i].subtract(&need);
-            placed[i].push((key, run.attempts + 1));
-            any = true;
+            needs.push(pool::Need { resources, docker: entry.job.run.docker.is_some() });
+            wanted.push((key, run.attempts + 1));
         }
+        let held: Vec<pool::Held> =
+            self.held.iter().map(|o| pool::Held { resources: o.resources.clone(), docker: o.docker }).collect();
+        let mut placed: Vec<Vec<(Key, u32)>> = pool::place(&held, &needs)
+            .into_iter()
+            .map(|on| on.into_iter().map(|k| wanted[k].clone()).collect())
+            .collect();
+        let any = placed.iter().any(|on| !on.is_empty());
         for (key, reason) in unbuildable {
             self.pending.remove(&key);
             self.finish(&key, RunStatus::Failed, reason, None);
