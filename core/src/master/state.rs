@@ -30,18 +30,12 @@ use crate::resources::Resources;
 use crate::store::{AgentRecord, FrameworkRecord, now_millis};
 use crate::task::{TaskSpec, TaskState, TaskStatus, now_seconds, reason};
 
-/// `now + d`, saturating instead of overflowing on absurd durations.
 /// The master's clock: tokio's, so that a test (or the cluster simulation) can pause and advance it.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The prefix of this incarnation's offer ids. A leader's term is unique and grows, so ids never repeat
-/// across failovers (and a simulation replays them exactly); an unfenced master draws a random one.
-fn epoch(term: i64) -> String {
-    if term > 0 { format!("t{term}") } else { uuid::Uuid::new_v4().simple().to_string()[..12].to_owned() }
-}
-
+/// `now + d`, saturating instead of overflowing on absurd durations.
 fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(crate::convert::MAX_DURATION)).unwrap_or(now + crate::convert::MAX_DURATION)
 }
@@ -269,7 +263,7 @@ impl Master {
             allocator.set_weight(role, *weight);
         }
         let mut m = Master {
-            epoch: epoch(store.term()),
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             next_offer: 0,
             started: now,
             started_at: now_seconds(),
@@ -343,7 +337,8 @@ impl Master {
                 },
             );
         }
-        info!(agents = m.agents.len(), frameworks = m.frameworks.len(), epoch = %m.epoch, "master recovered registry");
+        let term = m.store.term();
+        info!(agents = m.agents.len(), frameworks = m.frameworks.len(), epoch = %m.epoch, term, "master recovered registry");
         m
     }
 
@@ -712,6 +707,24 @@ impl Master {
             self.finish_task(&fid, &tid, status.clone());
             self.complete_task(&fid, &tid);
             self.send_update(&fid, status);
+        }
+        // Finished tasks of this agent whose last update was never acknowledged, and that the agent no
+        // longer holds: nothing will ever send that update again, so the master lets them go too (the
+        // framework was told, or learns it by reconciling). Kept, they would stay in the master for ever.
+        let forgotten: Vec<(FrameworkId, TaskId)> = self
+            .frameworks
+            .iter()
+            .flat_map(|(fid, f)| {
+                f.tasks
+                    .iter()
+                    .filter(|(_, t)| &t.agent_id == agent_id && t.state.is_terminal())
+                    .map(move |(tid, _)| (fid.clone(), tid.clone()))
+            })
+            .filter(|key| !seen.contains(key))
+            .collect();
+        for (fid, tid) in forgotten {
+            debug!(agent_id = %agent_id, task_id = %tid, "the agent re-registered without a finished task; completing it");
+            self.complete_task(&fid, &tid);
         }
         for (fid, tid) in kills {
             self.send_agent(agent_id, MasterMessage::KillTask { framework_id: fid, task_id: tid });
@@ -1301,10 +1314,13 @@ impl Master {
                 reason::RECONCILIATION,
                 "reconciliation",
             );
+            // The answer is about the latest status: it keeps its time, so that a framework learns when the
+            // task got there (when it started running, when it failed), not when it asked.
             if let Some(last) = &task.status {
                 s.message = last.message.clone();
                 s.exit_code = last.exit_code;
                 s.healthy = last.healthy;
+                s.timestamp = last.timestamp;
             }
             s
         };
