@@ -148,6 +148,20 @@ pub struct LeaseView {
     pub remaining_ms: i64,
 }
 
+/// Whether a failed SQLite migration lost a race with another process (the database was locked, or the
+/// other applied the same migration first), rather than failing for good.
+fn raced(e: &StoreError) -> bool {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    ["database is locked", "busy", "already exists", "duplicate column", "UNIQUE constraint failed: _sqlx_migrations"]
+        .iter()
+        .any(|m| text.contains(m))
+}
+
 /// How many times SQLite's migrations are tried before the store gives up (see [`Store::connect`]).
 const MIGRATE_ATTEMPTS: u64 = 10;
 
@@ -200,8 +214,8 @@ impl Store {
         loop {
             match self.migrate_once().await {
                 Ok(()) => return Ok(()),
-                Err(e) if self.backend == Backend::Sqlite && attempt < MIGRATE_ATTEMPTS => {
-                    tracing::debug!(attempt, error = %e, "migration raced another process; trying again");
+                Err(e) if self.backend == Backend::Sqlite && attempt < MIGRATE_ATTEMPTS && raced(&e) => {
+                    tracing::info!(attempt, error = %e, "migration raced another process; trying again");
                     tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                     attempt += 1;
                 }

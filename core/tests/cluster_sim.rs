@@ -13,6 +13,9 @@
 //! - the framework has exactly its wanted number of tasks running;
 //! - what the agents run, what the master reports and what the framework believes are the same tasks.
 //!
+//! Two masters never act at once here (a crashed or cut-off leader stops before the next is elected):
+//! that the election guarantees it is what `election_sim.rs` checks.
+//!
 //! `KEEL_SIM_SEEDS=N` runs N seeds (default 1000); a failure prints its seed, and `KEEL_SIM_SEED=S`
 //! replays exactly that one (a test checks that two runs of a seed leave the same trace).
 
@@ -635,9 +638,13 @@ enum Fault {
         agent: usize,
         down: Duration,
     },
+    /// The host reboots: its tasks die. With `keeps_records`, the agent recovers its checkpointed tasks
+    /// and reports them failed, with updates to deliver (the real agent's recovery); without, its work
+    /// directory is gone with them.
     Reboot {
         agent: usize,
         down: Duration,
+        keeps_records: bool,
     },
     AgentReconnect {
         agent: usize,
@@ -658,7 +665,11 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
                 7 => Fault::LeaderCutFromDatabase { renewed_ago: Duration::from_millis(rng.random_range(0..400)) },
                 1 => Fault::DatabaseDown { down: secs(rng, 1, 6) },
                 2 => Fault::Partition { agent: rng.random_range(0..AGENTS), down: secs(rng, 1, 20) },
-                3 => Fault::Reboot { agent: rng.random_range(0..AGENTS), down: secs(rng, 1, 20) },
+                3 => Fault::Reboot {
+                    agent: rng.random_range(0..AGENTS),
+                    down: secs(rng, 1, 20),
+                    keeps_records: rng.random_bool(0.5),
+                },
                 4 => Fault::AgentReconnect { agent: rng.random_range(0..AGENTS) },
                 5 => Fault::FrameworkReconnect,
                 _ => Fault::TaskFails,
@@ -703,10 +714,18 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                 w.hosts[agent].partitioned_until = Some(now + down);
                 w.hosts[agent].generation += 1;
             }
-            Fault::Reboot { agent, down } => {
+            Fault::Reboot { agent, down, keeps_records } => {
                 let mut w = lock(&w);
+                let id = agent_id(agent);
                 let host = &mut w.hosts[agent];
-                host.tasks.clear();
+                if keeps_records {
+                    for (tid, t) in host.tasks.iter_mut().filter(|(_, t)| !t.state.is_terminal()) {
+                        t.state = TaskState::Failed;
+                        t.pending.push_back(status(tid, &id, TaskState::Failed, 2_000_000 + t.pending.len() as u64));
+                    }
+                } else {
+                    host.tasks.clear();
+                }
                 host.down_until = Some(now + down);
                 host.generation += 1;
             }

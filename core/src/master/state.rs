@@ -4,7 +4,7 @@
 //! channels with `try_send` (it never waits on a slow peer). Only registry changes (an agent registering, a
 //! framework subscribing or being torn down) wait on the store; they are rare.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque, btree_map};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -346,10 +346,13 @@ impl Master {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Biased, so that the actor's order of work never depends on a random draw.
+            // Biased, so that the actor's order of work never depends on a random draw. The tick comes
+            // before the commands: it is ready at most every TICK, so it cannot starve them, while a steady
+            // stream of commands (heartbeats alone, on a large cluster) would otherwise starve the timers.
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.periodic(now()).await,
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.handle(cmd).await;
@@ -365,7 +368,6 @@ impl Master {
                         self.allocate(now());
                     }
                 }
-                _ = tick.tick() => self.periodic(now()).await,
             }
         }
         info!("master stopped");
@@ -828,10 +830,15 @@ impl Master {
             // Recreating the task would leave it in the master for ever, as the agent has already let go.
             debug!(agent_id = %agent_id, task_id = %tid, state = %status.state, "dropped an update for a completed task");
             self.ack_for_framework(agent_id, &framework_id, &status);
+            if !status.state.is_terminal() {
+                // Either a stale retry (the agent answers that it has no such task) or a task the master
+                // gave up on that runs after all: it must not run unknown to anyone.
+                self.send_agent(agent_id, MasterMessage::KillTask { framework_id, task_id: tid });
+            }
             return;
         }
         let task = match fw.tasks.entry(tid.clone()) {
-            std::collections::btree_map::Entry::Occupied(known) if &known.get().agent_id != agent_id => {
+            btree_map::Entry::Occupied(known) if &known.get().agent_id != agent_id => {
                 warn!(agent_id = %agent_id, task_id = %tid, owner = %known.get().agent_id,
                     "an agent sent an update for a task of another agent; ignoring it");
                 return;
