@@ -257,7 +257,12 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    // KEEL_BENCH_KEEP_LOGS=1 keeps the processes' logs after the run, to read why a round was slow.
+    let keep = std::env::var_os("KEEL_BENCH_KEEP_LOGS").is_some();
+    let dir = tempfile::Builder::new().prefix("keel-replacement-").disable_cleanup(keep).tempdir().unwrap();
+    if keep {
+        println!("logs kept in {}", dir.path().display());
+    }
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let (deaths, failovers) = rt.block_on(async {
         let deaths = agent_death(dir.path(), &http).await;
@@ -265,6 +270,7 @@ fn main() {
         (deaths, failovers)
     });
     let (dp50, dmax) = stats(deaths);
+    let under = failovers.iter().filter(|d| **d < Duration::from_secs(3)).count();
     let (fp50, fmax) = stats(failovers);
     let verdict = |d: Duration, target: u64| if d < Duration::from_secs(target) { "meets" } else { "MISSES" };
     println!(
@@ -279,9 +285,12 @@ fn main() {
         fmax.as_secs_f64(),
         verdict(fmax, 3),
         if fmax < Duration::from_secs(3) {
-            ""
+            String::new()
         } else {
-            " The second misses its target: about 2 s until a standby holds the lease, the agent's re-registration and the task's failure reaching the services framework, then Marathon's launch backoff for a failed task (`backoffSeconds`, 1 s; the rounds are 11 s apart, so the delay does not grow) and the next offer round."
+            format!(
+                " The second misses its target in {} of {ROUNDS} rounds. A round is about 2 s until a standby holds the lease, the agent's re-registration and the task's failure reaching the services framework, what is left of Marathon's launch delay (`backoffSeconds`, 1 s, counted from the failure's own time, of which at most half is taken off), and the next offer. A round misses when the framework only learns of the failure from the new master's reconciliation as 'unknown' (the task died before the old master recorded its start), with no time of failure: the whole delay applies.",
+                ROUNDS - under
+            )
         },
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");

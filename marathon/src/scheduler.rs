@@ -349,9 +349,19 @@ struct Backoff {
 const FORGET_BACKOFF_AFTER: Duration = Duration::from_secs(10);
 
 impl Backoff {
-    /// A failure at `now`: the next launch waits `backoff_seconds × backoff_factor^(failures − 1)`, at most
-    /// `max_seconds`. Answers the delay in seconds. Pure.
-    fn failed(&mut self, now: Instant, backoff_seconds: f64, backoff_factor: f64, max_seconds: f64) -> f64 {
+    /// A failure heard of at `now`, which happened `ago` before: the delay is
+    /// `backoff_seconds × backoff_factor^(failures − 1)` (at most `max_seconds`), counted from the failure
+    /// itself, so that a failure heard of late (as after a master failover) does not wait it all again on
+    /// top. `ago` counts for at most half the delay: an agent's clock running behind cannot take the backoff
+    /// away. Answers the seconds left to wait. Pure.
+    fn failed(
+        &mut self,
+        now: Instant,
+        ago: Duration,
+        backoff_seconds: f64,
+        backoff_factor: f64,
+        max_seconds: f64,
+    ) -> f64 {
         if now >= self.until + FORGET_BACKOFF_AFTER {
             self.failures = 0;
         }
@@ -360,8 +370,23 @@ impl Backoff {
         let delay = (backoff_seconds * backoff_factor.powi(exponent)).min(max_seconds);
         // Validation bounds both numbers; clamp anyway, as no stored value may overflow the clock.
         let delay = if delay.is_finite() { delay.clamp(0.0, crate::app::MAX_SECONDS as f64) } else { 0.0 };
-        self.until = now + Duration::from_secs_f64(delay);
-        delay
+        let delay = Duration::from_secs_f64(delay);
+        let wait = delay.saturating_sub(ago.min(delay / 2));
+        self.until = now + wait;
+        wait.as_secs_f64()
+    }
+}
+
+/// The earliest launch delay still running at `now`, if any. Pure.
+fn next_delay_end(backoff: &HashMap<AppId, Backoff>, now: Instant) -> Option<Instant> {
+    backoff.values().map(|b| b.until).filter(|until| *until > now).min()
+}
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -604,6 +629,8 @@ impl Marathon {
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
+            // A launch delay that runs out wakes the actor at once, rather than at the next tick.
+            let delay_ends = next_delay_end(&self.backoff, Instant::now());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 e = events.recv() => match e {
@@ -618,6 +645,7 @@ impl Marathon {
                     self.reconcile_pass().await;
                     self.converge().await;
                 }
+                _ = sleep_until_some(delay_ends) => self.converge().await,
             }
         }
     }
@@ -1511,7 +1539,7 @@ impl Marathon {
         if status.state == TaskState::Unknown {
             // The master has no record of it: it is gone.
             let inst = inst.clone();
-            self.ended(inst, TaskState::Lost, status.message).await;
+            self.ended(inst, TaskState::Lost, status.message, None).await;
             return;
         }
         inst.state = status.state;
@@ -1547,14 +1575,15 @@ impl Marathon {
         }
         if status.state.is_terminal() {
             let inst = inst.clone();
-            self.ended(inst, status.state, status.message).await;
+            self.ended(inst, status.state, status.message, Some(status.timestamp)).await;
         } else if let Ok(app_id) = AppId::parse(&inst_now.app_id) {
             // A task becoming ready may be what its app's deployment waits for.
             self.check_deployments(Some(&app_id)).await;
         }
     }
 
-    async fn ended(&mut self, inst: Instance, state: TaskState, message: String) {
+    /// A task of ours ended; `at` is when (seconds since the Unix epoch), as its status says.
+    async fn ended(&mut self, inst: Instance, state: TaskState, message: String, at: Option<f64>) {
         self.drop_instance(&inst.id);
         let _ = self.store.delete_instance(&inst.id).await;
         let expected = self.killing.remove(&inst.id).is_some();
@@ -1562,7 +1591,12 @@ impl Marathon {
         if !expected && let Some(app) = self.apps.get(&app_id) {
             let now = Instant::now();
             let b = self.backoff.entry(app_id.clone()).or_insert(Backoff { failures: 0, until: now });
-            let delay = b.failed(now, app.backoff_seconds, app.backoff_factor, app.max_launch_delay_seconds);
+            // How long ago it failed, by its status's clock (never negative, whatever the agent's clock says).
+            let ago = at
+                .filter(|t| *t > 0.0)
+                .and_then(|t| Duration::try_from_secs_f64(keel_core::task::now_seconds() - t).ok())
+                .unwrap_or_default();
+            let delay = b.failed(now, ago, app.backoff_seconds, app.backoff_factor, app.max_launch_delay_seconds);
             info!(task_id = %inst.id, app_id = %app_id, state = %state, delay_seconds = delay, "task ended; relaunching after a delay");
             self.failures.insert(
                 app_id.to_string(),
@@ -1584,21 +1618,60 @@ impl Marathon {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_actor_wakes_when_the_earliest_running_delay_ends() {
+        use super::{Backoff, next_delay_end};
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut backoff = std::collections::HashMap::new();
+        assert_eq!(next_delay_end(&backoff, t0), None);
+        backoff.insert(crate::app::AppId::parse("/a").unwrap(), Backoff { failures: 1, until: t0 + s(3) });
+        backoff.insert(crate::app::AppId::parse("/b").unwrap(), Backoff { failures: 2, until: t0 + s(1) });
+        backoff.insert(crate::app::AppId::parse("/c").unwrap(), Backoff { failures: 1, until: t0 });
+        assert_eq!(next_delay_end(&backoff, t0), Some(t0 + s(1)));
+        // Once a delay has run out it no longer wakes the actor; the next one does.
+        assert_eq!(next_delay_end(&backoff, t0 + s(1)), Some(t0 + s(3)));
+        assert_eq!(next_delay_end(&backoff, t0 + s(3)), None);
+    }
+
+    #[test]
     fn a_backoff_grows_with_failures_in_a_row_and_is_forgotten_once_overdue() {
         use super::{Backoff, FORGET_BACKOFF_AFTER};
         use std::time::{Duration, Instant};
         let t0 = Instant::now();
         let mut b = Backoff { failures: 0, until: t0 };
-        assert_eq!(b.failed(t0, 1.0, 2.0, 300.0), 1.0);
+        assert_eq!(b.failed(t0, Duration::ZERO, 1.0, 2.0, 300.0), 1.0);
         // Failing again 1.5 s later, soon after the delay ran out: the delay grows.
-        assert_eq!(b.failed(t0 + Duration::from_millis(1500), 1.0, 2.0, 300.0), 2.0);
-        assert_eq!(b.failed(t0 + Duration::from_secs(4), 1.0, 2.0, 300.0), 4.0);
-        assert_eq!(b.failed(t0 + Duration::from_secs(9), 100.0, 2.0, 300.0), 300.0, "capped at maxLaunchDelaySeconds");
+        assert_eq!(b.failed(t0 + Duration::from_millis(1500), Duration::ZERO, 1.0, 2.0, 300.0), 2.0);
+        assert_eq!(b.failed(t0 + Duration::from_secs(4), Duration::ZERO, 1.0, 2.0, 300.0), 4.0);
+        assert_eq!(
+            b.failed(t0 + Duration::from_secs(9), Duration::ZERO, 100.0, 2.0, 300.0),
+            300.0,
+            "capped at maxLaunchDelaySeconds"
+        );
         // A task that ran well past the delay: the next failure waits backoffSeconds again.
         let later = b.until + FORGET_BACKOFF_AFTER;
-        assert_eq!(b.failed(later, 1.0, 2.0, 300.0), 1.0);
+        assert_eq!(b.failed(later, Duration::ZERO, 1.0, 2.0, 300.0), 1.0);
         assert_eq!(b.until, later + Duration::from_secs(1));
-        assert_eq!(b.failed(later, 1e12, 1.0, 1e13), crate::app::MAX_SECONDS as f64, "no delay overflows the clock");
+        assert_eq!(
+            b.failed(later, Duration::ZERO, 1e12, 1.0, 1e13),
+            crate::app::MAX_SECONDS as f64,
+            "no delay overflows the clock"
+        );
+    }
+
+    #[test]
+    fn a_delay_counts_from_the_failure_not_from_when_it_was_heard_of() {
+        use super::Backoff;
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut b = Backoff { failures: 0, until: t0 };
+        // Heard of 0.4 s after it happened (a master failover in between): 0.6 s of the 1 s delay are left.
+        assert_eq!(b.failed(t0, Duration::from_millis(400), 1.0, 2.0, 300.0), 0.6);
+        assert_eq!(b.until, t0 + Duration::from_millis(600));
+        // Heard of long after (or an agent's clock far behind): half the delay still applies.
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(b.failed(t1, Duration::from_secs(3600), 1.0, 2.0, 300.0), 1.0);
+        assert_eq!(b.until, t1 + Duration::from_secs(1));
     }
 
     use super::*;
