@@ -14,10 +14,12 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+mod offers;
 mod views;
 
 pub use views::{AgentView, FrameworkView, StateSnapshot, Summary, TaskDetail, TaskView};
 
+use self::offers::OfferBook;
 use super::timers::{self, AgentClock, FrameworkClock, Marks};
 use super::{Command, Conn, FileRequest, MasterConfig, MasterError, MasterStore};
 use crate::allocator::Allocator;
@@ -72,7 +74,6 @@ struct Agent {
     last_seen: Instant,
     status: AgentStatus,
     tasks: BTreeSet<(FrameworkId, TaskId)>,
-    offers: BTreeSet<OfferId>,
 }
 
 struct Task {
@@ -119,13 +120,7 @@ struct Framework {
     /// Torn down: its tasks are being killed and it may not subscribe again.
     removed: bool,
     tasks: BTreeMap<TaskId, Task>,
-    offers: BTreeSet<OfferId>,
     completed: VecDeque<(TaskId, TaskStatus, Vec<HistoryEntry>)>,
-}
-
-struct OutstandingOffer {
-    offer: Offer,
-    created: Instant,
 }
 
 #[derive(Default)]
@@ -144,16 +139,13 @@ struct Counters {
 pub(crate) struct Master {
     config: MasterConfig,
     store: Arc<dyn MasterStore>,
-    /// Prefix of this master incarnation's offer ids, so ids never repeat across restarts.
-    epoch: String,
-    next_offer: u64,
     started: Instant,
     started_at: f64,
     agents: BTreeMap<AgentId, Agent>,
     frameworks: BTreeMap<FrameworkId, Framework>,
     /// Frameworks torn down in an earlier life, which may not subscribe again.
     removed: BTreeSet<FrameworkId>,
-    offers: BTreeMap<OfferId, OutstandingOffer>,
+    offers: OfferBook,
     allocator: Allocator,
     allocation_due: bool,
     last_full_allocation: Instant,
@@ -262,15 +254,14 @@ impl Master {
         for (role, weight) in &config.role_weights {
             allocator.set_weight(role, *weight);
         }
+        let epoch = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let mut m = Master {
-            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
-            next_offer: 0,
             started: now,
             started_at: now_seconds(),
             agents: BTreeMap::new(),
             frameworks: BTreeMap::new(),
             removed: BTreeSet::new(),
-            offers: BTreeMap::new(),
+            offers: OfferBook::new(epoch.clone()),
             allocator,
             allocation_due: false,
             last_full_allocation: now,
@@ -303,7 +294,6 @@ impl Master {
                     last_seen: now,
                     status: AgentStatus::Recovering,
                     tasks: BTreeSet::new(),
-                    offers: BTreeSet::new(),
                 },
             );
         }
@@ -332,13 +322,12 @@ impl Master {
                     failover_deadline: Some(after(now, timeout.max(m.config.recovery_grace))),
                     removed: false,
                     tasks: BTreeMap::new(),
-                    offers: BTreeSet::new(),
                     completed: VecDeque::new(),
                 },
             );
         }
         let term = m.store.term();
-        info!(agents = m.agents.len(), frameworks = m.frameworks.len(), epoch = %m.epoch, term, "master recovered registry");
+        info!(agents = m.agents.len(), frameworks = m.frameworks.len(), %epoch, term, "master recovered registry");
         m
     }
 
@@ -548,7 +537,6 @@ impl Master {
             last_seen: now,
             status: AgentStatus::Active,
             tasks: BTreeSet::new(),
-            offers: BTreeSet::new(),
         });
         agent.info = info;
         agent.principal = principal;
@@ -610,7 +598,6 @@ impl Master {
                         failover_deadline: Some(now() + self.config.recovery_grace),
                         removed: false,
                         tasks: BTreeMap::new(),
-                        offers: BTreeSet::new(),
                         completed: VecDeque::new(),
                     },
                 );
@@ -1019,7 +1006,6 @@ impl Master {
             failover_deadline: None,
             removed: false,
             tasks: BTreeMap::new(),
-            offers: BTreeSet::new(),
             completed: VecDeque::new(),
         });
         if let Some(old) = fw.conn.take() {
@@ -1124,7 +1110,7 @@ impl Master {
         let mut problem = None;
         for oid in &offer_ids {
             match self.offers.get(oid) {
-                Some(o) if &o.offer.framework_id == fid => valid.push(oid.clone()),
+                Some(o) if &o.framework_id == fid => valid.push(oid.clone()),
                 Some(_) => problem = Some(format!("offer {oid} was made to another framework")),
                 None => problem = Some(format!("offer {oid} is unknown, expired, rescinded or already used")),
             }
@@ -1248,7 +1234,7 @@ impl Master {
         let refuse = filters.refuse();
         for oid in offer_ids {
             // Declining an offer that was just rescinded is a harmless race, so unknown ids are ignored.
-            if self.offers.get(&oid).is_none_or(|o| &o.offer.framework_id != fid) {
+            if self.offers.get(&oid).is_none_or(|o| &o.framework_id != fid) {
                 continue;
             }
             if let Some(offer) = self.take_offer(&oid) {
@@ -1396,14 +1382,7 @@ impl Master {
     // ---- offers ----
 
     fn take_offer(&mut self, oid: &OfferId) -> Option<Offer> {
-        let o = self.offers.remove(oid)?.offer;
-        if let Some(fw) = self.frameworks.get_mut(&o.framework_id) {
-            fw.offers.remove(oid);
-        }
-        if let Some(agent) = self.agents.get_mut(&o.agent_id) {
-            agent.offers.remove(oid);
-        }
-        Some(o)
+        self.offers.take(oid)
     }
 
     fn rescind(&mut self, oid: &OfferId) {
@@ -1416,17 +1395,13 @@ impl Master {
     }
 
     fn rescind_agent_offers(&mut self, agent_id: &AgentId) {
-        let ids: Vec<OfferId> =
-            self.agents.get(agent_id).map(|a| a.offers.iter().cloned().collect()).unwrap_or_default();
-        for oid in ids {
+        for oid in self.offers.of_agent(agent_id) {
             self.rescind(&oid);
         }
     }
 
     fn rescind_framework_offers(&mut self, fid: &FrameworkId) {
-        let ids: Vec<OfferId> =
-            self.frameworks.get(fid).map(|f| f.offers.iter().cloned().collect()).unwrap_or_default();
-        for oid in ids {
+        for oid in self.offers.of_framework(fid) {
             self.rescind(&oid);
         }
     }
@@ -1436,10 +1411,9 @@ impl Master {
         let allocations = self.allocator.allocate(now);
         let mut by_framework: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
         for a in allocations {
-            let Some(agent) = self.agents.get_mut(&a.agent_id) else { continue };
-            self.next_offer += 1;
+            let Some(agent) = self.agents.get(&a.agent_id) else { continue };
             let offer = Offer {
-                id: OfferId::sequential(&self.epoch, self.next_offer),
+                id: OfferId::sequential("", 0), // the book numbers it
                 framework_id: a.framework_id.clone(),
                 agent_id: a.agent_id.clone(),
                 hostname: agent.info.hostname.clone(),
@@ -1447,11 +1421,7 @@ impl Master {
                 attributes: agent.info.attributes.clone(),
                 docker: agent.info.docker,
             };
-            agent.offers.insert(offer.id.clone());
-            if let Some(fw) = self.frameworks.get_mut(&a.framework_id) {
-                fw.offers.insert(offer.id.clone());
-            }
-            self.offers.insert(offer.id.clone(), OutstandingOffer { offer: offer.clone(), created: now });
+            let offer = self.offers.make(offer, now);
             by_framework.entry(a.framework_id).or_default().push(offer);
         }
         for (fid, offers) in by_framework {
@@ -1486,7 +1456,7 @@ impl Master {
             failover_deadline: f.failover_deadline,
         });
         let reads = self.file_reads.iter().map(|(id, (t, _, _))| (*id, *t));
-        let offers = self.offers.iter().map(|(id, o)| (id.clone(), o.created));
+        let offers = self.offers.made_at();
         let due = timers::due(now, &self.config, &marks, agents, frameworks, reads, offers);
 
         for id in due.unreachable {

@@ -97,10 +97,8 @@ impl Master {
             .values()
             .map(|a| {
                 let mut offered = Resources::default();
-                for oid in &a.offers {
-                    if let Some(o) = self.offers.get(oid) {
-                        offered.add(&o.offer.resources);
-                    }
+                for o in self.offers.on_agent(&a.id) {
+                    offered.add(&o.resources);
                 }
                 AgentView {
                     id: a.id.clone(),
@@ -135,7 +133,7 @@ impl Master {
                     dominant_share: share.as_ref().map_or(0.0, |s| s.dominant_share),
                     suppressed: share.is_some_and(|s| s.suppressed),
                     tasks: f.tasks.len(),
-                    offers: f.offers.len(),
+                    offers: self.offers.count_of_framework(id),
                 }
             })
             .collect();
