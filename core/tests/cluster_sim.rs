@@ -143,6 +143,20 @@ struct HostTask {
     spec: TaskSpec,
     state: TaskState,
     pending: VecDeque<TaskStatus>,
+    /// When the head of `pending` was last sent, and how long until it is sent again: the real agent's
+    /// retry, 5 s doubling to 60 s.
+    last_sent: Option<Instant>,
+    backoff: Duration,
+}
+
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+impl HostTask {
+    fn sent(&mut self, retry: bool) {
+        self.last_sent = Some(Instant::now());
+        self.backoff = if retry { (self.backoff * 2).clamp(FIRST_RETRY, MAX_RETRY) } else { FIRST_RETRY };
+    }
 }
 
 /// What the framework believes about its tasks.
@@ -235,10 +249,21 @@ async fn to_master(w: &Shared, i: usize, handle: &MasterHandle, id: &AgentId, co
     handle.agent_message(id.clone(), conn, msg).await.is_ok()
 }
 
-/// The head of each task's queue, as the real agent sends it on (re-)registration and on each retry.
-fn heads(w: &Shared, i: usize) -> Vec<(FrameworkId, TaskStatus)> {
-    let w = lock(w);
-    w.hosts[i].tasks.values().filter_map(|t| Some((t.framework_id.clone(), t.pending.front()?.clone()))).collect()
+/// The heads of the tasks' queues to send: all of them just after (re-)registering, otherwise those whose
+/// retry is due, as the real agent sends them.
+fn heads(w: &Shared, i: usize, registered: bool) -> Vec<(FrameworkId, TaskStatus)> {
+    let mut w = lock(w);
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for t in w.hosts[i].tasks.values_mut() {
+        let Some(head) = t.pending.front().cloned() else { continue };
+        let due = registered || t.last_sent.is_none_or(|s| now - s >= t.backoff);
+        if due {
+            t.sent(!registered && t.last_sent.is_some());
+            out.push((t.framework_id.clone(), head));
+        }
+    }
+    out
 }
 
 async fn agent(w: Shared, i: usize) {
@@ -283,6 +308,10 @@ async fn agent(w: Shared, i: usize) {
             }
         };
         lock(&w).note(format!("agent {i} registered"));
+        for (fid, status) in heads(&w, i, true) {
+            to_master(&w, i, &handle, &id, session.conn_id, AgentMessage::StatusUpdate { framework_id: fid, status })
+                .await;
+        }
         let conn = session.conn_id;
         let mut retry = Instant::now() + Duration::from_secs(1);
         loop {
@@ -320,7 +349,7 @@ async fn agent(w: Shared, i: usize) {
                     if !to_master(&w, i, &handle, &id, conn, AgentMessage::Heartbeat).await {
                         break;
                     }
-                    for (fid, status) in heads(&w, i) {
+                    for (fid, status) in heads(&w, i, false) {
                         to_master(&w, i, &handle, &id, conn, AgentMessage::StatusUpdate { framework_id: fid, status }).await;
                     }
                 }
@@ -359,6 +388,8 @@ fn on_master_message(
                 spec: *spec,
                 state: TaskState::Running,
                 pending: VecDeque::from([s.clone()]),
+                last_sent: Some(Instant::now()),
+                backoff: FIRST_RETRY,
             };
             w.hosts[i].tasks.insert(s.task_id.clone(), task);
             out.push((framework_id, s));
@@ -370,6 +401,7 @@ fn on_master_message(
                 let s = status(&task_id, id, TaskState::Killed, *seq);
                 t.pending.push_back(s.clone());
                 if t.pending.len() == 1 {
+                    t.sent(false);
                     out.push((framework_id, s));
                 }
             }
@@ -387,8 +419,10 @@ fn on_master_message(
                 return out;
             }
             t.pending.pop_front();
-            if let Some(next) = t.pending.front() {
-                out.push((t.framework_id.clone(), next.clone()));
+            t.last_sent = None;
+            if let Some(next) = t.pending.front().cloned() {
+                t.sent(false);
+                out.push((t.framework_id.clone(), next));
             } else if t.state.is_terminal() {
                 host.tasks.remove(&task_id);
             }
