@@ -1,5 +1,5 @@
 //! Deterministic simulation of a cluster: the real master actor, a registry in memory that fences writes by
-//! term, agents and a framework as models that speak the master's protocol (the agent's update queue and
+//! term, agents and two frameworks (in two roles, with the same task ids) as models that speak the master's protocol (the agent's update queue and
 //! acknowledgements, the framework's reconciliation and kills, as the real ones do them). Everything runs
 //! on one thread, on tokio's paused clock, so a run depends only on its seed.
 //!
@@ -7,11 +7,12 @@
 //! from the registry at the next term, after an election gap), the leader alone cut off the database (it
 //! steps down, then a standby leads), the database going away, agents partitioned
 //! (every message lost both ways), agents rebooted (their tasks die with them), dropped connections of
-//! agents and of the framework, tasks failing, and per-message delays and losses on every link. Then the
+//! agents and of the frameworks, tasks failing, and per-message delays and losses on every link. Then the
 //! faults stop and the cluster gets 90 s to settle. The invariants, checked after every run:
 //! - no task id is ever started twice, on any agent;
-//! - the framework has exactly its wanted number of tasks running;
-//! - what the agents run, what the master reports and what the framework believes are the same tasks.
+//! - each framework has exactly its wanted number of tasks running;
+//! - for each framework, what the agents run, what the master reports and what it believes are the same
+//!   tasks.
 //!
 //! Two masters never act at once here (a crashed or cut-off leader stops before the next is elected):
 //! that the election guarantees it is what `election_sim.rs` checks.
@@ -34,11 +35,13 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 const AGENTS: usize = 3;
-/// How many tasks the framework wants running.
-const WANTED: usize = 6;
+/// Two frameworks in two roles, sharing the agents through the allocator; they use the same task ids, as
+/// frameworks may (a task is known by its framework and its id).
+const FRAMEWORKS: usize = 2;
+/// How many tasks each framework wants running.
+const WANTED: usize = 4;
 const FAULTS_FOR: Duration = Duration::from_secs(60);
 const SETTLE_FOR: Duration = Duration::from_secs(90);
-const FRAMEWORK: &str = "sim-framework";
 
 // ---- the registry, in memory ----
 
@@ -129,7 +132,7 @@ impl Believed {
 #[derive(Default)]
 struct AgentHost {
     /// Its tasks: framework, spec, state and the updates not acknowledged yet (the head is in flight).
-    tasks: BTreeMap<TaskId, HostTask>,
+    tasks: BTreeMap<(FrameworkId, TaskId), HostTask>,
     /// Every message to and from the master is lost until then.
     partitioned_until: Option<Instant>,
     /// Down (rebooting) until then.
@@ -178,9 +181,9 @@ struct World {
     start: Instant,
     leader: Option<MasterHandle>,
     hosts: Vec<AgentHost>,
-    framework: Believed,
+    frameworks: Vec<Believed>,
     /// How many times each task id was started on any agent.
-    started: BTreeMap<TaskId, u32>,
+    started: BTreeMap<(FrameworkId, TaskId), u32>,
     /// What happened, with simulated times: compared between two runs of one seed.
     trace: Vec<String>,
     violations: Vec<String>,
@@ -218,8 +221,8 @@ fn agent_id(i: usize) -> AgentId {
     AgentId::parse(format!("sim-agent-{i}")).unwrap()
 }
 
-fn framework_id() -> FrameworkId {
-    FrameworkId::parse("sim-framework-0").unwrap()
+fn framework_id(k: usize) -> FrameworkId {
+    FrameworkId::parse(format!("sim-framework-{k}")).unwrap()
 }
 
 fn status(task_id: &TaskId, agent: &AgentId, state: TaskState, seq: u64) -> TaskStatus {
@@ -371,16 +374,17 @@ fn on_master_message(
     match msg {
         MasterMessage::Registered { .. } => {}
         MasterMessage::RunTask { framework_id, spec } => {
-            if w.hosts[i].tasks.contains_key(&spec.id) {
+            let key = (framework_id.clone(), spec.id.clone());
+            if w.hosts[i].tasks.contains_key(&key) {
                 return out;
             }
-            let n = w.started.entry(spec.id.clone()).or_default();
+            let n = w.started.entry(key.clone()).or_default();
             *n += 1;
             if *n > 1 {
-                let v = format!("task {} started a second time, on agent {i}", spec.id);
+                let v = format!("task {} of {framework_id} started a second time, on agent {i}", spec.id);
                 w.violations.push(v);
             }
-            w.note(format!("agent {i} starts {}", spec.id));
+            w.note(format!("agent {i} starts {} of {framework_id}", spec.id));
             *seq += 1;
             let s = status(&spec.id, id, TaskState::Running, *seq);
             let task = HostTask {
@@ -391,30 +395,33 @@ fn on_master_message(
                 last_sent: Some(Instant::now()),
                 backoff: FIRST_RETRY,
             };
-            w.hosts[i].tasks.insert(s.task_id.clone(), task);
+            w.hosts[i].tasks.insert(key, task);
             out.push((framework_id, s));
         }
-        MasterMessage::KillTask { framework_id, task_id } => match w.hosts[i].tasks.get_mut(&task_id) {
-            Some(t) if !t.state.is_terminal() => {
-                *seq += 1;
-                t.state = TaskState::Killed;
-                let s = status(&task_id, id, TaskState::Killed, *seq);
-                t.pending.push_back(s.clone());
-                if t.pending.len() == 1 {
-                    t.sent(false);
+        MasterMessage::KillTask { framework_id, task_id } => {
+            match w.hosts[i].tasks.get_mut(&(framework_id.clone(), task_id.clone())) {
+                Some(t) if !t.state.is_terminal() => {
+                    *seq += 1;
+                    t.state = TaskState::Killed;
+                    let s = status(&task_id, id, TaskState::Killed, *seq);
+                    t.pending.push_back(s.clone());
+                    if t.pending.len() == 1 {
+                        t.sent(false);
+                        out.push((framework_id, s));
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    let mut s = status(&task_id, id, TaskState::Lost, 0);
+                    s.uuid = None;
                     out.push((framework_id, s));
                 }
             }
-            Some(_) => {}
-            None => {
-                let mut s = status(&task_id, id, TaskState::Lost, 0);
-                s.uuid = None;
-                out.push((framework_id, s));
-            }
-        },
-        MasterMessage::Acknowledge { task_id, uuid, .. } => {
+        }
+        MasterMessage::Acknowledge { framework_id, task_id, uuid } => {
             let host = &mut w.hosts[i];
-            let Some(t) = host.tasks.get_mut(&task_id) else { return out };
+            let key = (framework_id, task_id);
+            let Some(t) = host.tasks.get_mut(&key) else { return out };
             if t.pending.front().and_then(|s| s.uuid.as_deref()) != Some(uuid.as_str()) {
                 return out;
             }
@@ -424,7 +431,7 @@ fn on_master_message(
                 t.sent(false);
                 out.push((t.framework_id.clone(), next));
             } else if t.state.is_terminal() {
-                host.tasks.remove(&task_id);
+                host.tasks.remove(&key);
             }
         }
         MasterMessage::ReadFile { .. } => {}
@@ -434,19 +441,20 @@ fn on_master_message(
 
 // ---- the framework model ----
 
-async fn framework(w: Shared) {
-    let fid = framework_id();
+async fn framework(w: Shared, k: usize) {
+    let fid = framework_id(k);
     loop {
         let (handle, generation) = loop {
             {
                 let w = lock(&w);
                 if let Some(h) = &w.leader {
-                    break (h.clone(), w.framework.generation);
+                    break (h.clone(), w.frameworks[k].generation);
                 }
             }
             sleep(Duration::from_millis(200)).await;
         };
-        let mut info = FrameworkInfo::new(FRAMEWORK);
+        let mut info = FrameworkInfo::new(format!("sim-{k}"));
+        info.role = format!("role-{k}");
         info.failover_timeout = Duration::from_secs(3600);
         let mut sub = match handle.subscribe(Some(fid.clone()), info, None).await {
             Ok(s) => s,
@@ -456,7 +464,7 @@ async fn framework(w: Shared) {
             }
         };
         let conn = sub.conn_id;
-        lock(&w).note("framework subscribed".into());
+        lock(&w).note(format!("framework {k} subscribed"));
         let call = |call: Call| {
             let w = w.clone();
             let handle = handle.clone();
@@ -469,7 +477,7 @@ async fn framework(w: Shared) {
         };
         // Learn the real state of every task it may have, then of all.
         let known: Vec<(TaskId, Option<AgentId>)> =
-            lock(&w).framework.live.iter().map(|(t, (_, a))| (t.clone(), a.clone())).collect();
+            lock(&w).frameworks[k].live.iter().map(|(t, (_, a))| (t.clone(), a.clone())).collect();
         call(Call::Reconcile { tasks: known }).await;
         call(Call::Reconcile { tasks: vec![] }).await;
         call(Call::Revive).await;
@@ -479,18 +487,18 @@ async fn framework(w: Shared) {
                 biased;
                 event = sub.events.recv() => {
                     let Some(event) = event else { break };
-                    let calls = on_event(&mut lock(&w), event);
+                    let calls = on_event(&mut lock(&w), k, event);
                     for c in calls {
                         call(c).await;
                     }
                 }
                 _ = sleep_until(pass) => {
                     pass = Instant::now() + Duration::from_secs(3);
-                    if lock(&w).framework.generation != generation {
+                    if lock(&w).frameworks[k].generation != generation {
                         handle.framework_disconnected(fid.clone(), conn).await;
                         break;
                     }
-                    let calls = periodic_calls(&mut lock(&w));
+                    let calls = periodic_calls(&mut lock(&w), k);
                     for c in calls {
                         if !call(c).await {
                             break;
@@ -499,12 +507,12 @@ async fn framework(w: Shared) {
                 }
             }
         }
-        lock(&w).note("framework lost its connection".into());
+        lock(&w).note(format!("framework {k} lost its connection"));
     }
 }
 
 /// The framework's answer to one event: the calls to make.
-fn on_event(w: &mut World, event: Event) -> Vec<Call> {
+fn on_event(w: &mut World, k: usize, event: Event) -> Vec<Call> {
     let mut calls = Vec::new();
     match event {
         Event::Offers(offers) => {
@@ -512,10 +520,10 @@ fn on_event(w: &mut World, event: Event) -> Vec<Call> {
             let mut tasks = Vec::new();
             let mut spare = Vec::new();
             for offer in offers {
-                if w.framework.active() + tasks.len() < WANTED {
-                    w.framework.next_task += 1;
-                    let id = TaskId::parse(format!("sim-task-{}", w.framework.next_task)).unwrap();
-                    w.note(format!("framework launches {id} on {}", offer.agent_id));
+                if w.frameworks[k].active() + tasks.len() < WANTED {
+                    w.frameworks[k].next_task += 1;
+                    let id = TaskId::parse(format!("sim-task-{}", w.frameworks[k].next_task)).unwrap();
+                    w.note(format!("framework {k} launches {id} on {}", offer.agent_id));
                     tasks.push((id, offer.agent_id.clone()));
                     used.push(offer.id);
                 } else {
@@ -523,7 +531,7 @@ fn on_event(w: &mut World, event: Event) -> Vec<Call> {
                 }
             }
             for (id, agent) in &tasks {
-                w.framework.live.insert(id.clone(), (TaskState::Staging, Some(agent.clone())));
+                w.frameworks[k].live.insert(id.clone(), (TaskState::Staging, Some(agent.clone())));
             }
             if !used.is_empty() {
                 // One task per offer, one ACCEPT per offer, as most frameworks do.
@@ -539,12 +547,12 @@ fn on_event(w: &mut World, event: Event) -> Vec<Call> {
             }
         }
         Event::Update(s) => {
-            w.note(format!("framework hears {} {}", s.task_id, s.state.name()));
+            w.note(format!("framework {k} hears {} {}", s.task_id, s.state.name()));
             if s.state.is_terminal() || s.state == TaskState::Unknown {
-                w.framework.live.remove(&s.task_id);
-                w.framework.killing.remove(&s.task_id);
+                w.frameworks[k].live.remove(&s.task_id);
+                w.frameworks[k].killing.remove(&s.task_id);
             } else {
-                w.framework.live.insert(s.task_id.clone(), (s.state, s.agent_id.clone()));
+                w.frameworks[k].live.insert(s.task_id.clone(), (s.state, s.agent_id.clone()));
             }
             if let (Some(uuid), Some(agent_id)) = (s.uuid.clone(), s.agent_id.clone()) {
                 calls.push(Call::Acknowledge { agent_id, task_id: s.task_id.clone(), uuid });
@@ -572,29 +580,28 @@ fn accept(offer_id: OfferId, id: TaskId) -> Call {
 
 /// Every few seconds: kill tasks beyond what it wants (a replaced task can come back from a partition),
 /// ask again about tasks not yet running, and revive when short.
-fn periodic_calls(w: &mut World) -> Vec<Call> {
+fn periodic_calls(w: &mut World, k: usize) -> Vec<Call> {
+    let f = &mut w.frameworks[k];
     let mut calls = Vec::new();
-    let running: Vec<TaskId> = w
-        .framework
+    let running: Vec<TaskId> = f
         .live
         .iter()
-        .filter(|(t, (s, _))| *s == TaskState::Running && !w.framework.killing.contains(*t))
+        .filter(|(t, (s, _))| *s == TaskState::Running && !f.killing.contains(*t))
         .map(|(t, _)| t.clone())
         .collect();
-    let extra = w.framework.active().saturating_sub(WANTED);
+    let extra = f.active().saturating_sub(WANTED);
     for id in running.iter().rev().take(extra) {
-        w.framework.killing.insert(id.clone());
+        f.killing.insert(id.clone());
     }
-    for id in &w.framework.killing {
-        let agent_id = w.framework.live.get(id).and_then(|(_, a)| a.clone());
+    for id in &f.killing {
+        let agent_id = f.live.get(id).and_then(|(_, a)| a.clone());
         calls.push(Call::Kill { task_id: id.clone(), agent_id });
     }
     // Every 30 s it asks about every task it knows (an answer, or the question, may have been lost), as
     // Marathon's periodic reconciliation does; in between, only about tasks not running yet.
-    w.framework.passes += 1;
-    let all = w.framework.passes % 10 == 0;
-    let unsure: Vec<(TaskId, Option<AgentId>)> = w
-        .framework
+    f.passes += 1;
+    let all = f.passes % 10 == 0;
+    let unsure: Vec<(TaskId, Option<AgentId>)> = f
         .live
         .iter()
         .filter(|(_, (s, _))| all || *s != TaskState::Running)
@@ -603,7 +610,7 @@ fn periodic_calls(w: &mut World) -> Vec<Call> {
     if !unsure.is_empty() {
         calls.push(Call::Reconcile { tasks: unsure });
     }
-    if w.framework.active() < WANTED {
+    if f.active() < WANTED {
         calls.push(Call::Revive);
     }
     calls
@@ -683,7 +690,9 @@ enum Fault {
     AgentReconnect {
         agent: usize,
     },
-    FrameworkReconnect,
+    FrameworkReconnect {
+        framework: usize,
+    },
     TaskFails,
 }
 
@@ -705,7 +714,7 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
                     keeps_records: rng.random_bool(0.5),
                 },
                 4 => Fault::AgentReconnect { agent: rng.random_range(0..AGENTS) },
-                5 => Fault::FrameworkReconnect,
+                5 => Fault::FrameworkReconnect { framework: rng.random_range(0..FRAMEWORKS) },
                 _ => Fault::TaskFails,
             };
             (at, fault)
@@ -753,7 +762,7 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                 let id = agent_id(agent);
                 let host = &mut w.hosts[agent];
                 if keeps_records {
-                    for (tid, t) in host.tasks.iter_mut().filter(|(_, t)| !t.state.is_terminal()) {
+                    for ((_, tid), t) in host.tasks.iter_mut().filter(|(_, t)| !t.state.is_terminal()) {
                         t.state = TaskState::Failed;
                         t.pending.push_back(status(tid, &id, TaskState::Failed, 2_000_000 + t.pending.len() as u64));
                     }
@@ -764,10 +773,10 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                 host.generation += 1;
             }
             Fault::AgentReconnect { agent } => lock(&w).hosts[agent].generation += 1,
-            Fault::FrameworkReconnect => lock(&w).framework.generation += 1,
+            Fault::FrameworkReconnect { framework } => lock(&w).frameworks[framework].generation += 1,
             Fault::TaskFails => {
                 let mut w = lock(&w);
-                let picks: Vec<(usize, TaskId)> = w
+                let picks: Vec<(usize, (FrameworkId, TaskId))> = w
                     .hosts
                     .iter()
                     .enumerate()
@@ -783,7 +792,7 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                     let agent = agent_id(i);
                     let t = w.hosts[i].tasks.get_mut(&id).unwrap();
                     t.state = TaskState::Failed;
-                    t.pending.push_back(status(&id, &agent, TaskState::Failed, 1_000_000 + t.pending.len() as u64));
+                    t.pending.push_back(status(&id.1, &agent, TaskState::Failed, 1_000_000 + t.pending.len() as u64));
                 }
             }
         }
@@ -806,7 +815,7 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             start: Instant::now(),
             leader: None,
             hosts: (0..AGENTS).map(|_| AgentHost::default()).collect(),
-            framework: Believed::default(),
+            frameworks: (0..FRAMEWORKS).map(|_| Believed::default()).collect(),
             started: BTreeMap::new(),
             trace: vec![],
             violations: vec![],
@@ -819,37 +828,43 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
         for i in 0..AGENTS {
             tasks.spawn(agent(w.clone(), i));
         }
-        tasks.spawn(framework(w.clone()));
+        for k in 0..FRAMEWORKS {
+            tasks.spawn(framework(w.clone(), k));
+        }
         sleep(FAULTS_FOR + SETTLE_FOR).await;
         let handle = lock(&w).leader.clone().ok_or("no master leads at the end")?;
         let state = handle.state().await.map_err(|e| format!("the master does not answer: {e}"))?;
         tasks.abort_all();
         let w = lock(&w);
         let mut problems = w.violations.clone();
-        let believed: BTreeSet<TaskId> = w.framework.live.keys().cloned().collect();
-        let running: Vec<&(TaskState, Option<AgentId>)> =
-            w.framework.live.values().filter(|(s, _)| *s == TaskState::Running).collect();
-        if believed.len() != WANTED || running.len() != WANTED {
-            problems.push(format!(
-                "the framework believes {} tasks live ({} running), wants {WANTED}: {:?}",
-                believed.len(),
-                running.len(),
-                w.framework.live
-            ));
-        }
-        let on_agents: BTreeSet<TaskId> = w
-            .hosts
-            .iter()
-            .flat_map(|h| h.tasks.iter().filter(|(_, t)| !t.state.is_terminal()).map(|(id, _)| id.clone()))
-            .collect();
-        if on_agents != believed {
-            problems.push(format!("agents run {on_agents:?}, the framework believes {believed:?}"));
-        }
-        let in_master: BTreeSet<TaskId> =
-            state.tasks.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.clone()).collect();
-        if state.tasks.len() != in_master.len() || in_master != on_agents {
-            let all: Vec<String> = state.tasks.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
-            problems.push(format!("the master reports {all:?}, agents run {on_agents:?}"));
+        for (k, f) in w.frameworks.iter().enumerate() {
+            let fid = framework_id(k);
+            let believed: BTreeSet<TaskId> = f.live.keys().cloned().collect();
+            let running = f.live.values().filter(|(s, _)| *s == TaskState::Running).count();
+            if believed.len() != WANTED || running != WANTED {
+                problems.push(format!(
+                    "framework {k} believes {} tasks live ({running} running), wants {WANTED}: {:?}",
+                    believed.len(),
+                    f.live
+                ));
+            }
+            let on_agents: BTreeSet<TaskId> = w
+                .hosts
+                .iter()
+                .flat_map(|h| h.tasks.iter())
+                .filter(|((owner, _), t)| *owner == fid && !t.state.is_terminal())
+                .map(|((_, id), _)| id.clone())
+                .collect();
+            if on_agents != believed {
+                problems.push(format!("agents run {on_agents:?} of framework {k}, which believes {believed:?}"));
+            }
+            let reported: Vec<&master::TaskView> = state.tasks.iter().filter(|t| t.framework_id == fid).collect();
+            let in_master: BTreeSet<TaskId> =
+                reported.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.clone()).collect();
+            if reported.len() != in_master.len() || in_master != on_agents {
+                let all: Vec<String> = reported.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
+                problems.push(format!("the master reports {all:?} of framework {k}, agents run {on_agents:?}"));
+            }
         }
         if problems.is_empty() {
             Ok(w.trace.clone())
