@@ -4,7 +4,7 @@
 //! channels with `try_send` (it never waits on a slow peer). Only registry changes (an agent registering, a
 //! framework subscribing or being torn down) wait on the store; they are rare.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque, btree_map};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 mod offers;
+mod tasks;
 mod views;
 
 pub use views::{AgentView, FrameworkView, StateSnapshot, Summary, TaskDetail, TaskView};
 
 use self::offers::OfferBook;
+use self::tasks::{Known, Update};
 use super::timers::{self, AgentClock, FrameworkClock, Marks};
 use super::{Command, Conn, FileRequest, MasterConfig, MasterError, MasterStore};
 use crate::allocator::Allocator;
@@ -811,58 +813,54 @@ impl Master {
             return;
         };
         let removed = fw.removed;
-        if !fw.tasks.contains_key(&tid) && fw.completed.iter().any(|(id, _, _)| *id == tid) {
-            // A retry of an update for a task that already completed (its terminal update was acknowledged,
-            // and this copy crossed the acknowledgement): acknowledge it so the agent stops, and tell nobody.
-            // Recreating the task would leave it in the master for ever, as the agent has already let go.
-            debug!(agent_id = %agent_id, task_id = %tid, state = %status.state, "dropped an update for a completed task");
-            self.ack_for_framework(agent_id, &framework_id, &status);
-            if !status.state.is_terminal() {
-                // Either a stale retry (the agent answers that it has no such task) or a task the master
-                // gave up on that runs after all: it must not run unknown to anyone.
-                self.send_agent(agent_id, MasterMessage::KillTask { framework_id, task_id: tid });
+        let known = match fw.tasks.get(&tid) {
+            Some(t) => Known::Task { agent_id: &t.agent_id, state: t.state },
+            None if fw.completed.iter().any(|(id, _, _)| *id == tid) => Known::Completed,
+            None => Known::Unknown,
+        };
+        let (next, finished, complete) = match tasks::on_update(known, agent_id, &status, removed) {
+            Update::Apply { next, finished, complete } => (next, finished, complete),
+            Update::Completed { kill } => {
+                debug!(agent_id = %agent_id, task_id = %tid, state = %status.state, "dropped an update for a completed task");
+                self.ack_for_framework(agent_id, &framework_id, &status);
+                if kill {
+                    self.send_agent(agent_id, MasterMessage::KillTask { framework_id, task_id: tid });
+                }
+                return;
             }
-            return;
-        }
-        let task = match fw.tasks.entry(tid.clone()) {
-            btree_map::Entry::Occupied(known) if &known.get().agent_id != agent_id => {
-                warn!(agent_id = %agent_id, task_id = %tid, owner = %known.get().agent_id,
+            Update::OtherAgent { owner } => {
+                warn!(agent_id = %agent_id, task_id = %tid, owner = %owner,
                     "an agent sent an update for a task of another agent; ignoring it");
                 return;
             }
-            entry => entry.or_insert_with(|| Task {
-                agent_id: agent_id.clone(),
-                name: tid.to_string(),
-                resources: Resources::default(),
-                state: status.state,
-                status: None,
-                kill_requested: false,
-                history: vec![],
-            }),
-        };
-        let before = task.state;
-        match before.transition(status.state) {
-            Ok(next) => task.state = next,
-            Err(e) => {
+            Update::Illegal(e) => {
                 error!(agent_id = %agent_id, task_id = %tid, error = %e, "agent sent an illegal update; dropping it");
                 self.ack_for_framework(agent_id, &framework_id, &status);
                 return;
             }
-        }
+        };
+        let Some(fw) = self.frameworks.get_mut(&framework_id) else { return };
+        let task = fw.tasks.entry(tid.clone()).or_insert_with(|| Task {
+            agent_id: agent_id.clone(),
+            name: tid.to_string(),
+            resources: Resources::default(),
+            state: next,
+            status: None,
+            kill_requested: false,
+            history: vec![],
+        });
+        task.state = next;
         task.status = Some(status.clone());
         debug!(task_id = %tid, state = %status.state, "status update");
-        if status.state.is_terminal() && !before.is_terminal() {
+        if finished {
             self.finish_task(&framework_id, &tid, status.clone());
         }
-        let terminal = status.state.is_terminal();
-        // An update without a uuid will never be acknowledged, so a terminal one completes the task now.
-        let needs_ack = status.uuid.is_some();
         if removed {
             self.ack_for_framework(agent_id, &framework_id, &status);
         } else {
             self.send_update(&framework_id, status);
         }
-        if terminal && (removed || !needs_ack) {
+        if complete {
             self.complete_task(&framework_id, &tid);
         }
     }
