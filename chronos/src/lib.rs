@@ -7,6 +7,7 @@
 //! - [`store`]: jobs, runs and counters in PostgreSQL or SQLite;
 //! - [`scheduler`]: the framework actor that fires each tick exactly once;
 //! - [`pool`]: which pending run goes on which held offer, a pure step of the actor;
+//! - [`timers`]: the actor's queues of runs ordered by when something is due for them;
 //! - [`forms`] and [`api`]: the JSON forms and REST endpoints.
 
 pub mod api;
@@ -16,3 +17,4 @@ pub mod pool;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;
+pub mod timers;

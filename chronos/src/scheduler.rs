@@ -35,6 +35,7 @@ use crate::job::{
 use crate::pool;
 use crate::schedule::{Schedule, due};
 use crate::store::{JobStore, JobStoreError};
+use crate::timers::{Key, Queue};
 
 /// How long before a tick its run is recorded and offers are asked for.
 pub const LOOKAHEAD: Duration = Duration::from_secs(2);
@@ -330,62 +331,6 @@ impl ChronosHandle {
     /// Every change of a job or a run from now on.
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<JobEvent> {
         self.events.subscribe()
-    }
-}
-
-/// A run's key: its job and id.
-type Key = (JobId, String);
-
-/// Runs ordered by a time (milliseconds), each at most once, with an index by run.
-#[derive(Default)]
-struct Queue {
-    order: BTreeSet<(i64, JobId, String)>,
-    at: HashMap<Key, i64>,
-}
-
-impl Queue {
-    /// Puts `key` at `t`, moving it if it was there already.
-    fn insert(&mut self, key: Key, t: i64) {
-        if let Some(old) = self.at.insert(key.clone(), t) {
-            self.order.remove(&(old, key.0.clone(), key.1.clone()));
-        }
-        self.order.insert((t, key.0, key.1));
-    }
-
-    fn remove(&mut self, key: &Key) -> bool {
-        match self.at.remove(key) {
-            Some(t) => self.order.remove(&(t, key.0.clone(), key.1.clone())),
-            None => false,
-        }
-    }
-
-    fn contains(&self, key: &Key) -> bool {
-        self.at.contains_key(key)
-    }
-
-    fn first(&self) -> Option<&(i64, JobId, String)> {
-        self.order.first()
-    }
-
-    /// The first run due at or before `now`, taken out.
-    fn pop_due(&mut self, now: i64) -> Option<(i64, Key)> {
-        let (t, job, run) = self.order.first().filter(|(t, ..)| *t <= now)?.clone();
-        let key = (job, run);
-        self.remove(&key);
-        Some((t, key))
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &(i64, JobId, String)> {
-        self.order.iter()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
-    fn remove_job(&mut self, job: &JobId) {
-        self.order.retain(|(_, j, _)| j != job);
-        self.at.retain(|(j, _), _| j != job);
     }
 }
 
