@@ -377,6 +377,11 @@ impl Backoff {
     }
 }
 
+/// The actor's clock: tokio's, so that a test can pause and advance it (as the master's).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// The earliest launch delay still running at `now`, if any. Pure.
 fn next_delay_end(backoff: &HashMap<AppId, Backoff>, now: Instant) -> Option<Instant> {
     backoff.values().map(|b| b.until).filter(|until| *until > now).min()
@@ -598,7 +603,7 @@ pub async fn start_with(
     let constraints =
         apps.iter().map(|(id, a)| (id.clone(), placement::Constraint::parse_all(&a.constraints))).collect();
     let m = Marathon {
-        reconciliation: Reconciliation::new(Instant::now()),
+        reconciliation: Reconciliation::new(now()),
         constraints,
         fingerprints,
         by_app,
@@ -630,7 +635,7 @@ impl Marathon {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             // A launch delay that runs out wakes the actor at once, rather than at the next tick.
-            let delay_ends = next_delay_end(&self.backoff, Instant::now());
+            let delay_ends = next_delay_end(&self.backoff, now());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 e = events.recv() => match e {
@@ -669,7 +674,7 @@ impl Marathon {
 
     /// Asks again about tasks with no answer yet, and periodically about all.
     async fn reconcile_pass(&mut self) {
-        let now = Instant::now();
+        let now = now();
         // The list of every task is built only when the periodic pass needs it, not every second.
         let all = if self.reconciliation.full_due(now) { self.known_tasks() } else { Vec::new() };
         if let Some(ask) = self.reconciliation.due(now, || all) {
@@ -691,7 +696,7 @@ impl Marathon {
                     warn!(error = %e, "cannot store the framework id");
                 }
                 // Learn the real state of every task this framework may have started.
-                let ask = self.reconciliation.subscribed(self.known_tasks(), Instant::now());
+                let ask = self.reconciliation.subscribed(self.known_tasks(), now());
                 self.ask(ask).await;
                 self.suppressed = false;
                 self.call(Call::Revive).await;
@@ -781,7 +786,7 @@ impl Marathon {
                 self.converge().await;
             }
             Command::Snapshot(reply) => {
-                let now = Instant::now();
+                let now = now();
                 let mut queue = BTreeMap::new();
                 for (id, app) in &self.apps {
                     let missing = (app.instances as usize).saturating_sub(self.active(id).len());
@@ -897,7 +902,7 @@ impl Marathon {
                 self.backoff.remove(&id);
             }
         }
-        let now = Instant::now();
+        let now = now();
         let deployment = Deployment {
             id: uuid::Uuid::new_v4().to_string(),
             app_id: id.clone(),
@@ -956,8 +961,8 @@ impl Marathon {
 
     async fn kill(&mut self, inst: &Instance) {
         let Ok(task_id) = TaskId::parse(&inst.id) else { return };
-        let sent = self.killing.entry(inst.id.clone()).or_insert(KillSent { at: Instant::now(), times: 0 });
-        sent.at = Instant::now();
+        let sent = self.killing.entry(inst.id.clone()).or_insert(KillSent { at: now(), times: 0 });
+        sent.at = now();
         sent.times += 1;
         if sent.times == 1 {
             info!(task_id = %inst.id, app_id = %inst.app_id, "killing task");
@@ -984,7 +989,7 @@ impl Marathon {
 
     /// How many instances each app still needs, for apps not in backoff.
     fn demand(&self) -> Vec<(AppId, usize)> {
-        let now = Instant::now();
+        let now = now();
         self.apps
             .keys()
             .filter(|id| self.backoff.get(*id).is_none_or(|b| now >= b.until))
@@ -1055,7 +1060,7 @@ impl Marathon {
         // Kills of instances forgotten without an end (expunged, wiped) need no answer.
         let instances = &self.instances;
         self.killing.retain(|id, _| instances.contains_key(id));
-        for id in kills_to_resend(&self.killing, &self.instances, Instant::now()) {
+        for id in kills_to_resend(&self.killing, &self.instances, now()) {
             if let Some(inst) = self.instances.get(&id).cloned() {
                 self.kill(&inst).await;
             }
@@ -1125,7 +1130,7 @@ impl Marathon {
         for inst in to_kill {
             self.kill(&inst).await;
         }
-        let wanted = self.backoff.get(id).is_none_or(|b| Instant::now() >= b.until) && self.plan(id).launch > 0;
+        let wanted = self.backoff.get(id).is_none_or(|b| now() >= b.until) && self.plan(id).launch > 0;
         if wanted && (self.suppressed || self.declined) {
             self.suppressed = false;
             self.declined = false;
@@ -1186,7 +1191,7 @@ impl Marathon {
             }
             if progress != d.progress {
                 d.progress = progress;
-                d.progressed = Instant::now();
+                d.progressed = now();
                 continue;
             }
             if d.progressed.elapsed() < self.deployment_timeout {
@@ -1253,7 +1258,7 @@ impl Marathon {
                     return;
                 }
                 info!(app_id = %id, "rolling back to the previous definition");
-                let now = Instant::now();
+                let now = now();
                 let failed = self.apps.get(id).cloned();
                 self.set_app(id.clone(), app.clone());
                 self.begin(Deployment {
@@ -1565,7 +1570,7 @@ impl Marathon {
         }
         let Some(inst) = self.instances.get_mut(&tid) else { return };
         inst.unreachable_since = match status.state {
-            TaskState::Unreachable => inst.unreachable_since.or(Some(Instant::now())),
+            TaskState::Unreachable => inst.unreachable_since.or(Some(now())),
             _ => None,
         };
         if status.state == TaskState::Running && inst.started_at.is_none() {
@@ -1589,7 +1594,7 @@ impl Marathon {
         let expected = self.killing.remove(&inst.id).is_some();
         let Ok(app_id) = AppId::parse(&inst.app_id) else { return };
         if !expected && let Some(app) = self.apps.get(&app_id) {
-            let now = Instant::now();
+            let now = now();
             let b = self.backoff.entry(app_id.clone()).or_insert(Backoff { failures: 0, until: now });
             // How long ago it failed, by its status's clock (never negative, whatever the agent's clock says).
             let ago = at
