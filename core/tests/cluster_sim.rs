@@ -225,7 +225,9 @@ fn framework_id(k: usize) -> FrameworkId {
     FrameworkId::parse(format!("sim-framework-{k}")).unwrap()
 }
 
-fn status(task_id: &TaskId, agent: &AgentId, state: TaskState, seq: u64) -> TaskStatus {
+/// An agent's update; its uuid is unique to the framework, the task and the update, as the real agent's
+/// random ones are, so that an acknowledgement meant for another framework's task never matches.
+fn status(framework_id: &FrameworkId, task_id: &TaskId, agent: &AgentId, state: TaskState, seq: u64) -> TaskStatus {
     TaskStatus {
         task_id: task_id.clone(),
         state,
@@ -233,7 +235,7 @@ fn status(task_id: &TaskId, agent: &AgentId, state: TaskState, seq: u64) -> Task
         source: Source::Agent,
         reason: None,
         agent_id: Some(agent.clone()),
-        uuid: Some(format!("{task_id}-{seq}")),
+        uuid: Some(format!("{framework_id}-{task_id}-{agent}-{seq}")),
         timestamp: 0.0,
         exit_code: None,
         healthy: None,
@@ -386,7 +388,7 @@ fn on_master_message(
             }
             w.note(format!("agent {i} starts {} of {framework_id}", spec.id));
             *seq += 1;
-            let s = status(&spec.id, id, TaskState::Running, *seq);
+            let s = status(&framework_id, &spec.id, id, TaskState::Running, *seq);
             let task = HostTask {
                 framework_id: framework_id.clone(),
                 spec: *spec,
@@ -403,7 +405,7 @@ fn on_master_message(
                 Some(t) if !t.state.is_terminal() => {
                     *seq += 1;
                     t.state = TaskState::Killed;
-                    let s = status(&task_id, id, TaskState::Killed, *seq);
+                    let s = status(&framework_id, &task_id, id, TaskState::Killed, *seq);
                     t.pending.push_back(s.clone());
                     if t.pending.len() == 1 {
                         t.sent(false);
@@ -412,7 +414,7 @@ fn on_master_message(
                 }
                 Some(_) => {}
                 None => {
-                    let mut s = status(&task_id, id, TaskState::Lost, 0);
+                    let mut s = status(&framework_id, &task_id, id, TaskState::Lost, 0);
                     s.uuid = None;
                     out.push((framework_id, s));
                 }
@@ -762,9 +764,16 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                 let id = agent_id(agent);
                 let host = &mut w.hosts[agent];
                 if keeps_records {
-                    for ((_, tid), t) in host.tasks.iter_mut().filter(|(_, t)| !t.state.is_terminal()) {
+                    for ((fid, tid), t) in host.tasks.iter_mut().filter(|(_, t)| !t.state.is_terminal()) {
                         t.state = TaskState::Failed;
-                        t.pending.push_back(status(tid, &id, TaskState::Failed, 2_000_000 + t.pending.len() as u64));
+                        // Sent at the agent's next retry tick (the real one sends at once; no matter here).
+                        t.pending.push_back(status(
+                            fid,
+                            tid,
+                            &id,
+                            TaskState::Failed,
+                            2_000_000 + t.pending.len() as u64,
+                        ));
                     }
                 } else {
                     host.tasks.clear();
@@ -792,7 +801,13 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                     let agent = agent_id(i);
                     let t = w.hosts[i].tasks.get_mut(&id).unwrap();
                     t.state = TaskState::Failed;
-                    t.pending.push_back(status(&id.1, &agent, TaskState::Failed, 1_000_000 + t.pending.len() as u64));
+                    t.pending.push_back(status(
+                        &id.0,
+                        &id.1,
+                        &agent,
+                        TaskState::Failed,
+                        1_000_000 + t.pending.len() as u64,
+                    ));
                 }
             }
         }
@@ -906,5 +921,8 @@ fn a_seed_replays_exactly() {
         let b = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         assert_eq!(a, b, "two runs of seed {seed} differ");
         assert!(a.iter().any(|l| l.contains("fault")), "seed {seed} played no fault");
+        let both =
+            (0..FRAMEWORKS).all(|k| a.iter().any(|l| l.ends_with(&format!("starts sim-task-1 of sim-framework-{k}"))));
+        assert!(both, "seed {seed}: the frameworks did not both use task id sim-task-1");
     }
 }
