@@ -6,11 +6,13 @@
 //! - [`job`]: the job and run model, with its rules;
 //! - [`store`]: jobs, runs and counters in PostgreSQL or SQLite;
 //! - [`scheduler`]: the framework actor that fires each tick exactly once;
+//! - [`dependencies`]: when a job that runs after its parents is due a run, pure;
 //! - [`pool`]: which pending run goes on which held offer, a pure step of the actor;
 //! - [`timers`]: the actor's queues of runs ordered by when something is due for them;
 //! - [`forms`] and [`api`]: the JSON forms and REST endpoints.
 
 pub mod api;
+pub mod dependencies;
 pub mod forms;
 pub mod job;
 pub mod pool;

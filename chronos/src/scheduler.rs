@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::dependencies;
 use crate::job::{
     ConcurrencyPolicy, Job, JobError, JobId, JobStats, Run, RunStatus, ScheduleExpr, Trigger, check_dependencies,
 };
@@ -1574,20 +1575,13 @@ impl Chronos {
             return;
         }
         let baseline = self.last_dependency_run.get(child).copied().unwrap_or(i64::MIN).max(entry.job.updated_at);
-        let mut latest: Option<(&JobId, &(i64, String))> = None;
-        for p in &entry.job.parents {
-            match self.last_success.get(p) {
-                Some(s) if s.0 > baseline => {
-                    if latest.is_none_or(|(_, l)| s.0 > l.0) {
-                        latest = Some((p, s));
-                    }
-                }
-                _ => return,
-            }
-        }
-        let Some((parent, (_, parent_run))) = latest else { return };
+        let Some((parent, parent_run)) = dependencies::completed_by(&entry.job.parents, &self.last_success, baseline)
+        else {
+            return;
+        };
         // Keyed by the parent run that completed the set: the same successes can never start it twice.
-        let trigger_key = format!("after:{parent}/{parent_run}");
+        let trigger_key = dependencies::trigger_key(parent, parent_run);
+        let parent = parent.clone();
         let now = millis(self.clock.now());
         let run = Run::new(child.clone(), Trigger::Parents, trigger_key, now, now);
         match self.store.insert_runs(std::slice::from_ref(&run)).await {
