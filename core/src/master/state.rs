@@ -15,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 mod offers;
+mod registry;
 mod tasks;
 mod views;
 
 pub use views::{AgentView, FrameworkView, StateSnapshot, Summary, TaskDetail, TaskView};
 
 use self::offers::OfferBook;
+use self::registry::{Owner, Record};
 use self::tasks::{Known, Update};
 use super::timers::{self, AgentClock, FrameworkClock, Marks};
 use super::{Command, Conn, FileRequest, MasterConfig, MasterError, MasterStore};
@@ -569,21 +571,26 @@ impl Master {
         let mut kills = Vec::new();
         for t in reported {
             let key = (t.framework_id.clone(), t.spec.id.clone());
-            let elsewhere = self
-                .frameworks
-                .get(&t.framework_id)
-                .and_then(|f| f.tasks.get(&t.spec.id))
-                .is_some_and(|task| &task.agent_id != agent_id);
-            if elsewhere {
+            let owner = match self.frameworks.get(&t.framework_id) {
+                Some(f) => Owner::Known { torn_down: f.removed },
+                None if self.removed.contains(&t.framework_id) => Owner::RemovedEarlier,
+                None => Owner::Unknown,
+            };
+            let record = self.frameworks.get(&t.framework_id).and_then(|f| f.tasks.get(&t.spec.id)).map(|r| Record {
+                agent_id: &r.agent_id,
+                state: r.state,
+                kill_requested: r.kill_requested,
+            });
+            let plan = registry::on_reported(agent_id, t.state, owner, record, was_unreachable);
+            if plan.ignore {
                 warn!(agent_id = %agent_id, task_id = %t.spec.id, "an agent reports a task that runs on another agent; ignoring it");
                 continue;
             }
             seen.insert(key.clone());
-            if !self.frameworks.contains_key(&t.framework_id) {
-                if self.removed.contains(&t.framework_id) {
-                    kills.push(key);
-                    continue;
-                }
+            if plan.kill {
+                kills.push(key.clone());
+            }
+            if plan.placeholder {
                 // A framework the registry does not know (it was wiped): keep the task and give the
                 // framework the recovery grace to come back.
                 warn!(framework_id = %t.framework_id, task_id = %t.spec.id, "agent reports a task of an unknown framework");
@@ -604,69 +611,48 @@ impl Master {
                     },
                 );
             }
-            let fw = self.frameworks.get_mut(&t.framework_id).expect("inserted above");
-            if fw.removed {
-                kills.push(key.clone());
+            let status = |state| {
+                TaskStatus::from_master(
+                    t.spec.id.clone(),
+                    state,
+                    Some(agent_id.clone()),
+                    reason::AGENT_REREGISTERED,
+                    "agent re-registered",
+                )
+            };
+            if let Some(state) = plan.revive
+                && let Some(task) = self.frameworks.get_mut(&t.framework_id).and_then(|f| f.tasks.get_mut(&t.spec.id))
+            {
+                task.state = state;
+                let update = status(state);
+                task.status = Some(update.clone());
+                self.send_update(&t.framework_id, update);
             }
-            match fw.tasks.get_mut(&t.spec.id) {
-                Some(task) => {
-                    // The agent's queued updates carry every change, in order. Only a task the master
-                    // itself marked unreachable is brought back here, to the live state the agent reports;
-                    // a terminal state arrives as the agent's own update, which also frees the resources.
-                    if (task.state == TaskState::Unreachable || was_unreachable)
-                        && task.state != t.state
-                        && !t.state.is_terminal()
-                        && !task.state.is_terminal()
-                    {
-                        task.state = t.state;
-                        let status = TaskStatus::from_master(
-                            t.spec.id.clone(),
-                            t.state,
-                            Some(agent_id.clone()),
-                            reason::AGENT_REREGISTERED,
-                            "agent re-registered",
-                        );
-                        task.status = Some(status.clone());
-                        self.send_update(&t.framework_id, status);
-                    }
-                    let fw = &self.frameworks[&t.framework_id];
-                    if fw.tasks.get(&t.spec.id).is_some_and(|task| task.kill_requested) {
-                        kills.push(key.clone());
-                    }
-                }
-                // A finished task the master does not know: its final update is on its way.
-                None if t.state.is_terminal() => continue,
-                None => {
-                    self.allocator.track_used(&t.framework_id, agent_id, &t.spec.resources);
-                    // What the agent reports is the task's latest status (with its health), which a
-                    // reconciliation answers with.
-                    let mut status = TaskStatus::from_master(
-                        t.spec.id.clone(),
-                        t.state,
-                        Some(agent_id.clone()),
-                        reason::AGENT_REREGISTERED,
-                        "agent re-registered",
-                    );
-                    status.healthy = t.healthy;
-                    fw.tasks.insert(
-                        t.spec.id.clone(),
-                        Task {
-                            agent_id: agent_id.clone(),
-                            name: t.spec.name.clone(),
-                            resources: t.spec.resources.clone(),
-                            state: t.state,
-                            status: Some(status.clone()),
-                            kill_requested: fw.removed,
-                            history: vec![],
-                        },
-                    );
-                    // An agent that was found unreachable while the master recovered: its frameworks were
-                    // told its tasks were unreachable (and may have replaced them), so tell them the tasks
-                    // are back, as for a known task above, rather than leaving it to their next
-                    // reconciliation.
-                    if was_unreachable {
-                        self.send_update(&t.framework_id, status);
-                    }
+            if let Some(notify) = plan.adopt
+                && let Some(fw) = self.frameworks.get_mut(&t.framework_id)
+            {
+                self.allocator.track_used(&t.framework_id, agent_id, &t.spec.resources);
+                // What the agent reports is the task's latest status (with its health), which a
+                // reconciliation answers with.
+                let mut update = status(t.state);
+                update.healthy = t.healthy;
+                fw.tasks.insert(
+                    t.spec.id.clone(),
+                    Task {
+                        agent_id: agent_id.clone(),
+                        name: t.spec.name.clone(),
+                        resources: t.spec.resources.clone(),
+                        state: t.state,
+                        status: Some(update.clone()),
+                        kill_requested: fw.removed,
+                        history: vec![],
+                    },
+                );
+                // An agent that was found unreachable while the master recovered: its frameworks were told
+                // its tasks were unreachable (and may have replaced them), so tell them the tasks are back,
+                // as for a known task, rather than leaving it to their next reconciliation.
+                if notify {
+                    self.send_update(&t.framework_id, update);
                 }
             }
             let live = self
