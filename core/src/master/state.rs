@@ -559,15 +559,25 @@ impl Master {
             hostname: record.hostname.clone(),
             at: now_seconds(),
         });
-        self.reconcile_agent_tasks(&agent_id, reported, previous == Some(AgentStatus::Unreachable));
+        let on_their_way = self.reconcile_agent_tasks(&agent_id, reported, previous == Some(AgentStatus::Unreachable));
+        // A question about a task whose final update the agent is about to send is answered by that update
+        // (with its real time, exit code and reason), not with "unknown" now.
+        self.deferred.retain(|(fid, tid, _)| !on_their_way.contains(&(fid.clone(), tid.clone())));
         self.answer_deferred();
         self.allocation_due = true;
         Ok(agent_id)
     }
 
-    /// Brings the master's view of an agent's tasks in line with what the agent reports.
-    fn reconcile_agent_tasks(&mut self, agent_id: &AgentId, reported: Vec<AgentTask>, was_unreachable: bool) {
+    /// Brings the master's view of an agent's tasks in line with what the agent reports. Answers the
+    /// finished tasks the master does not know, whose final updates the agent is about to send.
+    fn reconcile_agent_tasks(
+        &mut self,
+        agent_id: &AgentId,
+        reported: Vec<AgentTask>,
+        was_unreachable: bool,
+    ) -> BTreeSet<(FrameworkId, TaskId)> {
         let mut seen = BTreeSet::new();
+        let mut on_their_way = BTreeSet::new();
         let mut kills = Vec::new();
         for t in reported {
             let key = (t.framework_id.clone(), t.spec.id.clone());
@@ -587,6 +597,9 @@ impl Master {
                 continue;
             }
             seen.insert(key.clone());
+            if plan.final_update_coming {
+                on_their_way.insert(key.clone());
+            }
             if plan.kill {
                 kills.push(key.clone());
             }
@@ -706,6 +719,7 @@ impl Master {
         for (fid, tid) in kills {
             self.send_agent(agent_id, MasterMessage::KillTask { framework_id: fid, task_id: tid });
         }
+        on_their_way
     }
 
     fn agent_message(&mut self, agent_id: AgentId, conn_id: u64, msg: AgentMessage) {

@@ -38,6 +38,9 @@ pub(super) struct Plan {
     /// Adopt a live task the master does not know (track its resources); `Some(true)` also tells its
     /// framework, which was told the agent's tasks were unreachable.
     pub adopt: Option<bool>,
+    /// A finished task the master does not know: its final update is on its way from the agent, and
+    /// answers any question about it.
+    pub final_update_coming: bool,
 }
 
 /// The step for one task that agent `from` reports in `state`, given its framework and the master's record
@@ -71,7 +74,9 @@ pub(super) fn on_reported(
             Plan { placeholder, kill: torn_down || r.kill_requested, revive, ..Plan::default() }
         }
         // A finished task the master does not know: its final update is on its way.
-        None if state.is_terminal() => Plan { placeholder, kill: torn_down, ..Plan::default() },
+        None if state.is_terminal() => {
+            Plan { placeholder, kill: torn_down, final_update_coming: true, ..Plan::default() }
+        }
         None => Plan { placeholder, kill: torn_down, adopt: Some(was_unreachable), ..Plan::default() },
     }
 }
@@ -108,7 +113,7 @@ mod tests {
     fn unknown_tasks_are_adopted_while_live_and_left_to_their_update_when_finished() {
         assert_eq!(plan(Running, KNOWN, None, false), Plan { adopt: Some(false), ..Plan::default() });
         assert_eq!(plan(Running, KNOWN, None, true), Plan { adopt: Some(true), ..Plan::default() });
-        assert_eq!(plan(Finished, KNOWN, None, false), Plan::default());
+        assert_eq!(plan(Finished, KNOWN, None, false), Plan { final_update_coming: true, ..Plan::default() });
         let unknown = plan(Running, Owner::Unknown, None, false);
         assert_eq!(unknown, Plan { placeholder: true, adopt: Some(false), ..Plan::default() });
     }
