@@ -288,7 +288,7 @@ fn main() {
             String::new()
         } else {
             format!(
-                " The second misses its target in {} of {ROUNDS} rounds. A round is about 2 s until a standby holds the lease, the agent's re-registration and the task's failure reaching the services framework, what is left of Marathon's launch delay (`backoffSeconds`, 1 s, counted from the failure's own time, of which at most half is taken off), and the next offer. A round misses when the framework only learns of the failure from the new master's reconciliation as 'unknown' (the task died before the old master recorded its start), with no time of failure: the whole delay applies.",
+                " The second misses its target in {} of {ROUNDS} rounds. A round is about 2 s until a standby holds the lease, the agent's re-registration and the task's failure reaching the services framework, what is left of Marathon's launch delay (`backoffSeconds`, 1 s, counted from the failure's own time, of which at most half is taken off), and the next offer.",
                 ROUNDS - under
             )
         },
