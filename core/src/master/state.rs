@@ -77,7 +77,10 @@ struct Agent {
     conn: Option<Conn<MasterMessage>>,
     last_seen: Instant,
     status: AgentStatus,
+    /// Its live tasks.
     tasks: BTreeSet<(FrameworkId, TaskId)>,
+    /// Its finished tasks whose final update is not acknowledged yet.
+    finished: BTreeSet<(FrameworkId, TaskId)>,
 }
 
 struct Task {
@@ -298,6 +301,7 @@ impl Master {
                     last_seen: now,
                     status: AgentStatus::Recovering,
                     tasks: BTreeSet::new(),
+                    finished: BTreeSet::new(),
                 },
             );
         }
@@ -541,6 +545,7 @@ impl Master {
             last_seen: now,
             status: AgentStatus::Active,
             tasks: BTreeSet::new(),
+            finished: BTreeSet::new(),
         });
         agent.info = info;
         agent.principal = principal;
@@ -701,17 +706,8 @@ impl Master {
         // Finished tasks of this agent whose last update was never acknowledged, and that the agent no
         // longer holds: nothing will ever send that update again, so the master lets them go too (the
         // framework was told, or learns it by reconciling). Kept, they would stay in the master for ever.
-        let forgotten: Vec<(FrameworkId, TaskId)> = self
-            .frameworks
-            .iter()
-            .flat_map(|(fid, f)| {
-                f.tasks
-                    .iter()
-                    .filter(|(_, t)| &t.agent_id == agent_id && t.state.is_terminal())
-                    .map(move |(tid, _)| (fid.clone(), tid.clone()))
-            })
-            .filter(|key| !seen.contains(key))
-            .collect();
+        let forgotten: Vec<(FrameworkId, TaskId)> =
+            self.agents.get(agent_id).map(|a| a.finished.difference(&seen).cloned().collect()).unwrap_or_default();
         for (fid, tid) in forgotten {
             debug!(agent_id = %agent_id, task_id = %tid, "the agent re-registered without a finished task; completing it");
             self.complete_task(&fid, &tid);
@@ -855,6 +851,11 @@ impl Master {
         if finished {
             self.finish_task(&framework_id, &tid, status.clone());
         }
+        if next.is_terminal()
+            && let Some(agent) = self.agents.get_mut(agent_id)
+        {
+            agent.finished.insert((framework_id.clone(), tid.clone()));
+        }
         if removed {
             self.ack_for_framework(agent_id, &framework_id, &status);
         } else {
@@ -936,7 +937,9 @@ impl Master {
         let Some(fw) = self.frameworks.get_mut(fid) else { return };
         let removed_task = fw.tasks.remove(tid);
         if let Some(agent) = removed_task.as_ref().and_then(|t| self.agents.get_mut(&t.agent_id)) {
-            agent.tasks.remove(&(fid.clone(), tid.clone()));
+            let key = (fid.clone(), tid.clone());
+            agent.tasks.remove(&key);
+            agent.finished.remove(&key);
         }
         let Some(fw) = self.frameworks.get_mut(fid) else { return };
         if let Some(task) = removed_task
@@ -1113,7 +1116,7 @@ impl Master {
                 None => problem = Some(format!("offer {oid} is unknown, expired, rescinded or already used")),
             }
         }
-        let offers: Vec<Offer> = valid.iter().filter_map(|oid| self.take_offer(oid)).collect();
+        let offers: Vec<Offer> = valid.iter().filter_map(|oid| self.offers.take(oid)).collect();
         let agent_id = offers.first().map(|o| o.agent_id.clone());
         if offer_ids.is_empty() {
             problem = Some("ACCEPT names no offers".into());
@@ -1235,7 +1238,7 @@ impl Master {
             if self.offers.get(&oid).is_none_or(|o| &o.framework_id != fid) {
                 continue;
             }
-            if let Some(offer) = self.take_offer(&oid) {
+            if let Some(offer) = self.offers.take(&oid) {
                 self.counters.offers_declined += 1;
                 self.allocator.recover(fid, &offer.agent_id, &offer.resources);
                 if !refuse.is_zero() {
@@ -1379,12 +1382,8 @@ impl Master {
 
     // ---- offers ----
 
-    fn take_offer(&mut self, oid: &OfferId) -> Option<Offer> {
-        self.offers.take(oid)
-    }
-
     fn rescind(&mut self, oid: &OfferId) {
-        if let Some(offer) = self.take_offer(oid) {
+        if let Some(offer) = self.offers.take(oid) {
             self.counters.offers_rescinded += 1;
             self.allocator.recover(&offer.framework_id, &offer.agent_id, &offer.resources);
             self.send_event(&offer.framework_id, Event::Rescind(oid.clone()));
