@@ -79,6 +79,41 @@ fn alive(pid: i32, started: u64) -> bool {
     start_time(pid) == Some(started)
 }
 
+/// Whether a process of group `pgid` still runs (zombies waiting for their parent do not count).
+fn group_runs(pgid: i32) -> bool {
+    // Most often the group is gone with its leader: no scan of every process.
+    if killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+            let Some(rest) = stat.rfind(')').and_then(|at| stat.get(at + 2..)) else { return false };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            state != Some("Z") && fields.nth(1).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
+    })
+}
+
+/// How long the end of a task's leftover processes is waited for once its leader has exited.
+const GROUP_END_WAIT: Duration = Duration::from_secs(2);
+
+/// Ends what is left of a task's process group once its leader has exited (a child still exiting after a
+/// signal, or one the command left behind), and waits until none runs, so that a task reported ended has
+/// no process left. Bounded: a process stuck in the kernel is logged, not waited on for ever.
+async fn end_group(pgid: i32) {
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    let deadline = Instant::now() + GROUP_END_WAIT;
+    while group_runs(pgid) {
+        if Instant::now() >= deadline {
+            tracing::warn!(pgid, "processes of the task still run after SIGKILL; reporting its end anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn read_status_file(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -158,7 +193,9 @@ impl Containerizer for ProcessContainerizer {
         };
         let child = self.children.lock().expect("lock poisoned").remove(pid);
         if let Some(mut child) = child {
-            return match child.wait().await {
+            let status = child.wait().await;
+            end_group(*pid).await;
+            return match status {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt;
                     Termination { exit_code: status.code(), signal: status.signal(), message: None }
@@ -172,7 +209,7 @@ impl Containerizer for ProcessContainerizer {
         while alive(*pid, *start_time) {
             tokio::time::sleep(POLL).await;
         }
-        let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+        end_group(*pid).await;
         match read_status_file(status_file) {
             Some(code) => Termination::exited(code),
             None => Termination {
@@ -225,5 +262,52 @@ impl Containerizer for ProcessContainerizer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{FrameworkId, TaskId};
+    use crate::task::{CommandSpec, TaskSpec};
+
+    fn request(dir: &Path, command: &str) -> LaunchRequest {
+        LaunchRequest {
+            framework_id: FrameworkId::parse("fw").unwrap(),
+            agent_id: AgentId::parse("agent").unwrap(),
+            task: TaskSpec {
+                id: TaskId::parse("t").unwrap(),
+                name: "t".into(),
+                resources: Default::default(),
+                command: CommandSpec { value: command.into(), shell: true, ..Default::default() },
+                labels: Default::default(),
+                kill_grace: None,
+                container: None,
+                health_check: None,
+                user: None,
+            },
+            sandbox: dir.join("sandbox"),
+            user: None,
+        }
+    }
+
+    fn runs(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn a_task_reported_ended_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ProcessContainerizer::new();
+        // A child that ignores SIGTERM and outlives the command that started it.
+        let record =
+            c.launch(&request(dir.path(), "(trap '' TERM; exec sleep 60) & echo $! > child; exit 4")).await.unwrap();
+        let end = c.wait(&record).await;
+        assert_eq!(end.exit_code, Some(4));
+        let child: i32 = std::fs::read_to_string(dir.path().join("sandbox/child")).unwrap().trim().parse().unwrap();
+        assert!(!runs(child), "the task's leftover process {child} still runs after its end was reported");
     }
 }
