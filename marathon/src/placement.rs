@@ -4,7 +4,16 @@
 //! Operators: UNIQUE, CLUSTER, GROUP_BY, LIKE, UNLIKE, MAX_PER and IS; fields: `hostname` and any agent
 //! attribute. An agent that lacks an attribute fails every constraint on it except UNLIKE.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use keel_core::api::Offer;
+use keel_core::ids::TaskId;
+use keel_core::resources::{PortSet, Resources, Scalar};
+use keel_core::secrets::Secrets;
+use keel_core::task::{self, CommandSpec, DockerSpec, HealthCheck, HealthCheckKind, Network, TaskSpec};
+
+use crate::app::{AppDefinition, AppId};
 
 /// What a constraint sees of an agent: its hostname and attributes.
 pub struct Place<'a> {
@@ -154,6 +163,148 @@ pub fn check(constraints: &[Constraint], candidate: &Place<'_>, existing: &[Plac
         }
     }
     Ok(())
+}
+
+/// Builds one task of app `app_id` to fit in what is `left` of `offer`, or says why it does not fit, with
+/// Marathon's reason (`InsufficientCpus`, `UnfulfilledConstraint`, …). `existing` lists where the app's
+/// instances that count are, for its `constraints`; `secrets` resolves the secrets its environment names.
+pub fn fit<'a>(
+    app: &AppDefinition,
+    app_id: &AppId,
+    offer: &Offer,
+    left: &Resources,
+    constraints: &[Constraint],
+    existing: impl FnOnce() -> Vec<Place<'a>>,
+    secrets: &Secrets,
+) -> Result<(TaskSpec, Vec<u16>), String> {
+    // Validation accepted only amounts the core can count; a stored one it cannot is never taken for 0.
+    let scalar = |v: f64| Scalar::from_f64(v).map_err(|_| "InvalidResources".to_owned());
+    let (cpus, mem, disk) = (scalar(app.cpus)?, scalar(app.mem)?, scalar(app.disk)?);
+    if left.cpus < cpus {
+        return Err("InsufficientCpus".into());
+    }
+    if left.mem < mem {
+        return Err("InsufficientMemory".into());
+    }
+    if left.disk < disk {
+        return Err("InsufficientDisk".into());
+    }
+    let docker = app.container.as_ref().and_then(|c| c.docker.as_ref());
+    if docker.is_some() && !offer.docker {
+        // Not one of Marathon's reasons: Keel agents may run without a Docker engine.
+        return Err("NoDockerOnAgent".into());
+    }
+    if app.accepted_resource_roles.as_ref().is_some_and(|roles| !roles.iter().any(|r| r == "*")) {
+        // Every offer Keel makes is of unreserved resources.
+        return Err("UnfulfilledRole".into());
+    }
+    let ports: Vec<u16> = if app.require_ports {
+        // The app names its host ports: only those will do.
+        let wanted: Vec<u16> =
+            app.port_definitions.iter().flatten().filter_map(|p| u16::try_from(p.port).ok()).collect();
+        if wanted.iter().any(|p| *p == 0 || !left.ports.contains_port(*p)) {
+            return Err("InsufficientPorts".into());
+        }
+        wanted
+    } else {
+        left.ports.iter().take(app.port_count()).collect()
+    };
+    if ports.len() < app.port_count() {
+        return Err("InsufficientPorts".into());
+    }
+    if !constraints.is_empty() {
+        let here = Place { hostname: &offer.hostname, attributes: &offer.attributes };
+        check(constraints, &here, &existing()).map_err(|_| "UnfulfilledConstraint".to_owned())?;
+    }
+
+    // Reasons are counted per kind for the queue: never put the (random) task id in one.
+    let task_id = TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4()))
+        .map_err(|_| "InvalidTaskId".to_owned())?;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in &app.env {
+        let value = match v {
+            serde_json::Value::String(s) => s.clone(),
+            v => {
+                let key = v["secret"].as_str().unwrap_or_default();
+                let source = app.secrets.get(key).map(|s| s.source.as_str()).unwrap_or_default();
+                secrets.get(source).ok_or_else(|| "SecretNotFound".to_owned())?
+            }
+        };
+        env.insert(k.clone(), value);
+    }
+    for (i, p) in ports.iter().enumerate() {
+        env.insert(format!("PORT{i}"), p.to_string());
+    }
+    if let Some(p) = ports.first() {
+        env.insert("PORT".into(), p.to_string());
+    }
+    env.insert("PORTS".into(), ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
+    env.insert("HOST".into(), offer.hostname.clone());
+    env.insert("MARATHON_APP_ID".into(), app_id.to_string());
+    env.insert("MARATHON_APP_VERSION".into(), app.version.clone().unwrap_or_default());
+    env.insert("MESOS_TASK_ID".into(), task_id.to_string());
+    let (value, shell, arguments) = match (&app.cmd, &app.args) {
+        (Some(cmd), _) => (cmd.clone(), true, vec![]),
+        (None, Some(args)) if !args.is_empty() => (args[0].clone(), false, args[1..].to_vec()),
+        _ => (String::new(), true, vec![]),
+    };
+    let container = docker.map(|d| DockerSpec {
+        image: d.image.clone(),
+        force_pull: d.force_pull_image,
+        network: if d.network.as_deref() == Some("BRIDGE") { Network::Bridge } else { Network::Host },
+        port_mappings: d
+            .port_mappings
+            .iter()
+            .flatten()
+            .zip(&ports)
+            .map(|(m, host)| task::PortMapping {
+                host_port: *host,
+                container_port: m.container_port as u16,
+                protocol: m.protocol.clone(),
+            })
+            .collect(),
+        volumes: vec![],
+    });
+    let health_check = app.health_checks.first().and_then(|h| {
+        let kind = match h.protocol.trim_start_matches("MESOS_") {
+            "HTTP" | "HTTPS" => HealthCheckKind::Http {
+                path: h.path.clone().unwrap_or_else(|| "/".into()),
+                port_index: h.port_index.unwrap_or(0) as usize,
+            },
+            "TCP" => HealthCheckKind::Tcp { port_index: h.port_index.unwrap_or(0) as usize },
+            "COMMAND" => HealthCheckKind::Command {
+                command: h
+                    .command
+                    .as_ref()
+                    .and_then(|c| c.get("value").and_then(|v| v.as_str()).or(c.as_str()))
+                    .unwrap_or("true")
+                    .to_owned(),
+            },
+            _ => return None,
+        };
+        Some(HealthCheck {
+            kind,
+            grace_period: Duration::from_secs(h.grace_period_seconds),
+            interval: Duration::from_secs(h.interval_seconds),
+            timeout: Duration::from_secs(h.timeout_seconds),
+            max_consecutive_failures: h.max_consecutive_failures,
+        })
+    });
+    let resources =
+        Resources { cpus, mem, disk, ports: PortSet::from_ranges(ports.iter().map(|p| (*p, *p))).unwrap_or_default() };
+    let spec = TaskSpec {
+        id: task_id,
+        name: app_id.to_string(),
+        resources,
+        command: CommandSpec { value, shell, arguments, env },
+        labels: app.labels.clone(),
+        kill_grace: app.task_kill_grace_period_seconds.map(Duration::from_secs),
+        container,
+        health_check,
+        user: app.user.clone().filter(|u| !u.is_empty()),
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok((spec, ports))
 }
 
 #[cfg(test)]
