@@ -8,6 +8,8 @@
 //! - [`scheduler`]: the framework actor that fires each tick exactly once;
 //! - [`dependencies`]: when a job that runs after its parents is due a run, pure;
 //! - [`pool`]: which pending run goes on which held offer, a pure step of the actor;
+//! - [`runs`]: the open runs, their tasks and what changed since the last write, and what a failed attempt
+//!   leads to;
 //! - [`timers`]: the actor's queues of runs ordered by when something is due for them;
 //! - [`forms`] and [`api`]: the JSON forms and REST endpoints.
 
@@ -16,6 +18,7 @@ pub mod dependencies;
 pub mod forms;
 pub mod job;
 pub mod pool;
+pub mod runs;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;

@@ -34,6 +34,7 @@ use crate::job::{
     ConcurrencyPolicy, Job, JobError, JobId, JobStats, Run, RunStatus, ScheduleExpr, Trigger, check_dependencies,
 };
 use crate::pool;
+use crate::runs::{self, AfterFailure, OpenRuns};
 use crate::schedule::{Schedule, due};
 use crate::store::{JobStore, JobStoreError};
 use crate::timers::{Key, Queue};
@@ -360,16 +361,14 @@ struct Chronos {
     timers: BTreeSet<(DateTime<Utc>, JobId, usize)>,
     /// Prepared ticks waiting for their instant.
     to_fire: Queue,
-    /// Runs that have not finished, by (job, run id).
-    runs: HashMap<(JobId, String), Run>,
+    /// Runs that have not finished, with their tasks and what changed since the last write.
+    runs: OpenRuns,
     /// Runs waiting for an offer, by when they became due.
     pending: Queue,
     /// Runs waiting out a retry backoff, by when it ends.
     retries: Queue,
     /// Runs with an active deadline, by when it passes.
     deadlines: Queue,
-    /// Which run each task belongs to.
-    by_task: HashMap<String, (JobId, String)>,
     /// Runs recorded before a restart but maybe never launched, waiting for the master's answer about their
     /// first task: if it does not know it, the run launches (`true`) or counts as missed (`false`).
     recovering: HashMap<(JobId, String), bool>,
@@ -379,10 +378,6 @@ struct Chronos {
     held: Vec<Offer>,
     /// First tasks of prepared ticks, built ahead so that firing only sends them.
     prebuilt: HashMap<Key, TaskSpec>,
-    /// Runs changed since the last write: (job, run id) -> whether it just finished.
-    dirty: HashMap<(JobId, String), bool>,
-    /// Finished runs not written yet.
-    finished: HashMap<(JobId, String), Run>,
     /// Acknowledgements to send once the changes they confirm are written.
     acks: Vec<Call>,
     /// Per job, its latest success: (finished at, run id).
@@ -447,17 +442,14 @@ pub async fn start_with(
         stats: store.stats().await?,
         timers: BTreeSet::new(),
         to_fire: Queue::default(),
-        runs: HashMap::new(),
+        runs: OpenRuns::default(),
         pending: Queue::default(),
         retries: Queue::default(),
         deadlines: Queue::default(),
-        by_task: HashMap::new(),
         recovering: HashMap::new(),
         kill_reasons: HashMap::new(),
         held: vec![],
         prebuilt: HashMap::new(),
-        dirty: HashMap::new(),
-        finished: HashMap::new(),
         acks: vec![],
         last_success: store.last_successes().await?,
         last_dependency_run: store.last_dependency_runs().await?,
@@ -494,13 +486,6 @@ impl Chronos {
         let open = self.store.open_runs().await?;
         for run in open {
             let key = (run.job_id.clone(), run.id.clone());
-            for t in &run.task_ids {
-                self.by_task.insert(t.clone(), key.clone());
-            }
-            // A run may have launched its next attempt just before the restart.
-            for t in [run.task_id(run.attempts.max(1)), run.task_id(run.attempts + 1)] {
-                self.by_task.insert(t, key.clone());
-            }
             if let (Some(reason), Some(task)) = (run.message.strip_prefix(STOPPING), run.task_ids.last()) {
                 self.kill_reasons.insert(task.clone(), reason.to_owned());
             }
@@ -508,7 +493,8 @@ impl Chronos {
             if let (Some(start), Some(d)) = (run.started_at, deadline) {
                 self.deadlines.insert(key.clone(), start.saturating_add(d as i64 * 1000));
             }
-            self.runs.insert(key, run);
+            // A run may have launched its next attempt just before the restart: `open` knows that task too.
+            self.runs.open(run);
         }
         // Runs recorded but not known to have launched, whose moment has passed: the master says whether
         // they launched. Scheduled ones are grouped by schedule, for the downtime rule below.
@@ -577,7 +563,7 @@ impl Chronos {
                 *missed.entry(r.job_id.clone()).or_default() += 1;
             } else {
                 self.to_fire.insert((r.job_id.clone(), r.id.clone()), r.scheduled_at);
-                self.runs.insert((r.job_id.clone(), r.id.clone()), r);
+                self.runs.open(r);
             }
         }
         for (id, n) in missed {
@@ -725,7 +711,7 @@ impl Chronos {
         self.fire(now).await;
         let now_ms = millis(now);
         while let Some((t, key)) = self.retries.pop_due(now_ms) {
-            if self.runs.contains_key(&key) {
+            if self.runs.contains(&key) {
                 self.pending.insert(key, t);
             }
         }
@@ -781,7 +767,7 @@ impl Chronos {
         // no longer knows it (Marathon's `reconciliation_interval`).
         self.reconcile_passes = self.reconcile_passes.wrapping_add(1);
         let full = self.reconcile_passes % FULL_RECONCILE_PASSES == 0;
-        for (key, run) in &self.runs {
+        for (key, run) in self.runs.iter() {
             let task = if self.recovering.contains_key(key) {
                 Some(run.task_id(1))
             } else if (run.status == RunStatus::Starting || (full && run.status == RunStatus::Active))
@@ -866,7 +852,7 @@ impl Chronos {
             Ok(inserted) => {
                 for (r, new) in runs.into_iter().zip(inserted) {
                     let key = (r.job_id.clone(), r.id.clone());
-                    if self.runs.contains_key(&key) {
+                    if self.runs.contains(&key) {
                         // Two schedules of one job at the same instant.
                         debug!(job_id = %r.job_id, run_id = %r.id, "tick already recorded");
                         continue;
@@ -890,12 +876,11 @@ impl Chronos {
                             }
                         }
                     }
-                    self.by_task.insert(r.task_id(1), key.clone());
                     self.to_fire.insert(key.clone(), r.scheduled_at);
                     if let Some(Ok(spec)) = self.jobs.get(&key.0).map(|e| task_spec(&e.job, &r, 1)) {
                         self.prebuilt.insert(key.clone(), spec);
                     }
-                    self.runs.insert(key, r);
+                    self.runs.open(r);
                 }
             }
             Err(e) => {
@@ -960,7 +945,7 @@ impl Chronos {
                     .flatten()
                     .filter(|r| **r != run_id)
                     .map(|r| (job.clone(), r.clone()))
-                    .filter(|k| self.runs.contains_key(k))
+                    .filter(|k| self.runs.contains(k))
                     .collect();
                 if let Some(first) = others.first() {
                     if policy == ConcurrencyPolicy::Forbid {
@@ -988,7 +973,7 @@ impl Chronos {
     /// not yet answered for by the master).
     fn busy_runs(&self) -> HashMap<JobId, Vec<String>> {
         let mut busy: HashMap<JobId, Vec<String>> = HashMap::new();
-        for (key, r) in &self.runs {
+        for (key, r) in self.runs.iter() {
             if r.status.is_active() || self.pending.contains(key) || self.recovering.contains_key(key) {
                 busy.entry(r.job_id.clone()).or_default().push(r.id.clone());
             }
@@ -1019,7 +1004,7 @@ impl Chronos {
         for (_, job, run) in expired {
             let key = (job, run);
             self.pending.remove(&key);
-            if self.runs.contains_key(&key) {
+            if self.runs.contains(&key) {
                 warn!(job_id = %key.0, run_id = %key.1, "no offer fitted within the starting deadline; tick missed");
                 self.finish(
                     &key,
@@ -1151,21 +1136,10 @@ impl Chronos {
     fn started(&mut self, key: Key, task: String, attempt: u32, sent: i64) {
         self.pending.remove(&key);
         self.answers.launched(&task);
-        self.by_task.insert(task.clone(), key.clone());
-        let Some(run) = self.runs.get_mut(&key) else { return };
-        run.status = run.status.transition(RunStatus::Starting).unwrap_or(run.status);
-        run.attempts = attempt;
-        if !run.task_ids.contains(&task) {
-            run.task_ids.push(task);
-        }
-        if run.started_at.is_none() {
-            run.started_at = Some(sent);
-            if let Some(d) = self.jobs.get(&key.0).and_then(|e| e.job.active_deadline_seconds) {
-                self.deadlines.insert(key.clone(), sent.saturating_add(d as i64 * 1000));
-            }
-        }
-        if attempt == 1 {
-            self.dirty.entry(key).or_insert(false);
+        if self.runs.started(&key, task, attempt, sent) == Some(true)
+            && let Some(d) = self.jobs.get(&key.0).and_then(|e| e.job.active_deadline_seconds)
+        {
+            self.deadlines.insert(key.clone(), sent.saturating_add(d as i64 * 1000));
         }
     }
 
@@ -1229,7 +1203,7 @@ impl Chronos {
                 self.held.clear();
                 // Learn the real state of every task an open run may have started.
                 let known: Vec<(TaskId, Option<AgentId>)> =
-                    self.by_task.keys().filter_map(|t| TaskId::parse(t).ok()).map(|t| (t, None)).collect();
+                    self.runs.tasks().filter_map(|t| TaskId::parse(t).ok()).map(|t| (t, None)).collect();
                 self.answers = PendingAnswers::default();
                 if !known.is_empty() {
                     self.reconcile(known).await;
@@ -1269,7 +1243,7 @@ impl Chronos {
             return;
         }
         let tid = status.task_id.to_string();
-        let Some(key) = self.by_task.get(&tid).cloned() else {
+        let Some(key) = self.runs.run_of(&tid).cloned() else {
             if !status.state.is_terminal() && status.state != TaskState::Unknown {
                 warn!(task_id = %tid, "unknown task reported; killing it");
                 self.call(Call::Kill { task_id: status.task_id.clone(), agent_id: status.agent_id.clone() }).await;
@@ -1278,7 +1252,7 @@ impl Chronos {
         };
         let Some(run) = self.runs.get(&key) else {
             // The run has finished; a late or repeated update changes nothing.
-            self.by_task.remove(&tid);
+            self.runs.forget_task(&tid);
             return;
         };
         let attempt = tid.rsplit('.').next().and_then(|a| a.parse::<u32>().ok()).unwrap_or(0);
@@ -1310,16 +1284,10 @@ impl Chronos {
         }
         if attempt > run.attempts {
             // An attempt launched just before a restart: adopt it.
-            let Some(run) = self.runs.get_mut(&key) else { return };
-            run.attempts = attempt;
-            if !run.task_ids.contains(&tid) {
-                run.task_ids.push(tid.clone());
-            }
-            run.status = run.status.transition(RunStatus::Starting).unwrap_or(run.status);
+            self.runs.adopt(&key, &tid, attempt);
             self.to_fire.remove(&key);
             self.pending.remove(&key);
             self.retries.remove(&key);
-            self.dirty.entry(key.clone()).or_insert(false);
         }
         if self.runs.get(&key).is_some_and(|r| self.is_pending(r)) {
             // The current attempt already ended and the run waits for its next: this is a repeat.
@@ -1335,12 +1303,8 @@ impl Chronos {
         } else {
             self.unreachable.remove(&key);
         }
-        let Some(run) = self.runs.get_mut(&key) else { return };
         match status.state {
-            TaskState::Running if run.status != RunStatus::Active => {
-                run.status = run.status.transition(RunStatus::Active).unwrap_or(run.status);
-                self.dirty.entry(key).or_insert(false);
-            }
+            TaskState::Running => self.runs.running(&key),
             s if s.is_terminal() => {
                 self.task_ended(&key, &tid, s, status.message, status.exit_code).await;
             }
@@ -1365,44 +1329,32 @@ impl Chronos {
         }
         let Some(run) = self.runs.get(key) else { return };
         let reason = self.kill_reasons.remove(task);
-        let retry =
-            reason.is_none() && self.jobs.get(&key.0).is_some_and(|e| e.job.may_retry(run.attempts) && !e.job.disabled);
         let what = if message.is_empty() { state.name().to_owned() } else { format!("{}: {message}", state.name()) };
-        if retry {
-            let delay = self.jobs[&key.0].job.retry_delay(run.attempts + 1);
-            let at = millis(self.clock.now()) + delay.as_millis() as i64;
-            info!(job_id = %key.0, run_id = %key.1, task_id = %task, attempt = run.attempts, delay_ms = delay.as_millis() as u64, "attempt failed ({what}); retrying");
-            let run = self.runs.get_mut(key).expect("checked above");
-            run.status = run.status.transition(RunStatus::Starting).unwrap_or(run.status);
-            run.exit_code = exit_code;
-            run.message = format!("attempt {} failed: {what}", run.attempts);
-            self.dirty.entry(key.clone()).or_insert(false);
-            self.retries.insert(key.clone(), at);
-        } else {
-            let message = reason.unwrap_or(what);
-            self.finish(key, RunStatus::Failed, message, exit_code);
+        match runs::after_failure(self.jobs.get(&key.0).map(|e| &e.job), run, reason.is_some()) {
+            AfterFailure::Retry(delay) => {
+                let at = millis(self.clock.now()) + delay.as_millis() as i64;
+                info!(job_id = %key.0, run_id = %key.1, task_id = %task, attempt = run.attempts, delay_ms = delay.as_millis() as u64, "attempt failed ({what}); retrying");
+                self.runs.retrying(key, &what, exit_code);
+                self.retries.insert(key.clone(), at);
+            }
+            AfterFailure::Fail => {
+                let message = reason.unwrap_or(what);
+                self.finish(key, RunStatus::Failed, message, exit_code);
+            }
         }
     }
 
     /// Ends a run: it leaves memory, and its outcome is written on the next flush.
     fn finish(&mut self, key: &(JobId, String), status: RunStatus, message: String, exit_code: Option<i32>) {
-        let Some(mut run) = self.runs.remove(key) else { return };
         let now = millis(self.clock.now());
-        match run.status.transition(status) {
-            Ok(s) => run.status = s,
-            Err(e) => {
+        let run = match self.runs.finish(key, status, message, exit_code, now) {
+            None => return,
+            Some(Err(e)) => {
                 warn!(job_id = %key.0, run_id = %key.1, error = %e, "run transition refused");
-                self.runs.insert(key.clone(), run);
                 return;
             }
-        }
-        run.finished_at = Some(now);
-        if !message.is_empty() || status == RunStatus::Success {
-            run.message = message;
-        }
-        if exit_code.is_some() {
-            run.exit_code = exit_code;
-        }
+            Some(Ok(run)) => run.clone(),
+        };
         match status {
             RunStatus::Success => {
                 info!(job_id = %key.0, run_id = %key.1, attempts = run.attempts, "run succeeded");
@@ -1418,10 +1370,8 @@ impl Chronos {
         self.recovering.remove(key);
         self.unreachable.remove(key);
         self.prebuilt.remove(key);
-        self.count(&run);
-        self.dirty.insert(key.clone(), true);
         // Kept until written; `flush` drops it from memory.
-        self.finished.insert(key.clone(), run);
+        self.count(&run);
     }
 
     fn count(&mut self, run: &Run) {
@@ -1456,20 +1406,16 @@ pub enum PutMode {
 impl Chronos {
     /// Writes changed runs in one transaction, then sends the acknowledgements they allow.
     async fn flush(&mut self) {
-        if self.dirty.is_empty() {
+        let batch = self.runs.to_write();
+        if batch.is_empty() {
             for ack in std::mem::take(&mut self.acks) {
                 self.call(ack).await;
             }
             return;
         }
-        let batch: Vec<(Run, bool)> = self
-            .dirty
-            .iter()
-            .filter_map(|(k, counted)| self.runs.get(k).or_else(|| self.finished.get(k)).map(|r| (r.clone(), *counted)))
-            .collect();
         match self.store.update_runs(&batch).await {
             Ok(()) => {
-                self.dirty.clear();
+                self.runs.written();
                 let at = self.now_text();
                 for (run, _) in &batch {
                     let _ = self.events.send(JobEvent::RunUpdated {
@@ -1478,16 +1424,6 @@ impl Chronos {
                         status: run.status.name(),
                         at: at.clone(),
                     });
-                }
-                for (_, run) in self.finished.drain() {
-                    for t in run
-                        .task_ids
-                        .iter()
-                        .cloned()
-                        .chain([run.task_id(run.attempts.max(1)), run.task_id(run.attempts + 1)])
-                    {
-                        self.by_task.remove(&t);
-                    }
                 }
                 for ack in std::mem::take(&mut self.acks) {
                     self.call(ack).await;
@@ -1510,7 +1446,7 @@ impl Chronos {
                 // Written with the run, so that a restart still knows the kill was meant.
                 if let Some(run) = self.runs.get_mut(key) {
                     run.message = format!("{STOPPING}{reason}");
-                    self.dirty.entry(key.clone()).or_insert(false);
+                    self.runs.touch(key);
                 }
                 self.kill_reasons.insert(task.clone(), reason);
                 if let Ok(task_id) = TaskId::parse(&task) {
@@ -1524,7 +1460,7 @@ impl Chronos {
     async fn time_out(&mut self, job: &JobId, run: &str) {
         let key = (job.clone(), run.to_owned());
         let Some(deadline) = self.jobs.get(job).and_then(|e| e.job.active_deadline_seconds) else { return };
-        if self.runs.contains_key(&key) {
+        if self.runs.contains(&key) {
             warn!(job_id = %job, run_id = %run, deadline_seconds = deadline, "run timed out; killing it");
             self.stop(&key, format!("timed out: still running after activeDeadlineSeconds ({deadline} s)")).await;
         }
@@ -1664,7 +1600,7 @@ impl Chronos {
                     let _ = reply.send(Err(ChangeError::NotFound(id)));
                     return;
                 }
-                let keys: Vec<(JobId, String)> = self.runs.keys().filter(|k| k.0 == id).cloned().collect();
+                let keys: Vec<(JobId, String)> = self.runs.of_job(&id).map(|(k, _)| k.clone()).collect();
                 for k in &keys {
                     self.stop(k, "killed by request".into()).await;
                 }
@@ -1692,10 +1628,10 @@ impl Chronos {
             }
             Command::Tails { job, run, stdout, stderr } => {
                 let key = (job, run);
-                if let Some(r) = self.runs.get_mut(&key).or_else(|| self.finished.get_mut(&key)) {
+                if let Some(r) = self.runs.held_mut(&key) {
                     r.stdout_tail = stdout;
                     r.stderr_tail = stderr;
-                    self.dirty.entry(key).or_insert(false);
+                    self.runs.touch(&key);
                 } else {
                     match self.store.set_tails(&key.0, &key.1, &stdout, &stderr).await {
                         Ok(_) => {
@@ -1761,7 +1697,7 @@ impl Chronos {
             return Err(ChangeError::HasChildren { job: id.clone(), children: children.join(", ") });
         }
         let job = entry.job.clone();
-        let open: Vec<(JobId, String)> = self.runs.keys().filter(|k| &k.0 == id).cloned().collect();
+        let open: Vec<(JobId, String)> = self.runs.of_job(id).map(|(k, _)| k.clone()).collect();
         let active = open.iter().any(|k| self.runs.get(k).is_some_and(|r| r.status != RunStatus::Initial));
         if active && !stop_runs {
             return Err(ChangeError::ActiveRuns { job: id.clone() });
@@ -1773,8 +1709,7 @@ impl Chronos {
             {
                 self.call(Call::Kill { task_id, agent_id: None }).await;
             }
-            self.runs.remove(k);
-            self.dirty.remove(k);
+            self.runs.drop_open(k);
         }
         self.pending.remove_job(id);
         self.to_fire.remove_job(id);
@@ -1821,15 +1756,14 @@ impl Chronos {
     /// Whether this process holds `run` already (open or just finished).
     fn holds(&self, run: &Run) -> bool {
         let key = (run.job_id.clone(), run.id.clone());
-        self.runs.contains_key(&key) || self.finished.contains_key(&key)
+        self.runs.holds(&key)
     }
 
     /// Takes a recorded run that waits for an offer.
     fn start_pending(&mut self, run: Run, now: i64) {
         let key = (run.job_id.clone(), run.id.clone());
-        self.by_task.insert(run.task_id(1), key.clone());
-        self.pending.insert(key.clone(), now);
-        self.runs.insert(key, run);
+        self.pending.insert(key, now);
+        self.runs.open(run);
     }
 }
 
