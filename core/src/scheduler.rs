@@ -16,7 +16,6 @@ use tracing::{info, warn};
 use crate::api::{Call, Event, FrameworkInfo};
 use crate::convert::{call_to_proto, subscribe_to_proto};
 use crate::ids::FrameworkId;
-use crate::proto;
 use crate::proto::scheduler_client::SchedulerClient;
 
 /// What the driver tells the framework.
@@ -37,8 +36,111 @@ pub enum DriverError {
 }
 
 struct Connection {
-    framework_id: FrameworkId,
-    calls: mpsc::Sender<proto::Call>,
+    calls: mpsc::Sender<Call>,
+}
+
+/// One subscription to a master: where the framework's calls go, and the events that come back (an
+/// error, or the stream's end, breaks the subscription).
+pub struct Session {
+    pub calls: mpsc::Sender<Call>,
+    pub events: futures::stream::BoxStream<'static, Result<Event, String>>,
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// The master refused the framework for good (a bad request, or no credential for it).
+    Refused(String),
+    /// Worth trying again: the master is away, or is not the leader.
+    Unavailable(String),
+}
+
+/// How a driver reaches the master: over gRPC ([`crate::client::Target`]), or, in a test, over channels
+/// to a master in the same process.
+#[async_trait::async_trait]
+pub trait Link: Send + Sync + 'static {
+    /// Subscribes the framework (again, with its id, once it has one).
+    async fn subscribe(
+        &self,
+        framework_id: Option<FrameworkId>,
+        info: &FrameworkInfo,
+    ) -> Result<Session, SubscribeError>;
+    /// The subscription broke or was refused: another master may lead now.
+    fn failed(&self) {}
+    /// The longest wait between two subscriptions.
+    fn max_backoff(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+    /// Where the master is, for logs.
+    fn describe(&self) -> String;
+}
+
+#[async_trait::async_trait]
+impl Link for crate::client::Target {
+    async fn subscribe(
+        &self,
+        framework_id: Option<FrameworkId>,
+        info: &FrameworkInfo,
+    ) -> Result<Session, SubscribeError> {
+        let mut client = match self.connect().await {
+            Ok(c) => SchedulerClient::with_interceptor(c, self.credential()).max_decoding_message_size(64 << 20),
+            Err(e) => {
+                return Err(SubscribeError::Unavailable(format!("cannot connect to {}: {e}", self.current_url())));
+            }
+        };
+        // Calls carry the framework id the master assigned, which the first event (SUBSCRIBED) tells.
+        let assigned: Arc<Mutex<Option<FrameworkId>>> = Arc::new(Mutex::new(framework_id.clone()));
+        let (tx, rx) = mpsc::channel::<Call>(crate::master::CONNECTION_BUFFER);
+        let first = subscribe_to_proto(framework_id.as_ref(), info);
+        let fid = assigned.clone();
+        let calls = futures::stream::once(async move { first }).chain(ReceiverStream::new(rx).map(move |call| {
+            let fid = fid
+                .lock()
+                .expect("lock poisoned")
+                .clone()
+                .unwrap_or_else(|| FrameworkId::parse("unassigned").expect("valid"));
+            call_to_proto(&fid, &call)
+        }));
+        let stream = match client.subscribe(calls).await {
+            Ok(r) => r.into_inner(),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                ) =>
+            {
+                return Err(SubscribeError::Refused(status.message().to_owned()));
+            }
+            Err(status) => return Err(SubscribeError::Unavailable(format!("subscribe failed: {}", status.message()))),
+        };
+        let events = stream
+            .map(move |item| {
+                let event = item
+                    .map_err(|s| s.message().to_owned())
+                    .and_then(|e| Event::try_from(e).map_err(|e| e.to_string()))?;
+                if let Event::Subscribed { framework_id, .. } = &event {
+                    *assigned.lock().expect("lock poisoned") = Some(framework_id.clone());
+                }
+                Ok(event)
+            })
+            .boxed();
+        Ok(Session { calls: tx, events })
+    }
+
+    fn failed(&self) {
+        self.rotate();
+    }
+
+    fn max_backoff(&self) -> Duration {
+        crate::client::Target::max_backoff(self)
+    }
+
+    fn describe(&self) -> String {
+        self.current_url().to_owned()
+    }
 }
 
 /// Sends calls on the current subscription; cheap to clone.
@@ -53,12 +155,11 @@ pub struct SchedulerHandle {
 impl SchedulerHandle {
     /// Sends a call. Calls made while disconnected fail; the framework reconciles after re-subscribing.
     pub async fn call(&self, call: Call) -> Result<(), DriverError> {
-        let (fid, tx) = {
+        let tx = {
             let current = self.current.lock().expect("lock poisoned");
-            let c = current.as_ref().ok_or(DriverError::NotConnected)?;
-            (c.framework_id.clone(), c.calls.clone())
+            current.as_ref().ok_or(DriverError::NotConnected)?.calls.clone()
         };
-        tx.send(call_to_proto(&fid, &call)).await.map_err(|_| DriverError::NotConnected)
+        tx.send(call).await.map_err(|_| DriverError::NotConnected)
     }
 
     /// Tears the framework down (its tasks are killed) and stops the driver from re-subscribing.
@@ -82,18 +183,28 @@ pub fn start(
     framework_id: Option<FrameworkId>,
     shutdown: CancellationToken,
 ) -> (SchedulerHandle, mpsc::Receiver<DriverEvent>) {
+    start_on(Arc::new(master.into()), info, framework_id, shutdown)
+}
+
+/// [`start`], over any [`Link`] to the master.
+pub fn start_on(
+    link: Arc<dyn Link>,
+    info: FrameworkInfo,
+    framework_id: Option<FrameworkId>,
+    shutdown: CancellationToken,
+) -> (SchedulerHandle, mpsc::Receiver<DriverEvent>) {
     let handle = SchedulerHandle {
         current: Arc::default(),
         framework_id: Arc::new(Mutex::new(framework_id)),
         stopping: Arc::default(),
     };
     let (events, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
-    tokio::spawn(drive(master.into(), info, handle.clone(), events, shutdown));
+    tokio::spawn(drive(link, info, handle.clone(), events, shutdown));
     (handle, rx)
 }
 
 async fn drive(
-    master: crate::client::Target,
+    link: Arc<dyn Link>,
     info: FrameworkInfo,
     handle: SchedulerHandle,
     events: mpsc::Sender<DriverEvent>,
@@ -101,10 +212,11 @@ async fn drive(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let attempt = subscribe_once(&master, &info, &handle, &events);
+        let attempt = subscribe_once(link.as_ref(), &info, &handle, &events);
         let outcome = tokio::select! {
-            o = attempt => o,
+            biased;
             _ = shutdown.cancelled() => return,
+            o = attempt => o,
         };
         *handle.current.lock().expect("lock poisoned") = None;
         if handle.stopping.load(Ordering::SeqCst) {
@@ -123,17 +235,18 @@ async fn drive(
                     info!(%reason, "lost subscription; re-subscribing");
                 }
                 // Another master may lead now (or this one was a standby).
-                master.rotate();
+                link.failed();
                 if events.send(DriverEvent::Disconnected(reason)).await.is_err() {
                     return;
                 }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            biased;
             _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(master.max_backoff());
+        backoff = (backoff * 2).min(link.max_backoff());
     }
 }
 
@@ -143,54 +256,30 @@ enum Outcome {
 }
 
 async fn subscribe_once(
-    master: &crate::client::Target,
+    link: &dyn Link,
     info: &FrameworkInfo,
     handle: &SchedulerHandle,
     events: &mpsc::Sender<DriverEvent>,
 ) -> Outcome {
-    let broken = |reason: String| Outcome::Broken { reason, was_subscribed: false };
-    let mut client = match master.connect().await {
-        Ok(c) => SchedulerClient::with_interceptor(c, master.credential()).max_decoding_message_size(64 << 20),
-        Err(e) => return broken(format!("cannot connect to {}: {e}", master.current_url())),
-    };
-    let (tx, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
-    let fid = handle.framework_id();
-    if tx.send(subscribe_to_proto(fid.as_ref(), info)).await.is_err() {
-        return broken("call channel closed".into());
-    }
-    let mut stream = match client.subscribe(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status)
-            if matches!(
-                status.code(),
-                tonic::Code::FailedPrecondition
-                    | tonic::Code::InvalidArgument
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::Unauthenticated
-            ) =>
-        {
-            return Outcome::Fatal(status.message().to_owned());
-        }
-        Err(status) => return broken(format!("subscribe failed: {}", status.message())),
+    let Session { calls, events: mut stream } = match link.subscribe(handle.framework_id(), info).await {
+        Ok(s) => s,
+        Err(SubscribeError::Refused(reason)) => return Outcome::Fatal(reason),
+        Err(SubscribeError::Unavailable(reason)) => return Outcome::Broken { reason, was_subscribed: false },
     };
     let mut subscribed = false;
     while let Some(item) = stream.next().await {
-        let event = match item
-            .map_err(|s| s.message().to_owned())
-            .and_then(|e| Event::try_from(e).map_err(|e| e.to_string()))
-        {
+        let event = match item {
             Ok(e) => e,
             Err(reason) => return Outcome::Broken { reason, was_subscribed: subscribed },
         };
         if let Event::Subscribed { framework_id, .. } = &event {
             subscribed = true;
             *handle.framework_id.lock().expect("lock poisoned") = Some(framework_id.clone());
-            *handle.current.lock().expect("lock poisoned") =
-                Some(Connection { framework_id: framework_id.clone(), calls: tx.clone() });
+            *handle.current.lock().expect("lock poisoned") = Some(Connection { calls: calls.clone() });
         }
         if events.send(DriverEvent::Event(event)).await.is_err() {
             return Outcome::Fatal("the framework stopped listening".into());
         }
     }
-    Outcome::Broken { reason: "the master closed the stream".into(), was_subscribed: subscribed }
+    Outcome::Broken { reason: format!("{} closed the stream", link.describe()), was_subscribed: subscribed }
 }
