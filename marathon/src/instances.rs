@@ -3,7 +3,7 @@
 //! ([`Instances::sweep`]) and how far a deployment got ([`Instances::progress`]) are pure: they read the
 //! instances, the app and the time given, and change nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use keel_core::task::{self, TaskState, TaskStatus};
@@ -81,7 +81,9 @@ pub struct HealthCheckResult {
 
 impl Instance {
     /// An instance known from its record, after a restart: staging until the master says otherwise.
-    pub(crate) fn from_record(r: InstanceRecord, app: Option<&AppDefinition>) -> Instance {
+    /// `fingerprint` is that of the app's configuration it was launched from (its record's version), so
+    /// that a deployment under way goes on replacing it.
+    pub(crate) fn from_record(r: InstanceRecord, app: Option<&AppDefinition>, fingerprint: String) -> Instance {
         Instance {
             id: r.task_id,
             app_id: r.app_id,
@@ -99,7 +101,7 @@ impl Instance {
             first_success: None,
             seen_from_launch: false,
             staged_millis: r.staged_at,
-            fingerprint: app.map(AppDefinition::config_fingerprint).unwrap_or_default(),
+            fingerprint,
             unreachable_since: None,
             attributes: r.attributes,
         }
@@ -110,7 +112,7 @@ impl Instance {
         Instance {
             seen_from_launch: true,
             fingerprint: fingerprint.to_owned(),
-            ..Instance::from_record(record.clone(), None)
+            ..Instance::from_record(record.clone(), None, String::new())
         }
         .with_service_ports(app.service_ports())
     }
@@ -182,15 +184,16 @@ pub struct Sweep {
     pub expunge: Vec<String>,
 }
 
-/// Every instance, by task id and by app, and the kills sent.
+/// Every instance, by task id and by app, and the kills sent. Ordered maps: what a pass over them does
+/// depends on nothing but their contents.
 #[derive(Default)]
 pub struct Instances {
-    all: HashMap<String, Instance>,
+    all: BTreeMap<String, Instance>,
     /// Task ids by app id, so that per-app questions do not scan every instance.
-    by_app: HashMap<String, HashSet<String>>,
+    by_app: BTreeMap<String, BTreeSet<String>>,
     /// Tasks this framework asked to kill: their end is not a failure. Kills unanswered for a while are sent
     /// again, as one sent while the agent was away is lost.
-    killing: HashMap<String, KillSent>,
+    killing: BTreeMap<String, KillSent>,
 }
 
 impl Instances {

@@ -165,12 +165,14 @@ pub fn check(constraints: &[Constraint], candidate: &Place<'_>, existing: &[Plac
     Ok(())
 }
 
-/// Builds one task of app `app_id` to fit in what is `left` of `offer`, or says why it does not fit, with
+/// Builds one task of app `app_id`, with id `{app}.{unique}`, to fit in what is `left` of `offer`, or says why it does not fit, with
 /// Marathon's reason (`InsufficientCpus`, `UnfulfilledConstraint`, …). `existing` lists where the app's
 /// instances that count are, for its `constraints`; `secrets` resolves the secrets its environment names.
+#[allow(clippy::too_many_arguments)]
 pub fn fit<'a>(
     app: &AppDefinition,
     app_id: &AppId,
+    unique: &str,
     offer: &Offer,
     left: &Resources,
     constraints: &[Constraint],
@@ -218,8 +220,8 @@ pub fn fit<'a>(
     }
 
     // Reasons are counted per kind for the queue: never put the (random) task id in one.
-    let task_id = TaskId::parse(format!("{}.{}", app_id.task_prefix(), uuid::Uuid::new_v4()))
-        .map_err(|_| "InvalidTaskId".to_owned())?;
+    let task_id =
+        TaskId::parse(format!("{}.{unique}", app_id.task_prefix())).map_err(|_| "InvalidTaskId".to_owned())?;
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in &app.env {
         let value = match v {

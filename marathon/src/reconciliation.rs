@@ -15,6 +15,9 @@ use keel_core::ids::{AgentId, TaskId};
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest wait between two askings about unanswered tasks.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long a launched task may go without any update before the master is asked about it: the launch
+/// (or every answer to it) may have been lost.
+const LAUNCH_GRACE: Duration = Duration::from_secs(5);
 /// How often every task is asked about (Marathon's `reconciliation_interval` default).
 pub const FULL_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -53,6 +56,17 @@ impl Reconciliation {
         self.next_retry = now + self.retry;
         self.next_full = now + FULL_INTERVAL;
         Ask { explicit: known, implicit: true }
+    }
+
+    /// Tasks were just launched: unless an update about one comes first, the master is asked about it
+    /// after [`LAUNCH_GRACE`] (and again, less and less often, until one does).
+    pub fn launched(&mut self, tasks: impl IntoIterator<Item = (TaskId, Option<AgentId>)>, now: Instant) {
+        let waiting = !self.unanswered.is_empty();
+        self.unanswered.extend(tasks);
+        if !waiting && !self.unanswered.is_empty() {
+            self.retry = LAUNCH_GRACE;
+            self.next_retry = now + LAUNCH_GRACE;
+        }
     }
 
     /// Any update about `task` answers for it.
@@ -119,6 +133,20 @@ mod tests {
         assert_eq!(waits, [4, 8, 16, 30, 30, 30]);
         r.answered(&t("b"));
         assert_eq!(r.due(at + s(60), Vec::new), None, "nothing left to ask");
+    }
+
+    #[test]
+    fn a_launched_task_not_heard_of_is_asked_about() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut r = Reconciliation::new(t0);
+        r.subscribed(vec![], t0);
+        r.launched([(t("a"), None), (t("b"), None)], t0);
+        r.answered(&t("a"));
+        assert_eq!(r.due(t0 + s(4), Vec::new), None, "a launch takes a moment");
+        assert_eq!(r.due(t0 + s(5), Vec::new).unwrap().explicit, vec![(t("b"), None)], "b was never heard of");
+        r.answered(&t("b"));
+        assert_eq!(r.due(t0 + s(60), Vec::new), None);
     }
 
     #[test]

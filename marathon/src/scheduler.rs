@@ -10,11 +10,13 @@
 //! task it may have started; it then reconciles with the master.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keel_core::api::{Call, Event, Filters, FrameworkInfo, Offer};
 use keel_core::ids::{AgentId, FrameworkId, TaskId};
-use keel_core::scheduler::{self, DriverEvent, SchedulerHandle};
+use keel_core::scheduler::{self, DriverEvent, Link, SchedulerHandle};
 use keel_core::task::{TaskState, TaskStatus};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +30,10 @@ use crate::edit::{self, AppChange, ChangeError};
 use crate::instances::{Instances, Plan, Sweep};
 use crate::placement::{self, Place};
 use crate::reconciliation::{Ask, Reconciliation};
-use crate::store::{AppStore, InstanceRecord, timestamp};
+use crate::store::{AppStore, InstanceRecord, ServiceStore, timestamp};
+
+/// How long instances wait for offers after a REVIVE before they revive again.
+const REVIVE_AGAIN: Duration = Duration::from_secs(5);
 
 /// How long an offer nobody needs is refused before it comes back.
 const IDLE_REFUSE: Duration = Duration::from_secs(5);
@@ -239,8 +244,9 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 struct Marathon {
-    store: AppStore,
+    store: Arc<dyn ServiceStore>,
     driver: SchedulerHandle,
+    task_ids: TaskIds,
     apps: Apps,
     instances: Instances,
     failures: HashMap<String, TaskFailure>,
@@ -248,6 +254,9 @@ struct Marathon {
     suppressed: bool,
     /// Offers were declined (with a filter) since the last REVIVE: new demand must revive to see them.
     declined: bool,
+    /// When offers were last revived, and whether any came since.
+    revived_at: Option<Instant>,
+    offered: bool,
     events: MarathonHandle,
     deployments: BTreeMap<AppId, Deployment>,
     deployment_timeout: Duration,
@@ -255,9 +264,46 @@ struct Marathon {
     reconciliation: Reconciliation,
 }
 
-/// Starts the services framework against `master`. It runs until `shutdown`.
 /// How long a deployment may go without progress before it is marked failed.
 pub const DEFAULT_DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where the unique part of a new task's id (`app.UNIQUE`) comes from.
+#[derive(Clone, Default)]
+pub enum TaskIds {
+    /// A random UUID, as Marathon's.
+    #[default]
+    Random,
+    /// `0`, `1`, `2`, …: a simulation, whose runs must repeat exactly. The counter outlives the framework
+    /// (a restarted one goes on counting), as the uniqueness of random ids does.
+    Sequence(Arc<AtomicU64>),
+}
+
+impl TaskIds {
+    fn next(&self) -> String {
+        match self {
+            TaskIds::Random => uuid::Uuid::new_v4().to_string(),
+            // Zero-padded, so that ids sort in launch order.
+            TaskIds::Sequence(n) => format!("{:06}", n.fetch_add(1, Ordering::Relaxed)),
+        }
+    }
+}
+
+/// How the services framework runs, besides its master and its store.
+#[derive(Clone)]
+pub struct Options {
+    /// How long a deployment may go without progress before it fails.
+    pub deployment_timeout: Duration,
+    /// The URL of the REST API (the framework's web UI URL, which the master's console uses to reach it;
+    /// empty when it has none).
+    pub webui_url: String,
+    pub task_ids: TaskIds,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { deployment_timeout: DEFAULT_DEPLOYMENT_TIMEOUT, webui_url: String::new(), task_ids: TaskIds::Random }
+    }
+}
 
 /// Starts the services framework against `master`. It runs until `shutdown`.
 pub async fn start(
@@ -277,14 +323,24 @@ pub async fn start_with(
     webui_url: &str,
     shutdown: CancellationToken,
 ) -> Result<MarathonHandle, crate::store::AppStoreError> {
+    let options = Options { deployment_timeout, webui_url: webui_url.to_owned(), task_ids: TaskIds::Random };
+    start_on(Arc::new(master.into()), Arc::new(store), options, shutdown).await
+}
+
+/// Starts the services framework over any link to the master, with any store. It runs until `shutdown`.
+pub async fn start_on(
+    master: Arc<dyn Link>,
+    store: Arc<dyn ServiceStore>,
+    options: Options,
+    shutdown: CancellationToken,
+) -> Result<MarathonHandle, crate::store::AppStoreError> {
     let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
     let mut info = FrameworkInfo::new("marathon");
-    info.webui_url = webui_url.to_owned();
+    info.webui_url = options.webui_url.clone();
     info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
     if let Some(latest) = store.latest_version().await? {
         crate::store::issue_versions_after(&latest);
     }
-    let (driver, events) = scheduler::start(master, info, framework_id, shutdown.clone());
     let mut apps = Vec::new();
     for app in store.list().await? {
         match app.app_id() {
@@ -295,10 +351,27 @@ pub async fn start_with(
         }
     }
     let apps = Apps::new(apps);
-    let instances = Instances::new(store.instances().await?.into_iter().map(|r| {
+    let mut instances = Instances::default();
+    // Each instance keeps the configuration it was launched from: one of an older version is still to be
+    // replaced, if the framework stopped during a deployment.
+    let mut fingerprints: BTreeMap<(String, String), String> = BTreeMap::new();
+    for r in store.instances().await? {
+        let key = (r.app_id.clone(), r.version.clone());
+        if !fingerprints.contains_key(&key) {
+            let fingerprint = match (apps.of(&r.app_id), AppId::parse(&r.app_id)) {
+                (Some(app), _) if app.version.as_deref() == Some(r.version.as_str()) => app.config_fingerprint(),
+                (_, Ok(id)) => {
+                    store.version(&id, &r.version).await?.map(|a| a.config_fingerprint()).unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            fingerprints.insert(key.clone(), fingerprint);
+        }
         let app = apps.of(&r.app_id);
-        Instance::from_record(r, app)
-    }));
+        instances.add(Instance::from_record(r, app, fingerprints[&key].clone()));
+    }
+    // Subscribed only once its state is loaded: a framework that cannot start holds no subscription.
+    let (driver, events) = scheduler::start_on(master, info, framework_id, shutdown.clone());
     info!(apps = apps.len(), instances = instances.len(), "services framework starting");
     let (tx, rx) = mpsc::channel(1024);
     let handle = MarathonHandle { tx, events: tokio::sync::broadcast::channel(EVENT_BUFFER).0 };
@@ -306,7 +379,8 @@ pub async fn start_with(
         reconciliation: Reconciliation::new(now()),
         events: handle.clone(),
         deployments: BTreeMap::new(),
-        deployment_timeout,
+        deployment_timeout: options.deployment_timeout,
+        task_ids: options.task_ids,
         store,
         driver,
         apps,
@@ -315,6 +389,8 @@ pub async fn start_with(
         waiting: HashMap::new(),
         suppressed: false,
         declined: false,
+        revived_at: None,
+        offered: false,
     };
     tokio::spawn(m.run(events, rx, shutdown));
     Ok(handle)
@@ -331,21 +407,36 @@ impl Marathon {
         loop {
             // A launch delay that runs out wakes the actor at once, rather than at the next tick.
             let delay_ends = self.apps.next_delay_end(now());
+            // Biased, so that a run depends only on what happens, not on a random draw (a simulation
+            // replays its runs exactly). The timers come first, so that a steady stream of events cannot
+            // starve them; after each event one waiting command is taken, and the other way round, so that
+            // neither stream starves the other.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
-                e = events.recv() => match e {
-                    Some(e) => self.event(e).await,
-                    None => return,
-                },
-                c = commands.recv() => match c {
-                    Some(c) => self.command(c).await,
-                    None => return,
-                },
                 _ = tick.tick() => {
                     self.reconcile_pass().await;
                     self.converge().await;
                 }
                 _ = sleep_until_some(delay_ends) => self.converge().await,
+                e = events.recv() => match e {
+                    Some(e) => {
+                        self.event(e).await;
+                        if let Ok(c) = commands.try_recv() {
+                            self.command(c).await;
+                        }
+                    }
+                    None => return,
+                },
+                c = commands.recv() => match c {
+                    Some(c) => {
+                        self.command(c).await;
+                        if let Ok(e) = events.try_recv() {
+                            self.event(e).await;
+                        }
+                    }
+                    None => return,
+                },
             }
         }
     }
@@ -393,8 +484,7 @@ impl Marathon {
                 // Learn the real state of every task this framework may have started.
                 let ask = self.reconciliation.subscribed(self.known_tasks(), now());
                 self.ask(ask).await;
-                self.suppressed = false;
-                self.call(Call::Revive).await;
+                self.revive().await;
             }
             DriverEvent::Event(Event::Offers(offers)) => self.offers(offers).await,
             DriverEvent::Event(Event::Update(status)) => self.update(status).await,
@@ -665,10 +755,8 @@ impl Marathon {
             self.kill(&inst).await;
         }
         let wanted = !self.demand().is_empty();
-        if wanted && (self.suppressed || self.declined) {
-            self.suppressed = false;
-            self.declined = false;
-            self.call(Call::Revive).await;
+        if wanted && self.must_revive(now) {
+            self.revive().await;
         } else if !wanted && !self.suppressed && !self.apps.is_empty() {
             self.suppressed = true;
             self.call(Call::Suppress).await;
@@ -682,6 +770,23 @@ impl Marathon {
                 self.waiting.remove(&id);
             }
         }
+    }
+
+    /// Whether instances still to launch need a REVIVE at `now`: offers are suppressed or filtered, or none
+    /// came since the last REVIVE for a while (it, or the offers it brought, may have been lost with a
+    /// connection; Marathon repeats its revives too).
+    fn must_revive(&self, now: Instant) -> bool {
+        self.suppressed
+            || self.declined
+            || (!self.offered && self.revived_at.is_some_and(|at| now >= at + REVIVE_AGAIN))
+    }
+
+    async fn revive(&mut self) {
+        self.suppressed = false;
+        self.declined = false;
+        self.offered = false;
+        self.revived_at = Some(now());
+        self.call(Call::Revive).await;
     }
 
     /// [`Marathon::converge`] for one app that just changed, without a pass over every app.
@@ -699,10 +804,8 @@ impl Marathon {
             self.kill(&inst).await;
         }
         let wanted = self.apps.may_launch(id, now()) && self.plan(id).launch > 0;
-        if wanted && (self.suppressed || self.declined) {
-            self.suppressed = false;
-            self.declined = false;
-            self.call(Call::Revive).await;
+        if wanted && self.must_revive(now()) {
+            self.revive().await;
         }
         self.check_deployments(Some(id)).await;
     }
@@ -824,6 +927,7 @@ impl Marathon {
     }
 
     async fn offers(&mut self, offers: Vec<Offer>) {
+        self.offered = true;
         let mut demand = self.demand();
         let mut decline = Vec::new();
         for offer in offers {
@@ -843,7 +947,17 @@ impl Marathon {
                             .collect()
                     };
                     let constraints = self.apps.constraints(app_id);
-                    match placement::fit(&app, app_id, &offer, &left, constraints, existing, self.store.secrets()) {
+                    let unique = self.task_ids.next();
+                    match placement::fit(
+                        &app,
+                        app_id,
+                        &unique,
+                        &offer,
+                        &left,
+                        constraints,
+                        existing,
+                        self.store.secrets(),
+                    ) {
                         Ok((spec, ports)) => {
                             left.subtract(&spec.resources);
                             let now = keel_core::store::now_millis();
@@ -891,6 +1005,7 @@ impl Marathon {
                 continue;
             }
             info!(agent = %offer.hostname, tasks = tasks.len(), "launching");
+            self.reconciliation.launched(tasks.iter().map(|t| (t.id.clone(), Some(offer.agent_id.clone()))), now());
             self.call(Call::Accept {
                 offer_ids: vec![offer.id],
                 tasks,

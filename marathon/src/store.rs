@@ -122,6 +122,64 @@ impl AppStore {
     }
 }
 
+/// What the services scheduler reads and writes. [`AppStore`] keeps it in the database; a simulation may
+/// keep it in memory.
+#[async_trait::async_trait]
+pub trait ServiceStore: Send + Sync + 'static {
+    async fn put(&self, id: &AppId, app: &AppDefinition) -> Result<(), AppStoreError>;
+    async fn get(&self, id: &AppId) -> Result<Option<AppDefinition>, AppStoreError>;
+    async fn list(&self) -> Result<Vec<AppDefinition>, AppStoreError>;
+    async fn delete(&self, id: &AppId) -> Result<bool, AppStoreError>;
+    async fn latest_version(&self) -> Result<Option<String>, AppStoreError>;
+    async fn version(&self, id: &AppId, version: &str) -> Result<Option<AppDefinition>, AppStoreError>;
+    async fn framework_id(&self) -> Result<Option<String>, AppStoreError>;
+    async fn set_framework_id(&self, id: &str) -> Result<(), AppStoreError>;
+    async fn put_instances(&self, records: &[InstanceRecord]) -> Result<(), AppStoreError>;
+    async fn delete_instance(&self, task_id: &str) -> Result<(), AppStoreError>;
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError>;
+    fn secrets(&self) -> &keel_core::secrets::Secrets;
+}
+
+#[async_trait::async_trait]
+impl ServiceStore for AppStore {
+    async fn put(&self, id: &AppId, app: &AppDefinition) -> Result<(), AppStoreError> {
+        AppStore::put(self, id, app).await
+    }
+    async fn get(&self, id: &AppId) -> Result<Option<AppDefinition>, AppStoreError> {
+        AppStore::get(self, id).await
+    }
+    async fn list(&self) -> Result<Vec<AppDefinition>, AppStoreError> {
+        AppStore::list(self).await
+    }
+    async fn delete(&self, id: &AppId) -> Result<bool, AppStoreError> {
+        AppStore::delete(self, id).await
+    }
+    async fn latest_version(&self) -> Result<Option<String>, AppStoreError> {
+        AppStore::latest_version(self).await
+    }
+    async fn version(&self, id: &AppId, version: &str) -> Result<Option<AppDefinition>, AppStoreError> {
+        AppStore::version(self, id, version).await
+    }
+    async fn framework_id(&self) -> Result<Option<String>, AppStoreError> {
+        AppStore::framework_id(self).await
+    }
+    async fn set_framework_id(&self, id: &str) -> Result<(), AppStoreError> {
+        AppStore::set_framework_id(self, id).await
+    }
+    async fn put_instances(&self, records: &[InstanceRecord]) -> Result<(), AppStoreError> {
+        AppStore::put_instances(self, records).await
+    }
+    async fn delete_instance(&self, task_id: &str) -> Result<(), AppStoreError> {
+        AppStore::delete_instance(self, task_id).await
+    }
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError> {
+        AppStore::instances(self).await
+    }
+    fn secrets(&self) -> &keel_core::secrets::Secrets {
+        AppStore::secrets(self)
+    }
+}
+
 /// A task the framework launched, as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceRecord {
