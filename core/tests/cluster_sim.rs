@@ -1,16 +1,21 @@
 //! Deterministic simulation of a cluster: the real master actor, a registry in memory that fences writes by
-//! term, agents and two frameworks (in two roles, with the same task ids) as models that speak the master's protocol (the agent's update queue and
-//! acknowledgements, the framework's reconciliation and kills, as the real ones do them). Everything runs
-//! on one thread, on tokio's paused clock, so a run depends only on its seed.
+//! term, agents and two frameworks (in two roles, with the same task ids) as models that speak the master's
+//! protocol (the agent's update queue and acknowledgements, the framework's reconciliation and kills, as
+//! the real ones do them), and the real services framework actor (`keel_marathon`), over a link to the
+//! master and a store in memory, keeping one app of four instances. Everything runs on one thread, on
+//! tokio's paused clock, so a run depends only on its seed.
 //!
 //! Each seed plays a schedule of faults for 60 simulated seconds: master crashes (a new master recovers
 //! from the registry at the next term, after an election gap), the leader alone cut off the database (it
 //! steps down, then a standby leads), the database going away, agents partitioned
 //! (every message lost both ways), agents rebooted (their tasks die with them), dropped connections of
-//! agents and of the frameworks, tasks failing, and per-message delays and losses on every link. Then the
-//! faults stop and the cluster gets 90 s to settle. The invariants, checked after every run:
+//! agents and of the frameworks, tasks failing, the services framework crashing (it starts again from its
+//! store) and its app restarting (a rolling deployment the other faults interrupt), and per-message delays
+//! and losses on every link. Then the faults stop and the cluster gets 90 s to settle. The invariants,
+//! checked after every run:
 //! - no task id is ever started twice, on any agent;
-//! - each framework has exactly its wanted number of tasks running;
+//! - each framework has exactly its wanted number of tasks running; the services framework's are all of
+//!   its app's current version;
 //! - for each framework, what the agents run, what the master reports and what it believes are the same
 //!   tasks.
 //!
@@ -21,16 +26,25 @@
 //! replays exactly that one (a test checks that two runs of a seed leave the same trace).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use keel_core::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, Filters, FrameworkInfo, MasterMessage};
 use keel_core::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use keel_core::master::{self, MasterConfig, MasterHandle, MasterStore};
+use keel_core::scheduler::{Link, Session, SubscribeError};
 use keel_core::store::{AgentRecord, FrameworkRecord, StoreError};
 use keel_core::task::{CommandSpec, Source, TaskSpec, TaskState, TaskStatus};
+use keel_marathon::app::{AppDefinition, AppId};
+use keel_marathon::edit::AppChange;
+use keel_marathon::scheduler::{MarathonHandle, TaskIds};
+use keel_marathon::store::{AppStoreError, InstanceRecord, ServiceStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -182,6 +196,7 @@ struct World {
     leader: Option<MasterHandle>,
     hosts: Vec<AgentHost>,
     frameworks: Vec<Believed>,
+    services: Services,
     /// How many times each task id was started on any agent.
     started: BTreeMap<(FrameworkId, TaskId), u32>,
     /// What happened, with simulated times: compared between two runs of one seed.
@@ -618,6 +633,275 @@ fn periodic_calls(w: &mut World, k: usize) -> Vec<Call> {
     calls
 }
 
+// ---- the services framework: the real actor ----
+
+/// The services framework's framework id, stored before its first start (a new framework would get a
+/// random one from the master, and a run must repeat exactly).
+const SERVICES_ID: &str = "sim-services";
+/// Its one app, and how many instances it wants.
+const SERVICE_APP: &str = "/svc";
+const SERVICE_INSTANCES: u32 = 4;
+
+/// The services framework's tables, in memory, in the same database as the registry: they are away when
+/// it is.
+#[derive(Default)]
+struct ServiceTables {
+    apps: BTreeMap<String, AppDefinition>,
+    versions: BTreeMap<(String, String), AppDefinition>,
+    framework_id: Option<String>,
+    instances: BTreeMap<String, InstanceRecord>,
+}
+
+struct MemServiceStore {
+    db: Arc<Mutex<Db>>,
+    tables: Arc<Mutex<ServiceTables>>,
+    secrets: keel_core::secrets::Secrets,
+}
+
+impl MemServiceStore {
+    fn with<T>(&self, what: &'static str, f: impl FnOnce(&mut ServiceTables) -> T) -> Result<T, AppStoreError> {
+        if lock(&self.db).down {
+            return Err(AppStoreError::Store(StoreError::Query { what, source: sqlx::Error::PoolTimedOut }));
+        }
+        Ok(f(&mut lock(&self.tables)))
+    }
+}
+
+#[async_trait::async_trait]
+impl ServiceStore for MemServiceStore {
+    async fn put(&self, id: &AppId, app: &AppDefinition) -> Result<(), AppStoreError> {
+        self.with("put app", |t| {
+            let version = app.version.clone().unwrap_or_default();
+            t.versions.insert((id.to_string(), version), app.clone());
+            t.apps.insert(id.to_string(), app.clone());
+        })
+    }
+    async fn get(&self, id: &AppId) -> Result<Option<AppDefinition>, AppStoreError> {
+        self.with("get app", |t| t.apps.get(id.as_str()).cloned())
+    }
+    async fn list(&self) -> Result<Vec<AppDefinition>, AppStoreError> {
+        self.with("list apps", |t| t.apps.values().cloned().collect())
+    }
+    async fn delete(&self, id: &AppId) -> Result<bool, AppStoreError> {
+        self.with("delete app", |t| t.apps.remove(id.as_str()).is_some())
+    }
+    async fn latest_version(&self) -> Result<Option<String>, AppStoreError> {
+        self.with("latest version", |t| t.versions.keys().map(|(_, v)| v.clone()).max())
+    }
+    async fn version(&self, id: &AppId, version: &str) -> Result<Option<AppDefinition>, AppStoreError> {
+        self.with("app version", |t| t.versions.get(&(id.to_string(), version.to_owned())).cloned())
+    }
+    async fn framework_id(&self) -> Result<Option<String>, AppStoreError> {
+        self.with("framework id", |t| t.framework_id.clone())
+    }
+    async fn set_framework_id(&self, id: &str) -> Result<(), AppStoreError> {
+        self.with("set framework id", |t| t.framework_id = Some(id.to_owned()))
+    }
+    async fn put_instances(&self, records: &[InstanceRecord]) -> Result<(), AppStoreError> {
+        self.with("put instances", |t| {
+            for r in records {
+                t.instances.insert(r.task_id.clone(), r.clone());
+            }
+        })
+    }
+    async fn delete_instance(&self, task_id: &str) -> Result<(), AppStoreError> {
+        self.with("delete instance", |t| {
+            t.instances.remove(task_id);
+        })
+    }
+    async fn instances(&self) -> Result<Vec<InstanceRecord>, AppStoreError> {
+        self.with("instances", |t| t.instances.values().cloned().collect())
+    }
+    fn secrets(&self) -> &keel_core::secrets::Secrets {
+        &self.secrets
+    }
+}
+
+/// The services framework's link to the master: calls travel a link that may delay or lose them, as the
+/// models' do, and the subscription breaks when the leader goes or the connection is dropped.
+struct SimLink {
+    w: Shared,
+}
+
+#[async_trait::async_trait]
+impl Link for SimLink {
+    async fn subscribe(
+        &self,
+        framework_id: Option<FrameworkId>,
+        info: &FrameworkInfo,
+    ) -> Result<Session, SubscribeError> {
+        let (handle, generation) = {
+            let w = lock(&self.w);
+            let handle = w.leader.clone().ok_or_else(|| SubscribeError::Unavailable("no master leads".into()))?;
+            (handle, w.services.generation)
+        };
+        let mut sub = handle
+            .subscribe(framework_id, info.clone(), None)
+            .await
+            .map_err(|e| SubscribeError::Unavailable(e.to_string()))?;
+        let (fid, conn) = (sub.framework_id.clone(), sub.conn_id);
+        lock(&self.w).note(format!("services framework subscribed as {fid}"));
+        let (calls_tx, mut calls) = mpsc::channel::<Call>(1024);
+        let (events_tx, events) = mpsc::channel::<Result<Event, String>>(1024);
+        let w = self.w.clone();
+        let master = handle.clone();
+        let caller = fid.clone();
+        tokio::spawn(async move {
+            while let Some(call) = calls.recv().await {
+                let Some(delay) = lock(&w).link() else { continue };
+                sleep(delay).await;
+                if master.call(caller.clone(), conn, call).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let w = self.w.clone();
+        tokio::spawn(async move {
+            let mut check = Instant::now() + Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    biased;
+                    event = sub.events.recv() => match event {
+                        Some(e) => {
+                            if events_tx.send(Ok(e)).await.is_err() {
+                                break;
+                            }
+                        }
+                        // The master is gone.
+                        None => return,
+                    },
+                    _ = events_tx.closed() => break,
+                    _ = sleep_until(check) => {
+                        check = Instant::now() + Duration::from_secs(1);
+                        if lock(&w).services.generation != generation {
+                            break;
+                        }
+                    }
+                }
+            }
+            // The connection dropped (or the framework stopped): the master hears of it.
+            handle.framework_disconnected(fid, conn).await;
+            lock(&w).note("services framework lost its connection".into());
+        });
+        Ok(Session { calls: calls_tx, events: tokio_stream::wrappers::ReceiverStream::new(events).boxed() })
+    }
+
+    fn max_backoff(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
+    fn describe(&self) -> String {
+        "the simulated master".into()
+    }
+}
+
+/// What the simulation keeps of the services framework between its lives.
+#[derive(Default)]
+struct Services {
+    /// Bumped to make it drop its connection and subscribe again.
+    generation: u64,
+    /// The running framework: stopping it is a crash.
+    running: Option<(MarathonHandle, CancellationToken)>,
+    /// Down (crashed, not yet restarted) until then.
+    down_until: Option<Instant>,
+}
+
+fn service_app() -> AppDefinition {
+    let mut app: AppDefinition = serde_json::from_value(serde_json::json!({
+        "id": SERVICE_APP, "cmd": "sleep 3600", "cpus": 0.1, "mem": 16, "instances": SERVICE_INSTANCES,
+        // The simulated agents offer no ports.
+        "portDefinitions": [],
+    }))
+    .expect("a valid app");
+    app.version = Some("2026-01-01T00:00:00.000Z".into());
+    app
+}
+
+/// Runs the services framework, restarting it after each crash from what its store holds.
+async fn services(w: Shared, db: Arc<Mutex<Db>>, tables: Arc<Mutex<ServiceTables>>) {
+    let ids = Arc::new(AtomicU64::new(0));
+    loop {
+        let down = lock(&w).services.down_until;
+        if let Some(until) = down {
+            sleep_until(until).await;
+        }
+        let store =
+            MemServiceStore { db: db.clone(), tables: tables.clone(), secrets: keel_core::secrets::Secrets::none() };
+        let stop = CancellationToken::new();
+        let options =
+            keel_marathon::scheduler::Options { task_ids: TaskIds::Sequence(ids.clone()), ..Default::default() };
+        match keel_marathon::scheduler::start_on(
+            Arc::new(SimLink { w: w.clone() }),
+            Arc::new(store),
+            options,
+            stop.clone(),
+        )
+        .await
+        {
+            Ok(handle) => {
+                let mut world = lock(&w);
+                world.note("services framework started".into());
+                world.services.running = Some((handle, stop.clone()));
+                world.services.down_until = None;
+            }
+            Err(_) => {
+                // Its database is away: it tries again, as the real process does once restarted.
+                sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        stop.cancelled().await;
+    }
+}
+
+/// Checks the services framework at the end: its app runs exactly its instances, of its current version,
+/// and the framework, the agents and the master agree on them.
+async fn check_services(
+    w: &Shared,
+    tables: &Arc<Mutex<ServiceTables>>,
+    state: &master::StateSnapshot,
+    problems: &mut Vec<String>,
+) {
+    let Some(handle) = lock(w).services.running.as_ref().map(|(h, _)| h.clone()) else {
+        problems.push("the services framework is not running at the end".into());
+        return;
+    };
+    let Ok(snapshot) = handle.snapshot().await else {
+        problems.push("the services framework does not answer".into());
+        return;
+    };
+    let version = lock(tables).apps.get(SERVICE_APP).and_then(|a| a.version.clone()).unwrap_or_default();
+    let instances: BTreeMap<String, (TaskState, String)> =
+        snapshot.instances.iter().map(|i| (i.id.clone(), (i.state, i.version.clone()))).collect();
+    let running = instances.values().filter(|(s, v)| *s == TaskState::Running && *v == version).count();
+    if instances.len() != SERVICE_INSTANCES as usize || running != SERVICE_INSTANCES as usize {
+        problems.push(format!(
+            "the services framework has {} instances ({running} running at version {version}), wants {SERVICE_INSTANCES}: {instances:?}",
+            instances.len()
+        ));
+    }
+    let fid = FrameworkId::parse(SERVICES_ID).unwrap();
+    let w = lock(w);
+    let on_agents: BTreeSet<String> = w
+        .hosts
+        .iter()
+        .flat_map(|h| h.tasks.iter())
+        .filter(|((owner, _), t)| *owner == fid && !t.state.is_terminal())
+        .map(|((_, id), _)| id.to_string())
+        .collect();
+    let believed: BTreeSet<String> = instances.keys().cloned().collect();
+    if on_agents != believed {
+        problems.push(format!("agents run {on_agents:?} of the services framework, which has {believed:?}"));
+    }
+    let reported: Vec<&master::TaskView> = state.tasks.iter().filter(|t| t.framework_id == fid).collect();
+    let in_master: BTreeSet<String> =
+        reported.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.to_string()).collect();
+    if reported.len() != in_master.len() || in_master != on_agents {
+        let all: Vec<String> = reported.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
+        problems.push(format!("the master reports {all:?} of the services framework, agents run {on_agents:?}"));
+    }
+}
+
 // ---- the masters and the faults ----
 
 /// The running leader, if any: stopping it is a crash (SIGKILL): nothing is resigned or flushed.
@@ -696,6 +980,13 @@ enum Fault {
         framework: usize,
     },
     TaskFails,
+    /// The services framework crashes, and is started again after `down` from what its store holds.
+    ServicesCrash {
+        down: Duration,
+    },
+    ServicesReconnect,
+    /// A restart of the services framework's app: a rolling deployment, which faults may interrupt.
+    AppRestart,
 }
 
 fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
@@ -705,7 +996,7 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
             let at = Duration::from_millis(rng.random_range(5_000..FAULTS_FOR.as_millis() as u64));
             let secs =
                 |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo * 1000..hi * 1000));
-            let fault = match rng.random_range(0..8) {
+            let fault = match rng.random_range(0..11) {
                 0 => Fault::MasterCrash { down: secs(rng, 1, 4) },
                 7 => Fault::LeaderCutFromDatabase { renewed_ago: Duration::from_millis(rng.random_range(0..400)) },
                 1 => Fault::DatabaseDown { down: secs(rng, 1, 6) },
@@ -717,6 +1008,9 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
                 },
                 4 => Fault::AgentReconnect { agent: rng.random_range(0..AGENTS) },
                 5 => Fault::FrameworkReconnect { framework: rng.random_range(0..FRAMEWORKS) },
+                8 => Fault::ServicesCrash { down: secs(rng, 1, 6) },
+                9 => Fault::ServicesReconnect,
+                10 => Fault::AppRestart,
                 _ => Fault::TaskFails,
             };
             (at, fault)
@@ -783,6 +1077,21 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
             }
             Fault::AgentReconnect { agent } => lock(&w).hosts[agent].generation += 1,
             Fault::FrameworkReconnect { framework } => lock(&w).frameworks[framework].generation += 1,
+            Fault::ServicesCrash { down } => {
+                let mut w = lock(&w);
+                if let Some((_, stop)) = w.services.running.take() {
+                    stop.cancel();
+                    w.services.down_until = Some(now + down);
+                }
+            }
+            Fault::ServicesReconnect => lock(&w).services.generation += 1,
+            Fault::AppRestart => {
+                let handle = lock(&w).services.running.as_ref().map(|(h, _)| h.clone());
+                if let Some(handle) = handle {
+                    let outcome = handle.change(AppId::parse(SERVICE_APP).unwrap(), AppChange::Restart, true).await;
+                    lock(&w).note(format!("app restart: {}", if outcome.is_ok() { "deploying" } else { "refused" }));
+                }
+            }
             Fault::TaskFails => {
                 let mut w = lock(&w);
                 let picks: Vec<(usize, (FrameworkId, TaskId))> = w
@@ -831,6 +1140,7 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             leader: None,
             hosts: (0..AGENTS).map(|_| AgentHost::default()).collect(),
             frameworks: (0..FRAMEWORKS).map(|_| Believed::default()).collect(),
+            services: Services::default(),
             started: BTreeMap::new(),
             trace: vec![],
             violations: vec![],
@@ -838,6 +1148,14 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             max_delay_ms,
         }));
         let db = Arc::new(Mutex::new(Db::default()));
+        let tables = Arc::new(Mutex::new(ServiceTables::default()));
+        {
+            let mut t = lock(&tables);
+            t.framework_id = Some(SERVICES_ID.into());
+            let app = service_app();
+            t.versions.insert((SERVICE_APP.into(), app.version.clone().unwrap_or_default()), app.clone());
+            t.apps.insert(SERVICE_APP.into(), app);
+        }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(chaos(w.clone(), db.clone(), faults));
         for i in 0..AGENTS {
@@ -846,12 +1164,18 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
         for k in 0..FRAMEWORKS {
             tasks.spawn(framework(w.clone(), k));
         }
+        tasks.spawn(services(w.clone(), db.clone(), tables.clone()));
         sleep(FAULTS_FOR + SETTLE_FOR).await;
         let handle = lock(&w).leader.clone().ok_or("no master leads at the end")?;
         let state = handle.state().await.map_err(|e| format!("the master does not answer: {e}"))?;
+        let mut problems = Vec::new();
+        check_services(&w, &tables, &state, &mut problems).await;
         tasks.abort_all();
+        if let Some((_, stop)) = lock(&w).services.running.take() {
+            stop.cancel();
+        }
         let w = lock(&w);
-        let mut problems = w.violations.clone();
+        problems.extend(w.violations.iter().cloned());
         for (k, f) in w.frameworks.iter().enumerate() {
             let fid = framework_id(k);
             let believed: BTreeSet<TaskId> = f.live.keys().cloned().collect();
@@ -924,5 +1248,9 @@ fn a_seed_replays_exactly() {
         let both =
             (0..FRAMEWORKS).all(|k| a.iter().any(|l| l.ends_with(&format!("starts sim-task-1 of sim-framework-{k}"))));
         assert!(both, "seed {seed}: the frameworks did not both use task id sim-task-1");
+        assert!(
+            a.iter().any(|l| l.ends_with(&format!("starts svc.000000 of {SERVICES_ID}"))),
+            "seed {seed}: the services framework launched nothing"
+        );
     }
 }
