@@ -3,22 +3,23 @@
 //! outcome is written ([`OpenRuns::written`]), so that a failed write loses nothing. What a run's failed
 //! attempt leads to ([`after_failure`]) is a pure decision.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::job::{Job, Run, RunStatus, RunTransitionError};
 use crate::timers::Key;
 
-/// Open runs and runs finished but not yet written.
+/// Open runs and runs finished but not yet written. Ordered maps: what a pass over them does depends on
+/// nothing but their contents.
 #[derive(Default)]
 pub struct OpenRuns {
-    open: HashMap<Key, Run>,
+    open: BTreeMap<Key, Run>,
     /// Finished runs not written yet.
-    finished: HashMap<Key, Run>,
+    finished: BTreeMap<Key, Run>,
     /// Runs changed since the last write: whether each just finished (its outcome is counted when written).
-    dirty: HashMap<Key, bool>,
+    dirty: BTreeMap<Key, bool>,
     /// Which run each task belongs to.
-    by_task: HashMap<String, Key>,
+    by_task: BTreeMap<String, Key>,
 }
 
 /// What a failed attempt leads to.
@@ -195,7 +196,8 @@ impl OpenRuns {
             run.exit_code = exit_code;
         }
         self.dirty.insert(key.clone(), true);
-        Some(Ok(self.finished.entry(key.clone()).insert_entry(run).into_mut()))
+        self.finished.insert(key.clone(), run);
+        self.finished.get(key).map(Ok)
     }
 
     /// Drops an open run without an outcome (its job is deleted).
@@ -218,7 +220,7 @@ impl OpenRuns {
     /// forgotten.
     pub fn written(&mut self) {
         self.dirty.clear();
-        for (_, run) in self.finished.drain() {
+        for (_, run) in std::mem::take(&mut self.finished) {
             for t in
                 run.task_ids.iter().cloned().chain([run.task_id(run.attempts.max(1)), run.task_id(run.attempts + 1)])
             {

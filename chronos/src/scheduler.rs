@@ -17,13 +17,14 @@
 //! master and carry on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use keel_core::api::{Call, Event, Filters, FrameworkInfo, Offer};
 use keel_core::ids::{AgentId, FrameworkId, TaskId};
 use keel_core::resources::{Resources, Scalar};
-use keel_core::scheduler::{self, DriverEvent, SchedulerHandle};
+use keel_core::scheduler::{self, DriverEvent, Link, SchedulerHandle};
 use keel_core::task::{CommandSpec, DockerSpec, TaskSpec, TaskState, TaskStatus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,7 @@ use crate::job::{
 use crate::pool;
 use crate::runs::{self, AfterFailure, OpenRuns};
 use crate::schedule::{Schedule, due};
-use crate::store::{JobStore, JobStoreError};
+use crate::store::{CronStore, JobStore, JobStoreError};
 use crate::timers::{Key, Queue};
 
 /// How long before a tick its run is recorded and offers are asked for.
@@ -63,6 +64,10 @@ const FULL_RECONCILE_PASSES: u64 = 20;
 /// How long a run's task may stay on an unreachable agent before the run gives it up as lost (and retries
 /// or fails); the task is killed if the agent comes back.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
+/// How long a launched task may go without any update before the master is asked about it.
+const LAUNCH_GRACE: Duration = Duration::from_secs(5);
+/// How long runs wait for offers after a REVIVE before they revive again.
+const REVIVE_AGAIN: Duration = Duration::from_secs(5);
 /// How long offers are refused when held for runs that none of them fit.
 const UNFIT_REFUSE: Duration = Duration::from_secs(2);
 /// How long ticks wait after the store failed to record them.
@@ -74,6 +79,12 @@ const TAIL_BYTES: u64 = 4096;
 #[derive(Clone, Debug)]
 pub enum Clock {
     System,
+    /// Tokio's clock, from `at` when it read `since`: a simulation pauses and advances it, and the cron
+    /// schedule follows.
+    Tokio {
+        at: DateTime<Utc>,
+        since: tokio::time::Instant,
+    },
     /// Moves only when told to; the scheduler wakes whenever it moves.
     Manual(std::sync::Arc<ManualClock>),
 }
@@ -108,6 +119,7 @@ impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
         match self {
             Clock::System => Utc::now(),
+            Clock::Tokio { at, since } => *at + TimeDelta::from_std(since.elapsed()).unwrap_or_default(),
             Clock::Manual(m) => m.now(),
         }
     }
@@ -121,7 +133,7 @@ impl Clock {
     /// moves (at once when `d` is zero).
     async fn sleep(&self, d: Duration) {
         match self {
-            Clock::System => tokio::time::sleep(d).await,
+            Clock::System | Clock::Tokio { .. } => tokio::time::sleep(d).await,
             Clock::Manual(_) if d.is_zero() => {}
             Clock::Manual(m) => m.moved.notified().await,
         }
@@ -346,11 +358,11 @@ struct Entry {
 
 /// The actor.
 struct Chronos {
-    store: JobStore,
+    store: Arc<dyn CronStore>,
     driver: SchedulerHandle,
     clock: Clock,
-    /// The master's HTTP address and credential, for reading the tails of task output.
-    master: keel_core::client::Target,
+    /// The master's HTTP address and credential, for reading the tails of task output (none: not read).
+    master: Option<keel_core::client::Target>,
     http: reqwest::Client,
     /// Bounds the reads of output tails in flight, so that a burst of finished runs does not flood the master.
     tail_reads: std::sync::Arc<tokio::sync::Semaphore>,
@@ -385,6 +397,9 @@ struct Chronos {
     /// Per job, when its latest dependency run was created.
     last_dependency_run: HashMap<JobId, i64>,
     suppressed: bool,
+    /// When offers were last revived, and whether any came since.
+    revived_at: Option<DateTime<Utc>>,
+    offered: bool,
     subscribed: bool,
     next_prune: DateTime<Utc>,
     /// The last job pruned in the current round, if one is under way.
@@ -392,12 +407,15 @@ struct Chronos {
     /// Dependent jobs whose run could not be recorded; tried again on the next reconciliation pass.
     retry_children: BTreeSet<JobId>,
     /// Runs whose task's agent became unreachable, and since when (milliseconds).
-    unreachable: HashMap<Key, i64>,
+    unreachable: BTreeMap<Key, i64>,
     next_reconcile: DateTime<Utc>,
     /// Reconciliation passes so far, for the periodic pass over running tasks.
     reconcile_passes: u64,
     /// Reconciliation answers still to come on this connection.
     answers: PendingAnswers,
+    /// Tasks asked about since subscribing and not heard of since: asked again on each pass, running or
+    /// not (a question, or its answer, may have been lost with a connection).
+    unconfirmed: BTreeSet<String>,
     /// Set when the store failed to record ticks: they are tried again then.
     store_retry_at: Option<DateTime<Utc>>,
     events: tokio::sync::broadcast::Sender<JobEvent>,
@@ -422,24 +440,40 @@ pub async fn start_with(
     webui_url: &str,
     shutdown: CancellationToken,
 ) -> Result<ChronosHandle, JobStoreError> {
+    let master: keel_core::client::Target = master.into();
+    let tails = Some(master.clone());
+    start_on(Arc::new(master), Arc::new(store), clock, webui_url, tails, shutdown).await
+}
+
+/// Starts the cron jobs framework over any link to the master, with any store. `tails` is where the
+/// tails of finished tasks' output are read (none: they are not). It runs until `shutdown`.
+pub async fn start_on(
+    link: Arc<dyn Link>,
+    store: Arc<dyn CronStore>,
+    clock: Clock,
+    webui_url: &str,
+    tails: Option<keel_core::client::Target>,
+    shutdown: CancellationToken,
+) -> Result<ChronosHandle, JobStoreError> {
     let framework_id = store.framework_id().await?.and_then(|id| FrameworkId::parse(id).ok());
     let mut info = FrameworkInfo::new("chronos");
     info.webui_url = webui_url.to_owned();
     info.failover_timeout = Duration::from_secs(7 * 24 * 3600);
-    let master: keel_core::client::Target = master.into();
-    let (driver, events) = scheduler::start(&master, info, framework_id, shutdown.clone());
+    let (stats, last_success, last_dependency_run) =
+        (store.stats().await?, store.last_successes().await?, store.last_dependency_runs().await?);
+    let (driver, events) = scheduler::start_on(link, info, framework_id, shutdown.clone());
     let (tx, rx) = mpsc::channel(1024);
     let now = clock.now();
     let mut c = Chronos {
         store: store.clone(),
         driver,
         clock,
-        master: master.clone(),
-        http: master.http_client(),
+        http: tails.as_ref().map(keel_core::client::Target::http_client).unwrap_or_default(),
+        master: tails,
         tail_reads: std::sync::Arc::new(tokio::sync::Semaphore::new(8)),
         me: tx.clone(),
         jobs: BTreeMap::new(),
-        stats: store.stats().await?,
+        stats,
         timers: BTreeSet::new(),
         to_fire: Queue::default(),
         runs: OpenRuns::default(),
@@ -451,17 +485,20 @@ pub async fn start_with(
         held: vec![],
         prebuilt: HashMap::new(),
         acks: vec![],
-        last_success: store.last_successes().await?,
-        last_dependency_run: store.last_dependency_runs().await?,
+        last_success,
+        last_dependency_run,
         suppressed: false,
+        revived_at: None,
+        offered: false,
         subscribed: false,
         next_prune: now + TimeDelta::from_std(PRUNE_EVERY).unwrap_or_default(),
         prune_cursor: None,
         retry_children: BTreeSet::new(),
-        unreachable: HashMap::new(),
+        unreachable: BTreeMap::new(),
         next_reconcile: now + TimeDelta::from_std(RECONCILE_EVERY).unwrap_or_default(),
         reconcile_passes: 0,
         answers: PendingAnswers::default(),
+        unconfirmed: BTreeSet::new(),
         store_retry_at: None,
         events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
     };
@@ -637,7 +674,11 @@ impl Chronos {
     ) {
         loop {
             let sleep = self.next_wake().map_or(MAX_SLEEP, |t| self.clock.until(t).min(MAX_SLEEP));
+            // Biased, so that a run depends only on what happens, not on a random draw (a simulation
+            // replays its runs exactly). Events and commands take turns: after each event, one waiting
+            // command is taken.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {
                     self.flush().await;
                     return;
@@ -651,6 +692,9 @@ impl Chronos {
                                 Ok(e) => self.event(e).await,
                                 Err(_) => break,
                             }
+                        }
+                        if let Ok(c) = commands.try_recv() {
+                            self.command(c).await;
                         }
                     }
                     None => return,
@@ -770,7 +814,9 @@ impl Chronos {
         for (key, run) in self.runs.iter() {
             let task = if self.recovering.contains_key(key) {
                 Some(run.task_id(1))
-            } else if (run.status == RunStatus::Starting || (full && run.status == RunStatus::Active))
+            } else if (run.status == RunStatus::Starting
+                || (run.status == RunStatus::Active
+                    && (full || run.task_ids.last().is_some_and(|t| self.unconfirmed.contains(t)))))
                 && !self.is_pending(run)
             {
                 run.task_ids.last().cloned()
@@ -1136,6 +1182,10 @@ impl Chronos {
     fn started(&mut self, key: Key, task: String, attempt: u32, sent: i64) {
         self.pending.remove(&key);
         self.answers.launched(&task);
+        // A launch not heard of within LAUNCH_GRACE is asked about then, not only at the next pass: the
+        // launch, or its updates, may have been lost.
+        let soon = from_millis(sent) + TimeDelta::from_std(LAUNCH_GRACE).unwrap_or_default();
+        self.next_reconcile = self.next_reconcile.min(soon);
         if self.runs.started(&key, task, attempt, sent) == Some(true)
             && let Some(d) = self.jobs.get(&key.0).and_then(|e| e.job.active_deadline_seconds)
         {
@@ -1148,6 +1198,13 @@ impl Chronos {
         !self.pending.is_empty() || !self.to_fire.is_empty()
     }
 
+    async fn revive(&mut self) {
+        self.suppressed = false;
+        self.offered = false;
+        self.revived_at = Some(self.clock.now());
+        self.call(Call::Revive).await;
+    }
+
     /// Revives when offers are needed; otherwise returns held offers and suppresses, so an idle scheduler
     /// costs the master nothing.
     async fn manage_offers(&mut self) {
@@ -1155,9 +1212,13 @@ impl Chronos {
             return;
         }
         if self.wants_offers() {
-            if self.suppressed {
-                self.suppressed = false;
-                self.call(Call::Revive).await;
+            // Revived again when no offer came for a while after a REVIVE: it, or the offers it brought,
+            // may have been lost with a connection.
+            let now = self.clock.now();
+            let unanswered = !self.offered
+                && self.revived_at.is_some_and(|at| now >= at + TimeDelta::from_std(REVIVE_AGAIN).unwrap_or_default());
+            if self.suppressed || unanswered {
+                self.revive().await;
             }
             // Offers still held here fit no pending run; keep them only for a tick about to fire.
             let horizon = millis(self.clock.now()) + LOOKAHEAD.as_millis() as i64;
@@ -1205,14 +1266,15 @@ impl Chronos {
                 let known: Vec<(TaskId, Option<AgentId>)> =
                     self.runs.tasks().filter_map(|t| TaskId::parse(t).ok()).map(|t| (t, None)).collect();
                 self.answers = PendingAnswers::default();
+                self.unconfirmed = known.iter().map(|(t, _)| t.to_string()).collect();
                 if !known.is_empty() {
                     self.reconcile(known).await;
                 }
                 self.call(Call::Reconcile { tasks: vec![] }).await;
-                self.suppressed = false;
-                self.call(Call::Revive).await;
+                self.revive().await;
             }
             DriverEvent::Event(Event::Offers(offers)) => {
+                self.offered = true;
                 self.held.extend(offers);
                 self.launch().await;
             }
@@ -1237,6 +1299,7 @@ impl Chronos {
                 uuid: uuid.clone(),
             });
         }
+        self.unconfirmed.remove(status.task_id.as_str());
         let is_answer = status.reason.as_deref() == Some(keel_core::task::reason::RECONCILIATION);
         if is_answer && self.answers.answered(status.task_id.as_str()) && status.state == TaskState::Unknown {
             debug!(task_id = %status.task_id, "ignoring an answer to a reconciliation asked before the launch");
@@ -1468,7 +1531,8 @@ impl Chronos {
 
     /// Reads the tail of the task's stdout and stderr from the master, in the background.
     fn fetch_tails(&self, key: &(JobId, String), task: &str) {
-        let (http, master, me) = (self.http.clone(), self.master.clone(), self.me.clone());
+        let Some(master) = self.master.clone() else { return };
+        let (http, me) = (self.http.clone(), self.me.clone());
         let (job, run, task) = (key.0.clone(), key.1.clone(), task.to_owned());
         let permits = self.tail_reads.clone();
         tokio::spawn(async move {

@@ -414,6 +414,84 @@ impl JobStore {
     }
 }
 
+/// What the cron scheduler reads and writes, with [`JobStore`]'s meaning for each call. [`JobStore`] keeps
+/// it in the database; a simulation may keep it in memory.
+#[async_trait::async_trait]
+pub trait CronStore: Send + Sync + 'static {
+    async fn put_job(&self, job: &Job) -> Result<(), JobStoreError>;
+    async fn delete_job(&self, id: &JobId) -> Result<bool, JobStoreError>;
+    async fn jobs(&self) -> Result<Vec<Job>, JobStoreError>;
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, JobStoreError>;
+    async fn update_runs(&self, runs: &[(Run, bool)]) -> Result<(), JobStoreError>;
+    async fn set_tails(&self, job: &JobId, run: &str, stdout: &str, stderr: &str) -> Result<(), JobStoreError>;
+    async fn add_missed(&self, job: &JobId, n: u64) -> Result<(), JobStoreError>;
+    async fn open_runs(&self) -> Result<Vec<Run>, JobStoreError>;
+    async fn run_by_trigger(&self, job: &JobId, trigger_key: &str) -> Result<Option<Run>, JobStoreError>;
+    async fn run(&self, job: &JobId, id: &str) -> Result<Option<Run>, JobStoreError>;
+    async fn last_ticks(&self) -> Result<HashMap<(JobId, String), i64>, JobStoreError>;
+    async fn last_successes(&self) -> Result<HashMap<JobId, (i64, String)>, JobStoreError>;
+    async fn last_dependency_runs(&self) -> Result<HashMap<JobId, i64>, JobStoreError>;
+    async fn stats(&self) -> Result<HashMap<JobId, JobStats>, JobStoreError>;
+    async fn prune(&self, job: &JobId, keep: i64) -> Result<u64, JobStoreError>;
+    async fn framework_id(&self) -> Result<Option<String>, JobStoreError>;
+    async fn set_framework_id(&self, id: &str) -> Result<(), JobStoreError>;
+}
+
+#[async_trait::async_trait]
+impl CronStore for JobStore {
+    async fn put_job(&self, job: &Job) -> Result<(), JobStoreError> {
+        JobStore::put_job(self, job).await
+    }
+    async fn delete_job(&self, id: &JobId) -> Result<bool, JobStoreError> {
+        JobStore::delete_job(self, id).await
+    }
+    async fn jobs(&self) -> Result<Vec<Job>, JobStoreError> {
+        JobStore::jobs(self).await
+    }
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, JobStoreError> {
+        JobStore::insert_runs(self, runs).await
+    }
+    async fn update_runs(&self, runs: &[(Run, bool)]) -> Result<(), JobStoreError> {
+        JobStore::update_runs(self, runs).await
+    }
+    async fn set_tails(&self, job: &JobId, run: &str, stdout: &str, stderr: &str) -> Result<(), JobStoreError> {
+        JobStore::set_tails(self, job, run, stdout, stderr).await
+    }
+    async fn add_missed(&self, job: &JobId, n: u64) -> Result<(), JobStoreError> {
+        JobStore::add_missed(self, job, n).await
+    }
+    async fn open_runs(&self) -> Result<Vec<Run>, JobStoreError> {
+        JobStore::open_runs(self).await
+    }
+    async fn run_by_trigger(&self, job: &JobId, trigger_key: &str) -> Result<Option<Run>, JobStoreError> {
+        JobStore::run_by_trigger(self, job, trigger_key).await
+    }
+    async fn run(&self, job: &JobId, id: &str) -> Result<Option<Run>, JobStoreError> {
+        JobStore::run(self, job, id).await
+    }
+    async fn last_ticks(&self) -> Result<HashMap<(JobId, String), i64>, JobStoreError> {
+        JobStore::last_ticks(self).await
+    }
+    async fn last_successes(&self) -> Result<HashMap<JobId, (i64, String)>, JobStoreError> {
+        JobStore::last_successes(self).await
+    }
+    async fn last_dependency_runs(&self) -> Result<HashMap<JobId, i64>, JobStoreError> {
+        JobStore::last_dependency_runs(self).await
+    }
+    async fn stats(&self) -> Result<HashMap<JobId, JobStats>, JobStoreError> {
+        JobStore::stats(self).await
+    }
+    async fn prune(&self, job: &JobId, keep: i64) -> Result<u64, JobStoreError> {
+        JobStore::prune(self, job, keep).await
+    }
+    async fn framework_id(&self) -> Result<Option<String>, JobStoreError> {
+        JobStore::framework_id(self).await
+    }
+    async fn set_framework_id(&self, id: &str) -> Result<(), JobStoreError> {
+        JobStore::set_framework_id(self, id).await
+    }
+}
+
 fn bind_run<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     r: &'q Run,
