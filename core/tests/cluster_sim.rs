@@ -1,23 +1,28 @@
 //! Deterministic simulation of a cluster: the real master actor, a registry in memory that fences writes by
 //! term, agents and two frameworks (in two roles, with the same task ids) as models that speak the master's
 //! protocol (the agent's update queue and acknowledgements, the framework's reconciliation and kills, as
-//! the real ones do them), and the real services framework actor (`keel_marathon`), over a link to the
-//! master and a store in memory, keeping one app of four instances. Everything runs on one thread, on
-//! tokio's paused clock, so a run depends only on its seed.
+//! the real ones do them), and the real actors of the services framework (`keel_marathon`, keeping one app
+//! of four instances) and of the cron framework (`keel_chronos`, one job ticking every 10 s, whose tasks
+//! the agents finish after 3 s), each over a link to the master and a store in memory beside the
+//! registry. Everything runs on one thread, on tokio's paused clock (the cron schedule follows it), so a
+//! run depends only on its seed.
 //!
 //! Each seed plays a schedule of faults for 60 simulated seconds: master crashes (a new master recovers
 //! from the registry at the next term, after an election gap), the leader alone cut off the database (it
 //! steps down, then a standby leads), the database going away, agents partitioned
 //! (every message lost both ways), agents rebooted (their tasks die with them), dropped connections of
-//! agents and of the frameworks, tasks failing, the services framework crashing (it starts again from its
-//! store) and its app restarting (a rolling deployment the other faults interrupt), and per-message delays
-//! and losses on every link. Then the faults stop and the cluster gets 90 s to settle. The invariants,
+//! agents and of the frameworks, tasks failing, the services and cron frameworks crashing (each starts
+//! again from its store), the services app restarting (a rolling deployment the other faults interrupt),
+//! the frameworks' writes landing while their answers are lost, and per-message delays and losses on every
+//! link. Then the faults stop and the cluster gets 90 s to settle. The invariants,
 //! checked after every run:
 //! - no task id is ever started twice, on any agent;
 //! - each framework has exactly its wanted number of tasks running; the services framework's are all of
 //!   its app's current version;
 //! - for each framework, what the agents run, what the master reports and what it believes are the same
-//!   tasks.
+//!   tasks;
+//! - every cron tick (old enough to have finished) has exactly one run, finished or recorded missed, and
+//!   no agent runs a task of a run that is over.
 //!
 //! Two masters never act at once here (a crashed or cut-off leader stops before the next is elected):
 //! that the election guarantees it is what `election_sim.rs` checks.
@@ -25,13 +30,16 @@
 //! `KEEL_SIM_SEEDS=N` runs N seeds (default 1000); a failure prints its seed, and `KEEL_SIM_SEED=S`
 //! replays exactly that one (a test checks that two runs of a seed leave the same trace).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
 
+use keel_chronos::job::{ConcurrencyPolicy, Job, JobId, JobStats, Run, RunStatus, ScheduleExpr, ScheduleSpec, Trigger};
+use keel_chronos::scheduler::Clock;
+use keel_chronos::store::{CronStore, JobStoreError};
 use keel_core::api::{AgentInfo, AgentMessage, AgentTask, Call, Event, Filters, FrameworkInfo, MasterMessage};
 use keel_core::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use keel_core::master::{self, MasterConfig, MasterHandle, MasterStore};
@@ -66,6 +74,8 @@ struct Db {
     down: bool,
     agents: BTreeMap<AgentId, AgentRecord>,
     frameworks: BTreeMap<FrameworkId, FrameworkRecord>,
+    /// Writes of the frameworks' stores land, but their answers are lost: the caller hears an error.
+    ambiguous: bool,
     /// Terms whose master is cut off from the database (it is partitioned from it, the rest still is not).
     cut_off: BTreeSet<i64>,
 }
@@ -164,6 +174,8 @@ struct HostTask {
     /// retry, 5 s doubling to 60 s.
     last_sent: Option<Instant>,
     backoff: Duration,
+    /// When the task ends by itself (a batch task), if it does.
+    finish_at: Option<Instant>,
 }
 
 const FIRST_RETRY: Duration = Duration::from_secs(5);
@@ -197,6 +209,7 @@ struct World {
     hosts: Vec<AgentHost>,
     frameworks: Vec<Believed>,
     services: Services,
+    cron: Life,
     /// How many times each task id was started on any agent.
     started: BTreeMap<(FrameworkId, TaskId), u32>,
     /// What happened, with simulated times: compared between two runs of one seed.
@@ -275,6 +288,15 @@ fn heads(w: &Shared, i: usize, registered: bool) -> Vec<(FrameworkId, TaskStatus
     let mut w = lock(w);
     let now = Instant::now();
     let mut out = Vec::new();
+    // Batch tasks whose time is up finish (checked on each pass: within a second).
+    let agent = agent_id(i);
+    for ((fid, tid), t) in w.hosts[i].tasks.iter_mut() {
+        if !t.state.is_terminal() && t.finish_at.is_some_and(|at| now >= at) {
+            t.state = TaskState::Finished;
+            let seq = 3_000_000 + t.pending.len() as u64;
+            t.pending.push_back(status(fid, tid, &agent, TaskState::Finished, seq));
+        }
+    }
     for t in w.hosts[i].tasks.values_mut() {
         let Some(head) = t.pending.front().cloned() else { continue };
         let due = registered || t.last_sent.is_none_or(|s| now - s >= t.backoff);
@@ -404,6 +426,11 @@ fn on_master_message(
             w.note(format!("agent {i} starts {} of {framework_id}", spec.id));
             *seq += 1;
             let s = status(&framework_id, &spec.id, id, TaskState::Running, *seq);
+            let finish_at = spec
+                .labels
+                .get(RUNS_FOR)
+                .and_then(|s| s.parse().ok())
+                .map(|secs| Instant::now() + Duration::from_secs(secs));
             let task = HostTask {
                 framework_id: framework_id.clone(),
                 spec: *spec,
@@ -411,6 +438,7 @@ fn on_master_message(
                 pending: VecDeque::from([s.clone()]),
                 last_sent: Some(Instant::now()),
                 backoff: FIRST_RETRY,
+                finish_at,
             };
             w.hosts[i].tasks.insert(key, task);
             out.push((framework_id, s));
@@ -660,10 +688,16 @@ struct MemServiceStore {
 
 impl MemServiceStore {
     fn with<T>(&self, what: &'static str, f: impl FnOnce(&mut ServiceTables) -> T) -> Result<T, AppStoreError> {
+        let lost = || AppStoreError::Store(StoreError::Query { what, source: sqlx::Error::PoolTimedOut });
         if lock(&self.db).down {
-            return Err(AppStoreError::Store(StoreError::Query { what, source: sqlx::Error::PoolTimedOut }));
+            return Err(lost());
         }
-        Ok(f(&mut lock(&self.tables)))
+        let out = f(&mut lock(&self.tables));
+        // A commit whose answer is lost: written, but the caller hears an error.
+        if lock(&self.db).ambiguous && what.starts_with("put") | what.starts_with("delete") | what.starts_with("set") {
+            return Err(lost());
+        }
+        Ok(out)
     }
 }
 
@@ -721,6 +755,14 @@ impl ServiceStore for MemServiceStore {
 /// models' do, and the subscription breaks when the leader goes or the connection is dropped.
 struct SimLink {
     w: Shared,
+    cron: bool,
+}
+
+impl World {
+    /// How many times the connection of the services (or the cron) framework has been dropped.
+    fn generation(&self, cron: bool) -> u64 {
+        if cron { self.cron.generation } else { self.services.generation }
+    }
 }
 
 #[async_trait::async_trait]
@@ -733,14 +775,14 @@ impl Link for SimLink {
         let (handle, generation) = {
             let w = lock(&self.w);
             let handle = w.leader.clone().ok_or_else(|| SubscribeError::Unavailable("no master leads".into()))?;
-            (handle, w.services.generation)
+            (handle, w.generation(self.cron))
         };
         let mut sub = handle
             .subscribe(framework_id, info.clone(), None)
             .await
             .map_err(|e| SubscribeError::Unavailable(e.to_string()))?;
         let (fid, conn) = (sub.framework_id.clone(), sub.conn_id);
-        lock(&self.w).note(format!("services framework subscribed as {fid}"));
+        lock(&self.w).note(format!("{fid} subscribed"));
         let (calls_tx, mut calls) = mpsc::channel::<Call>(1024);
         let (events_tx, events) = mpsc::channel::<Result<Event, String>>(1024);
         let w = self.w.clone();
@@ -756,6 +798,7 @@ impl Link for SimLink {
             }
         });
         let w = self.w.clone();
+        let cron = self.cron;
         tokio::spawn(async move {
             let mut check = Instant::now() + Duration::from_secs(1);
             loop {
@@ -773,15 +816,15 @@ impl Link for SimLink {
                     _ = events_tx.closed() => break,
                     _ = sleep_until(check) => {
                         check = Instant::now() + Duration::from_secs(1);
-                        if lock(&w).services.generation != generation {
+                        if lock(&w).generation(cron) != generation {
                             break;
                         }
                     }
                 }
             }
             // The connection dropped (or the framework stopped): the master hears of it.
-            handle.framework_disconnected(fid, conn).await;
-            lock(&w).note("services framework lost its connection".into());
+            handle.framework_disconnected(fid.clone(), conn).await;
+            lock(&w).note(format!("{fid} lost its connection"));
         });
         Ok(Session { calls: calls_tx, events: tokio_stream::wrappers::ReceiverStream::new(events).boxed() })
     }
@@ -793,6 +836,17 @@ impl Link for SimLink {
     fn describe(&self) -> String {
         "the simulated master".into()
     }
+}
+
+/// What the simulation keeps of the cron framework between its lives.
+#[derive(Default)]
+struct Life {
+    /// Bumped to make it drop its connection and subscribe again.
+    generation: u64,
+    /// Stops the running framework: a crash.
+    stop: Option<CancellationToken>,
+    /// Down (crashed, not yet restarted) until then.
+    down_until: Option<Instant>,
 }
 
 /// What the simulation keeps of the services framework between its lives.
@@ -831,7 +885,7 @@ async fn services(w: Shared, db: Arc<Mutex<Db>>, tables: Arc<Mutex<ServiceTables
         let options =
             keel_marathon::scheduler::Options { task_ids: TaskIds::Sequence(ids.clone()), ..Default::default() };
         match keel_marathon::scheduler::start_on(
-            Arc::new(SimLink { w: w.clone() }),
+            Arc::new(SimLink { w: w.clone(), cron: false }),
             Arc::new(store),
             options,
             stop.clone(),
@@ -899,6 +953,263 @@ async fn check_services(
     if reported.len() != in_master.len() || in_master != on_agents {
         let all: Vec<String> = reported.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
         problems.push(format!("the master reports {all:?} of the services framework, agents run {on_agents:?}"));
+    }
+}
+
+// ---- the cron framework: the real actor ----
+
+const CRON_ID: &str = "sim-cron";
+/// Its one job ticks every 10 s; each run's task runs for 3 s (the agents finish it).
+const CRON_JOB: &str = "tick";
+const CRON_EVERY_SECONDS: i64 = 10;
+const CRON_TASK_SECONDS: u64 = 3;
+/// The label that makes a simulated agent finish a task after that many seconds.
+const RUNS_FOR: &str = "sim-runs-for";
+
+/// The cron framework's tables, in memory, beside the registry: away when the database is.
+#[derive(Default)]
+struct CronTables {
+    jobs: BTreeMap<JobId, Job>,
+    runs: BTreeMap<(JobId, String), Run>,
+    stats: BTreeMap<JobId, JobStats>,
+    framework_id: Option<String>,
+}
+
+struct MemCronStore {
+    db: Arc<Mutex<Db>>,
+    tables: Arc<Mutex<CronTables>>,
+}
+
+impl MemCronStore {
+    /// Runs `f` on the tables, as the database would: not at all when it is away, and with its answer
+    /// lost (an error, though written) when writes are ambiguous.
+    fn with<T>(
+        &self,
+        what: &'static str,
+        write: bool,
+        f: impl FnOnce(&mut CronTables) -> T,
+    ) -> Result<T, JobStoreError> {
+        let lost = || JobStoreError::Store(StoreError::Query { what, source: sqlx::Error::PoolTimedOut });
+        if lock(&self.db).down {
+            return Err(lost());
+        }
+        let out = f(&mut lock(&self.tables));
+        if write && lock(&self.db).ambiguous {
+            return Err(lost());
+        }
+        Ok(out)
+    }
+}
+
+fn is_open(status: RunStatus) -> bool {
+    matches!(status, RunStatus::Initial | RunStatus::Starting | RunStatus::Active)
+}
+
+#[async_trait::async_trait]
+impl CronStore for MemCronStore {
+    async fn put_job(&self, job: &Job) -> Result<(), JobStoreError> {
+        self.with("put job", true, |t| {
+            t.jobs.insert(job.id.clone(), job.clone());
+        })
+    }
+    async fn delete_job(&self, id: &JobId) -> Result<bool, JobStoreError> {
+        self.with("delete job", true, |t| t.jobs.remove(id).is_some())
+    }
+    async fn jobs(&self) -> Result<Vec<Job>, JobStoreError> {
+        self.with("jobs", false, |t| t.jobs.values().cloned().collect())
+    }
+    async fn insert_runs(&self, runs: &[Run]) -> Result<Vec<bool>, JobStoreError> {
+        self.with("insert runs", true, |t| {
+            runs.iter()
+                .map(|r| {
+                    // (job, trigger key) is unique, as in the database.
+                    let taken = t.runs.values().any(|o| o.job_id == r.job_id && o.trigger_key == r.trigger_key);
+                    if !taken {
+                        t.runs.insert((r.job_id.clone(), r.id.clone()), r.clone());
+                    }
+                    !taken
+                })
+                .collect()
+        })
+    }
+    async fn update_runs(&self, runs: &[(Run, bool)]) -> Result<(), JobStoreError> {
+        self.with("update runs", true, |t| {
+            for (r, counted) in runs {
+                let Some(stored) = t.runs.get_mut(&(r.job_id.clone(), r.id.clone())) else { continue };
+                // A finished run counts once: only while it is still open in the store.
+                if *counted && !is_open(stored.status) {
+                    continue;
+                }
+                *stored = Run { trigger_key: stored.trigger_key.clone(), ..r.clone() };
+                if *counted {
+                    let s = t.stats.entry(r.job_id.clone()).or_default();
+                    match r.status {
+                        RunStatus::Success => s.success_count += 1,
+                        RunStatus::Failed => s.error_count += 1,
+                        RunStatus::Missed => s.missed_count += 1,
+                        _ => {}
+                    }
+                }
+            }
+        })
+    }
+    async fn set_tails(&self, job: &JobId, run: &str, stdout: &str, stderr: &str) -> Result<(), JobStoreError> {
+        self.with("set tails", true, |t| {
+            if let Some(r) = t.runs.get_mut(&(job.clone(), run.to_owned())) {
+                r.stdout_tail = stdout.to_owned();
+                r.stderr_tail = stderr.to_owned();
+            }
+        })
+    }
+    async fn add_missed(&self, job: &JobId, n: u64) -> Result<(), JobStoreError> {
+        self.with("add missed", true, |t| t.stats.entry(job.clone()).or_default().missed_count += n)
+    }
+    async fn open_runs(&self) -> Result<Vec<Run>, JobStoreError> {
+        self.with("open runs", false, |t| {
+            let mut open: Vec<Run> = t.runs.values().filter(|r| is_open(r.status)).cloned().collect();
+            open.sort_by_key(|r| r.scheduled_at);
+            open
+        })
+    }
+    async fn run_by_trigger(&self, job: &JobId, trigger_key: &str) -> Result<Option<Run>, JobStoreError> {
+        self.with("run by trigger", false, |t| {
+            t.runs.values().find(|r| &r.job_id == job && r.trigger_key == trigger_key).cloned()
+        })
+    }
+    async fn run(&self, job: &JobId, id: &str) -> Result<Option<Run>, JobStoreError> {
+        self.with("run", false, |t| t.runs.get(&(job.clone(), id.to_owned())).cloned())
+    }
+    async fn last_ticks(&self) -> Result<HashMap<(JobId, String), i64>, JobStoreError> {
+        self.with("last ticks", false, |t| {
+            let mut out: HashMap<(JobId, String), i64> = HashMap::new();
+            for r in t.runs.values() {
+                if let Trigger::Schedule(sid) = &r.trigger {
+                    let at = out.entry((r.job_id.clone(), sid.clone())).or_insert(r.scheduled_at);
+                    *at = (*at).max(r.scheduled_at);
+                }
+            }
+            out
+        })
+    }
+    async fn last_successes(&self) -> Result<HashMap<JobId, (i64, String)>, JobStoreError> {
+        self.with("last successes", false, |t| {
+            let mut out: HashMap<JobId, (i64, String)> = HashMap::new();
+            for r in t.runs.values().filter(|r| r.status == RunStatus::Success) {
+                let at = r.finished_at.unwrap_or_default();
+                if out.get(&r.job_id).is_none_or(|(f, _)| at > *f) {
+                    out.insert(r.job_id.clone(), (at, r.id.clone()));
+                }
+            }
+            out
+        })
+    }
+    async fn last_dependency_runs(&self) -> Result<HashMap<JobId, i64>, JobStoreError> {
+        self.with("last dependency runs", false, |t| {
+            let mut out: HashMap<JobId, i64> = HashMap::new();
+            for r in t.runs.values().filter(|r| r.trigger == Trigger::Parents) {
+                let at = out.entry(r.job_id.clone()).or_insert(r.created_at);
+                *at = (*at).max(r.created_at);
+            }
+            out
+        })
+    }
+    async fn stats(&self) -> Result<HashMap<JobId, JobStats>, JobStoreError> {
+        self.with("stats", false, |t| t.stats.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+    async fn prune(&self, _job: &JobId, _keep: i64) -> Result<u64, JobStoreError> {
+        // Runs are kept: the checks read every one. (Pruning is due hourly; a simulated run lasts 150 s.)
+        self.with("prune", true, |_| 0)
+    }
+    async fn framework_id(&self) -> Result<Option<String>, JobStoreError> {
+        self.with("framework id", false, |t| t.framework_id.clone())
+    }
+    async fn set_framework_id(&self, id: &str) -> Result<(), JobStoreError> {
+        self.with("set framework id", true, |t| t.framework_id = Some(id.to_owned()))
+    }
+}
+
+fn cron_job(now: i64) -> Job {
+    let mut job = Job::new(JobId::parse(CRON_JOB).unwrap());
+    job.run.cmd = Some("sleep 3".into());
+    job.run.cpus = 0.1;
+    job.run.mem = 16.0;
+    job.labels.insert(RUNS_FOR.into(), CRON_TASK_SECONDS.to_string());
+    job.schedules.push(ScheduleSpec {
+        id: "every-10s".into(),
+        expr: ScheduleExpr::Cron(format!("*/{CRON_EVERY_SECONDS} * * * * *")),
+        time_zone: String::new(),
+        concurrency_policy: ConcurrencyPolicy::Allow,
+        starting_deadline_seconds: 60,
+        enabled: true,
+    });
+    job.updated_at = now;
+    job
+}
+
+/// Where the cron schedule's time starts: tokio's clock is mapped onto this instant.
+fn cron_epoch() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("a valid instant")
+}
+
+/// Runs the cron framework, restarting it after each crash from what its store holds.
+async fn cron(w: Shared, db: Arc<Mutex<Db>>, tables: Arc<Mutex<CronTables>>) {
+    let start = lock(&w).start;
+    loop {
+        let down = lock(&w).cron.down_until;
+        if let Some(until) = down {
+            sleep_until(until).await;
+        }
+        let store = MemCronStore { db: db.clone(), tables: tables.clone() };
+        let stop = CancellationToken::new();
+        let clock = Clock::Tokio { at: cron_epoch(), since: start };
+        let link = Arc::new(SimLink { w: w.clone(), cron: true });
+        match keel_chronos::scheduler::start_on(link, Arc::new(store), clock, "", None, stop.clone()).await {
+            Ok(_) => {
+                let mut world = lock(&w);
+                world.note("cron framework started".into());
+                world.cron.stop = Some(stop.clone());
+                world.cron.down_until = None;
+            }
+            Err(_) => {
+                sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        stop.cancelled().await;
+    }
+}
+
+/// Checks the cron framework at the end: each tick of its job ran once or was recorded missed, and the
+/// agents run no task of it but those of runs still open.
+fn check_cron(w: &World, tables: &Arc<Mutex<CronTables>>, problems: &mut Vec<String>) {
+    let t = lock(tables);
+    let job = JobId::parse(CRON_JOB).unwrap();
+    let epoch = cron_epoch().timestamp_millis();
+    let elapsed = (Instant::now() - w.start).as_millis() as i64;
+    // Ticks old enough to have finished: a run takes 3 s, a lost launch is found within the 30 s of a
+    // reconciliation pass.
+    let settled = epoch + elapsed - 40_000;
+    let runs: BTreeMap<i64, &Run> = t.runs.values().filter(|r| r.job_id == job).map(|r| (r.scheduled_at, r)).collect();
+    let mut tick = epoch + CRON_EVERY_SECONDS * 1000;
+    while tick <= settled {
+        match runs.get(&tick) {
+            None => problems.push(format!("the cron tick at +{} s has no run", (tick - epoch) / 1000)),
+            Some(r) if is_open(r.status) => problems.push(format!(
+                "the cron tick at +{} s is still {}: {r:?}",
+                (tick - epoch) / 1000,
+                r.status.name()
+            )),
+            Some(_) => {}
+        }
+        tick += CRON_EVERY_SECONDS * 1000;
+    }
+    let fid = FrameworkId::parse(CRON_ID).unwrap();
+    let open: BTreeSet<String> =
+        t.runs.values().filter(|r| is_open(r.status)).flat_map(|r| r.task_ids.iter().cloned()).collect();
+    for ((owner, id), task) in w.hosts.iter().flat_map(|h| h.tasks.iter()) {
+        if *owner == fid && !task.state.is_terminal() && !open.contains(id.as_str()) {
+            problems.push(format!("an agent runs {id} of the cron framework, whose run is over"));
+        }
     }
 }
 
@@ -987,6 +1298,16 @@ enum Fault {
     ServicesReconnect,
     /// A restart of the services framework's app: a rolling deployment, which faults may interrupt.
     AppRestart,
+    /// The cron framework crashes, and is started again after `down` from what its store holds.
+    CronCrash {
+        down: Duration,
+    },
+    CronReconnect,
+    /// For a while, the frameworks' writes land but their answers are lost (a commit whose answer the
+    /// network ate): each must reload and look, never guess.
+    AmbiguousWrites {
+        lasting: Duration,
+    },
 }
 
 fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
@@ -996,7 +1317,7 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
             let at = Duration::from_millis(rng.random_range(5_000..FAULTS_FOR.as_millis() as u64));
             let secs =
                 |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo * 1000..hi * 1000));
-            let fault = match rng.random_range(0..11) {
+            let fault = match rng.random_range(0..14) {
                 0 => Fault::MasterCrash { down: secs(rng, 1, 4) },
                 7 => Fault::LeaderCutFromDatabase { renewed_ago: Duration::from_millis(rng.random_range(0..400)) },
                 1 => Fault::DatabaseDown { down: secs(rng, 1, 6) },
@@ -1011,6 +1332,9 @@ fn schedule(rng: &mut StdRng) -> Vec<(Duration, Fault)> {
                 8 => Fault::ServicesCrash { down: secs(rng, 1, 6) },
                 9 => Fault::ServicesReconnect,
                 10 => Fault::AppRestart,
+                11 => Fault::CronCrash { down: secs(rng, 1, 30) },
+                12 => Fault::CronReconnect,
+                13 => Fault::AmbiguousWrites { lasting: secs(rng, 1, 5) },
                 _ => Fault::TaskFails,
             };
             (at, fault)
@@ -1085,6 +1409,19 @@ async fn chaos(w: Shared, db: Arc<Mutex<Db>>, faults: Vec<(Duration, Fault)>) {
                 }
             }
             Fault::ServicesReconnect => lock(&w).services.generation += 1,
+            Fault::CronCrash { down } => {
+                let mut w = lock(&w);
+                if let Some(stop) = w.cron.stop.take() {
+                    stop.cancel();
+                    w.cron.down_until = Some(now + down);
+                }
+            }
+            Fault::CronReconnect => lock(&w).cron.generation += 1,
+            Fault::AmbiguousWrites { lasting } => {
+                lock(&db).ambiguous = true;
+                sleep(lasting).await;
+                lock(&db).ambiguous = false;
+            }
             Fault::AppRestart => {
                 let handle = lock(&w).services.running.as_ref().map(|(h, _)| h.clone());
                 if let Some(handle) = handle {
@@ -1141,6 +1478,7 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             hosts: (0..AGENTS).map(|_| AgentHost::default()).collect(),
             frameworks: (0..FRAMEWORKS).map(|_| Believed::default()).collect(),
             services: Services::default(),
+            cron: Life::default(),
             started: BTreeMap::new(),
             trace: vec![],
             violations: vec![],
@@ -1156,6 +1494,13 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             t.versions.insert((SERVICE_APP.into(), app.version.clone().unwrap_or_default()), app.clone());
             t.apps.insert(SERVICE_APP.into(), app);
         }
+        let cron_tables = Arc::new(Mutex::new(CronTables::default()));
+        {
+            let mut t = lock(&cron_tables);
+            t.framework_id = Some(CRON_ID.into());
+            let job = cron_job(cron_epoch().timestamp_millis());
+            t.jobs.insert(job.id.clone(), job);
+        }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(chaos(w.clone(), db.clone(), faults));
         for i in 0..AGENTS {
@@ -1165,6 +1510,7 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
             tasks.spawn(framework(w.clone(), k));
         }
         tasks.spawn(services(w.clone(), db.clone(), tables.clone()));
+        tasks.spawn(cron(w.clone(), db.clone(), cron_tables.clone()));
         sleep(FAULTS_FOR + SETTLE_FOR).await;
         let handle = lock(&w).leader.clone().ok_or("no master leads at the end")?;
         let state = handle.state().await.map_err(|e| format!("the master does not answer: {e}"))?;
@@ -1174,7 +1520,11 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
         if let Some((_, stop)) = lock(&w).services.running.take() {
             stop.cancel();
         }
+        if let Some(stop) = lock(&w).cron.stop.take() {
+            stop.cancel();
+        }
         let w = lock(&w);
+        check_cron(&w, &cron_tables, &mut problems);
         problems.extend(w.violations.iter().cloned());
         for (k, f) in w.frameworks.iter().enumerate() {
             let fid = framework_id(k);
@@ -1251,6 +1601,10 @@ fn a_seed_replays_exactly() {
         assert!(
             a.iter().any(|l| l.ends_with(&format!("starts svc.000000 of {SERVICES_ID}"))),
             "seed {seed}: the services framework launched nothing"
+        );
+        assert!(
+            a.iter().any(|l| l.ends_with(&format!("of {CRON_ID}"))),
+            "seed {seed}: the cron framework launched nothing"
         );
     }
 }
