@@ -934,25 +934,37 @@ async fn check_services(
             instances.len()
         ));
     }
+    let believed: BTreeSet<TaskId> = instances.keys().filter_map(|id| TaskId::parse(id).ok()).collect();
     let fid = FrameworkId::parse(SERVICES_ID).unwrap();
-    let w = lock(w);
-    let on_agents: BTreeSet<String> = w
+    agree(&lock(w), state, &fid, "the services framework", &believed, problems);
+}
+
+/// Checks that the agents run exactly the tasks framework `fid` (`who`) believes live, and that the master
+/// reports those same tasks, all running.
+fn agree(
+    w: &World,
+    state: &master::StateSnapshot,
+    fid: &FrameworkId,
+    who: &str,
+    believed: &BTreeSet<TaskId>,
+    problems: &mut Vec<String>,
+) {
+    let on_agents: BTreeSet<TaskId> = w
         .hosts
         .iter()
         .flat_map(|h| h.tasks.iter())
-        .filter(|((owner, _), t)| *owner == fid && !t.state.is_terminal())
-        .map(|((_, id), _)| id.to_string())
+        .filter(|((owner, _), t)| owner == fid && !t.state.is_terminal())
+        .map(|((_, id), _)| id.clone())
         .collect();
-    let believed: BTreeSet<String> = instances.keys().cloned().collect();
-    if on_agents != believed {
-        problems.push(format!("agents run {on_agents:?} of the services framework, which has {believed:?}"));
+    if on_agents != *believed {
+        problems.push(format!("agents run {on_agents:?} of {who}, which believes {believed:?}"));
     }
-    let reported: Vec<&master::TaskView> = state.tasks.iter().filter(|t| t.framework_id == fid).collect();
-    let in_master: BTreeSet<String> =
-        reported.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.to_string()).collect();
+    let reported: Vec<&master::TaskView> = state.tasks.iter().filter(|t| &t.framework_id == fid).collect();
+    let in_master: BTreeSet<TaskId> =
+        reported.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.clone()).collect();
     if reported.len() != in_master.len() || in_master != on_agents {
         let all: Vec<String> = reported.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
-        problems.push(format!("the master reports {all:?} of the services framework, agents run {on_agents:?}"));
+        problems.push(format!("the master reports {all:?} of {who}, agents run {on_agents:?}"));
     }
 }
 
@@ -1537,23 +1549,7 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
                     f.live
                 ));
             }
-            let on_agents: BTreeSet<TaskId> = w
-                .hosts
-                .iter()
-                .flat_map(|h| h.tasks.iter())
-                .filter(|((owner, _), t)| *owner == fid && !t.state.is_terminal())
-                .map(|((_, id), _)| id.clone())
-                .collect();
-            if on_agents != believed {
-                problems.push(format!("agents run {on_agents:?} of framework {k}, which believes {believed:?}"));
-            }
-            let reported: Vec<&master::TaskView> = state.tasks.iter().filter(|t| t.framework_id == fid).collect();
-            let in_master: BTreeSet<TaskId> =
-                reported.iter().filter(|t| t.state == TaskState::Running).map(|t| t.id.clone()).collect();
-            if reported.len() != in_master.len() || in_master != on_agents {
-                let all: Vec<String> = reported.iter().map(|t| format!("{} {}", t.id, t.state.name())).collect();
-                problems.push(format!("the master reports {all:?} of framework {k}, agents run {on_agents:?}"));
-            }
+            agree(&w, &state, &fid, &format!("framework {k}"), &believed, &mut problems);
         }
         if problems.is_empty() {
             Ok(w.trace.clone())
