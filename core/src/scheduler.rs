@@ -36,13 +36,43 @@ pub enum DriverError {
 }
 
 struct Connection {
-    calls: mpsc::Sender<Call>,
+    calls: Arc<dyn CallSink>,
+}
+
+/// Where a subscription's calls go.
+#[async_trait::async_trait]
+pub trait CallSink: Send + Sync + 'static {
+    /// Sends one call; an error means the subscription is gone.
+    async fn send(&self, call: Call) -> Result<(), DriverError>;
+}
+
+#[async_trait::async_trait]
+impl CallSink for mpsc::Sender<Call> {
+    async fn send(&self, call: Call) -> Result<(), DriverError> {
+        mpsc::Sender::send(self, call).await.map_err(|_| DriverError::NotConnected)
+    }
+}
+
+/// The gRPC stream's calls: each is stamped with the framework id SUBSCRIBED assigned and encoded by the
+/// caller, so that the caller's pace is what the stream carries (encoding on the stream's side let a
+/// framework queue calls faster than the master took them, and the master's memory grew with the queue).
+struct GrpcCalls {
+    tx: mpsc::Sender<crate::proto::Call>,
+    framework_id: Arc<Mutex<Option<FrameworkId>>>,
+}
+
+#[async_trait::async_trait]
+impl CallSink for GrpcCalls {
+    async fn send(&self, call: Call) -> Result<(), DriverError> {
+        let fid = self.framework_id.lock().expect("lock poisoned").clone().ok_or(DriverError::NotConnected)?;
+        self.tx.send(call_to_proto(&fid, &call)).await.map_err(|_| DriverError::NotConnected)
+    }
 }
 
 /// One subscription to a master: where the framework's calls go, and the events that come back (an
 /// error, or the stream's end, breaks the subscription).
 pub struct Session {
-    pub calls: mpsc::Sender<Call>,
+    pub calls: Arc<dyn CallSink>,
     pub events: futures::stream::BoxStream<'static, Result<Event, String>>,
 }
 
@@ -90,17 +120,11 @@ impl Link for crate::client::Target {
         };
         // Calls carry the framework id the master assigned, which the first event (SUBSCRIBED) tells.
         let assigned: Arc<Mutex<Option<FrameworkId>>> = Arc::new(Mutex::new(framework_id.clone()));
-        let (tx, rx) = mpsc::channel::<Call>(crate::master::CONNECTION_BUFFER);
-        let first = subscribe_to_proto(framework_id.as_ref(), info);
-        let fid = assigned.clone();
-        let calls = futures::stream::once(async move { first }).chain(ReceiverStream::new(rx).map(move |call| {
-            let fid = fid
-                .lock()
-                .expect("lock poisoned")
-                .clone()
-                .unwrap_or_else(|| FrameworkId::parse("unassigned").expect("valid"));
-            call_to_proto(&fid, &call)
-        }));
+        let (tx, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
+        if tx.send(subscribe_to_proto(framework_id.as_ref(), info)).await.is_err() {
+            return Err(SubscribeError::Unavailable("call channel closed".into()));
+        }
+        let calls = ReceiverStream::new(rx);
         let stream = match client.subscribe(calls).await {
             Ok(r) => r.into_inner(),
             Err(status)
@@ -116,18 +140,19 @@ impl Link for crate::client::Target {
             }
             Err(status) => return Err(SubscribeError::Unavailable(format!("subscribe failed: {}", status.message()))),
         };
+        let stamp = assigned.clone();
         let events = stream
             .map(move |item| {
                 let event = item
                     .map_err(|s| s.message().to_owned())
                     .and_then(|e| Event::try_from(e).map_err(|e| e.to_string()))?;
                 if let Event::Subscribed { framework_id, .. } = &event {
-                    *assigned.lock().expect("lock poisoned") = Some(framework_id.clone());
+                    *stamp.lock().expect("lock poisoned") = Some(framework_id.clone());
                 }
                 Ok(event)
             })
             .boxed();
-        Ok(Session { calls: tx, events })
+        Ok(Session { calls: Arc::new(GrpcCalls { tx, framework_id: assigned }), events })
     }
 
     fn failed(&self) {
@@ -159,7 +184,7 @@ impl SchedulerHandle {
             let current = self.current.lock().expect("lock poisoned");
             current.as_ref().ok_or(DriverError::NotConnected)?.calls.clone()
         };
-        tx.send(call).await.map_err(|_| DriverError::NotConnected)
+        tx.send(call).await
     }
 
     /// Tears the framework down (its tasks are killed) and stops the driver from re-subscribing.

@@ -826,7 +826,7 @@ impl Link for SimLink {
             handle.framework_disconnected(fid.clone(), conn).await;
             lock(&w).note(format!("{fid} lost its connection"));
         });
-        Ok(Session { calls: calls_tx, events: tokio_stream::wrappers::ReceiverStream::new(events).boxed() })
+        Ok(Session { calls: Arc::new(calls_tx), events: tokio_stream::wrappers::ReceiverStream::new(events).boxed() })
     }
 
     fn max_backoff(&self) -> Duration {
