@@ -1111,6 +1111,10 @@ async fn run_agent(config: AgentConfig, containerizer: Composite, shutdown: Canc
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    keel_core::version::set_build(keel_core::version::Build {
+        git_sha: env!("KEEL_GIT_SHA"),
+        commit_time: env!("KEEL_COMMIT_TIME").parse().unwrap_or(0),
+    });
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| "info".into()))

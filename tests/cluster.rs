@@ -479,3 +479,29 @@ async fn a_task_that_ends_while_its_agent_is_down_is_reported_once_and_frees_its
     fw.drain_for(Duration::from_secs(2)).await;
     assert!(!fw.updates[before..].iter().any(|u| u.state == TaskState::Lost), "{:#?}", &fw.updates[before..]);
 }
+
+#[tokio::test]
+async fn the_version_is_mesos_numeric_one_and_names_the_commit_and_keels_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("k.db").display());
+    let master = Master::start(dir.path(), &db, "10s").await;
+    let doc = master.get("/version").await.unwrap();
+    // Clients split it and parse each part with int().
+    let parts: Vec<u32> = doc["version"].as_str().unwrap().split('.').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(parts, [1, 11, 0], "{doc}");
+    assert_eq!(doc["keel_version"], env!("CARGO_PKG_VERSION"));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if let Some(head) = head {
+        assert_eq!(doc["git_sha"], head.as_str(), "the binary names the commit it was built from");
+        assert!(doc["build_time"].as_i64().unwrap() > 1_700_000_000, "{doc}");
+        assert!(doc["build_date"].as_str().unwrap().starts_with("20"), "{doc}");
+    }
+    let anonymous = reqwest::get(format!("{}/version", master.url())).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "every API needs a credential");
+}

@@ -24,6 +24,7 @@ pub mod store;
 pub mod task;
 pub mod testing;
 pub mod tls;
+pub mod version;
 
 /// The generated protobuf and gRPC types of `proto/keel.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -51,6 +51,7 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
     let ops = Ops { master: master.clone(), extras };
     Router::new()
         .route("/master/state", get(state))
+        .route("/version", get(version))
         .route("/master/tasks/{task_id}/files/{file}", get(read_file))
         .route("/keel/v1/tasks/{task_id}", get(task))
         .route("/keel/v1/events", get(events))
@@ -213,6 +214,18 @@ where
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
+/// `GET /version`: Mesos's version document, with Keel's own version beside it.
+#[utoipa::path(
+    get,
+    path = "/version",
+    tag = "master",
+    description = "The Mesos version Keel's APIs answer as (`version`, numeric and dotted), the commit the binary was built from (`git_sha`; `build_time` is the commit's time), and Keel's own version (`keel_version`).",
+    responses((status = 200, description = "The version document", body = serde_json::Value))
+)]
+async fn version() -> Json<serde_json::Value> {
+    Json(crate::version::document())
+}
+
 #[utoipa::path(
     get,
     path = "/master/state",
@@ -287,7 +300,7 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
 
 /// The description of the operator routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(state, read_file, task, events, summary, health, metrics), tags((name = "master", description = "The master's operator API")))]
+#[openapi(paths(state, version, read_file, task, events, summary, health, metrics), tags((name = "master", description = "The master's operator API")))]
 pub struct MasterApiDoc;
 
 /// The JSON 404 for any path nobody serves.
