@@ -36,36 +36,32 @@ pub enum DriverError {
 }
 
 struct Connection {
+    framework_id: FrameworkId,
     calls: Arc<dyn CallSink>,
 }
 
 /// Where a subscription's calls go.
 #[async_trait::async_trait]
 pub trait CallSink: Send + Sync + 'static {
-    /// Sends one call; an error means the subscription is gone.
-    async fn send(&self, call: Call) -> Result<(), DriverError>;
+    /// Sends one call of framework `framework_id` (as SUBSCRIBED named it); an error means the
+    /// subscription is gone.
+    async fn send(&self, framework_id: &FrameworkId, call: Call) -> Result<(), DriverError>;
 }
 
 #[async_trait::async_trait]
 impl CallSink for mpsc::Sender<Call> {
-    async fn send(&self, call: Call) -> Result<(), DriverError> {
+    async fn send(&self, _: &FrameworkId, call: Call) -> Result<(), DriverError> {
         mpsc::Sender::send(self, call).await.map_err(|_| DriverError::NotConnected)
     }
 }
 
-/// The gRPC stream's calls: each is stamped with the framework id SUBSCRIBED assigned and encoded by the
-/// caller, so that the caller's pace is what the stream carries (encoding on the stream's side let a
-/// framework queue calls faster than the master took them, and the master's memory grew with the queue).
-struct GrpcCalls {
-    tx: mpsc::Sender<crate::proto::Call>,
-    framework_id: Arc<Mutex<Option<FrameworkId>>>,
-}
-
+/// The gRPC stream's calls, encoded by the caller, so that the caller's pace is what the stream carries
+/// (encoding on the stream's side let a framework queue calls faster than the master took them, and the
+/// master's memory grew with the queue).
 #[async_trait::async_trait]
-impl CallSink for GrpcCalls {
-    async fn send(&self, call: Call) -> Result<(), DriverError> {
-        let fid = self.framework_id.lock().expect("lock poisoned").clone().ok_or(DriverError::NotConnected)?;
-        self.tx.send(call_to_proto(&fid, &call)).await.map_err(|_| DriverError::NotConnected)
+impl CallSink for mpsc::Sender<crate::proto::Call> {
+    async fn send(&self, framework_id: &FrameworkId, call: Call) -> Result<(), DriverError> {
+        mpsc::Sender::send(self, call_to_proto(framework_id, &call)).await.map_err(|_| DriverError::NotConnected)
     }
 }
 
@@ -118,8 +114,6 @@ impl Link for crate::client::Target {
                 return Err(SubscribeError::Unavailable(format!("cannot connect to {}: {e}", self.current_url())));
             }
         };
-        // Calls carry the framework id the master assigned, which the first event (SUBSCRIBED) tells.
-        let assigned: Arc<Mutex<Option<FrameworkId>>> = Arc::new(Mutex::new(framework_id.clone()));
         let (tx, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
         if tx.send(subscribe_to_proto(framework_id.as_ref(), info)).await.is_err() {
             return Err(SubscribeError::Unavailable("call channel closed".into()));
@@ -140,19 +134,12 @@ impl Link for crate::client::Target {
             }
             Err(status) => return Err(SubscribeError::Unavailable(format!("subscribe failed: {}", status.message()))),
         };
-        let stamp = assigned.clone();
         let events = stream
-            .map(move |item| {
-                let event = item
-                    .map_err(|s| s.message().to_owned())
-                    .and_then(|e| Event::try_from(e).map_err(|e| e.to_string()))?;
-                if let Event::Subscribed { framework_id, .. } = &event {
-                    *stamp.lock().expect("lock poisoned") = Some(framework_id.clone());
-                }
-                Ok(event)
+            .map(|item| {
+                item.map_err(|s| s.message().to_owned()).and_then(|e| Event::try_from(e).map_err(|e| e.to_string()))
             })
             .boxed();
-        Ok(Session { calls: Arc::new(GrpcCalls { tx, framework_id: assigned }), events })
+        Ok(Session { calls: Arc::new(tx), events })
     }
 
     fn failed(&self) {
@@ -180,11 +167,12 @@ pub struct SchedulerHandle {
 impl SchedulerHandle {
     /// Sends a call. Calls made while disconnected fail; the framework reconciles after re-subscribing.
     pub async fn call(&self, call: Call) -> Result<(), DriverError> {
-        let tx = {
+        let (fid, tx) = {
             let current = self.current.lock().expect("lock poisoned");
-            current.as_ref().ok_or(DriverError::NotConnected)?.calls.clone()
+            let c = current.as_ref().ok_or(DriverError::NotConnected)?;
+            (c.framework_id.clone(), c.calls.clone())
         };
-        tx.send(call).await
+        tx.send(&fid, call).await
     }
 
     /// Tears the framework down (its tasks are killed) and stops the driver from re-subscribing.
@@ -300,7 +288,8 @@ async fn subscribe_once(
         if let Event::Subscribed { framework_id, .. } = &event {
             subscribed = true;
             *handle.framework_id.lock().expect("lock poisoned") = Some(framework_id.clone());
-            *handle.current.lock().expect("lock poisoned") = Some(Connection { calls: calls.clone() });
+            *handle.current.lock().expect("lock poisoned") =
+                Some(Connection { framework_id: framework_id.clone(), calls: calls.clone() });
         }
         if events.send(DriverEvent::Event(event)).await.is_err() {
             return Outcome::Fatal("the framework stopped listening".into());

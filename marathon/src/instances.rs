@@ -351,7 +351,6 @@ impl Instances {
                 }
             }
         }
-        sweep.expunge.sort();
         sweep
     }
 

@@ -229,7 +229,6 @@ impl MarathonHandle {
     }
 }
 
-/// An app's launch delay after failures, as Marathon's rate limiter keeps it.
 /// The actor's clock: tokio's, so that a test can pause and advance it (as the master's).
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
