@@ -549,7 +549,8 @@ impl MasterOptions {
         let (master, _actor) =
             master::start(self.config(), fenced, shutdown.clone()).await.context("cannot start the master")?;
         // Agents and frameworks may attach at once; the routes of `keel dev`'s frameworks join in `serve`.
-        let early = keel_core::master::http::Extras { gate: gate.clone(), ..Default::default() };
+        let mesos = keel_core::mesos::MasterInfo::for_addr(local);
+        let early = keel_core::master::http::Extras { gate: gate.clone(), mesos: mesos.clone(), ..Default::default() };
         *slot.write().expect("lock poisoned") =
             Some(keel_core::server::router_with(master.clone(), axum::Router::new(), early, limits));
         Ok(Started {
@@ -561,6 +562,7 @@ impl MasterOptions {
             me,
             leadership,
             addr: local.to_string(),
+            mesos,
             url,
             gate,
             admin_token,
@@ -765,6 +767,8 @@ struct Started {
     me: String,
     leadership: keel_core::election::Leadership,
     addr: String,
+    /// Who this master is, as Mesos's v1 API tells frameworks.
+    mesos: keel_core::mesos::MasterInfo,
     /// `http://ADDR` or `https://ADDR`.
     url: String,
     gate: keel_core::gate::Gate,
@@ -783,6 +787,7 @@ impl Started {
     ) -> tokio::task::JoinHandle<std::io::Result<()>> {
         let limits = self.limits;
         extras.gate = self.gate;
+        extras.mesos = self.mesos;
         let (standing, me) = (self.standing, self.me);
         let leader = axum::Router::new().route(
             "/master/leader",

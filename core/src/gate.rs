@@ -106,6 +106,9 @@ pub enum Class {
     TaskOutput,
     Write,
     Admin,
+    /// Mesos's v1 scheduler API: any principal gets in; the handler checks that it may subscribe, and that
+    /// each later call comes from the principal that subscribed.
+    Scheduler,
 }
 
 /// Which class a request is in. Pure.
@@ -121,6 +124,9 @@ pub fn classify(method: &Method, path: &str) -> Class {
         || (path == "/v2/leader" && method == Method::DELETE);
     if admin {
         return Class::Admin;
+    }
+    if path == "/api/v1/scheduler" && *method == Method::POST {
+        return Class::Scheduler;
     }
     if is_safe(method) {
         if path.starts_with("/master/tasks/") && path.contains("/files/") { Class::TaskOutput } else { Class::Read }
@@ -305,7 +311,7 @@ impl Gate {
                 if self.session_cookie(headers).is_some() { quiet_unauthorized(&e) } else { unauthorized(&e) };
             (None, refusal)
         })?;
-        if matches!(class, Class::Write | Class::Admin)
+        if matches!(class, Class::Write | Class::Admin | Class::Scheduler)
             && let Some(session) = self.session_cookie(headers)
         {
             let expected = self.auth.session_csrf(session);
@@ -319,6 +325,7 @@ impl Gate {
             }
         }
         let (action, what) = match class {
+            Class::Scheduler => return Ok(Some(principal)),
             Class::Read => (Action::Read, "read"),
             Class::TaskOutput => (Action::ReadTaskOutput, "read task output"),
             Class::Write => (Action::Write, "write"),
@@ -372,7 +379,9 @@ pub fn protect(router: Router, gate: Gate) -> Router {
 async fn guard(gate: Gate, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let write = !is_safe(&method) && classify(&method, &path) != Class::Public;
+    let class = classify(&method, &path);
+    // The v1 scheduler API audits its subscriptions itself, as the gRPC one does, not each call.
+    let write = !is_safe(&method) && !matches!(class, Class::Public | Class::Scheduler);
     let (mut parts, body) = req.into_parts();
     let (principal, admitted) = gate.admit(&parts).await;
     let (principal, mut response) = match admitted {
@@ -391,7 +400,8 @@ async fn guard(gate: Gate, req: Request, next: Next) -> Response {
                 parts.extensions.insert(Csrf(csrf));
             }
             let response = json_rejection(next.run(Request::from_parts(parts, body)).await).await;
-            let redact = principal.as_ref().is_some_and(|p| !p.may(&Action::ReadSecrets));
+            // The v1 event stream never ends and carries no environment: it is not read to be redacted.
+            let redact = class != Class::Scheduler && principal.as_ref().is_some_and(|p| !p.may(&Action::ReadSecrets));
             let response = if redact { redact_response(response).await } else { response };
             (principal, response)
         }
@@ -903,6 +913,8 @@ mod tests {
         assert_eq!(classify(&Method::DELETE, "/v2/leader"), Class::Admin);
         assert_eq!(classify(&Method::GET, "/v2/leader"), Class::Read);
         assert_eq!(classify(&Method::GET, "/master/tasks/t1/files/stdout"), Class::TaskOutput);
+        assert_eq!(classify(&Method::POST, "/api/v1/scheduler"), Class::Scheduler);
+        assert_eq!(classify(&Method::GET, "/api/v1/scheduler"), Class::Read);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod health;
 pub mod ids;
 pub mod json;
 pub mod master;
+pub mod mesos;
 pub mod openapi;
 pub mod query;
 pub mod resources;

@@ -224,7 +224,12 @@ mod tests {
         };
         let described: Vec<String> = doc.paths.paths.keys().map(|p| norm(p)).collect();
         let needle = concat!(".route", "(\"");
-        for source in [include_str!("master/http.rs"), include_str!("gate.rs"), include_str!("openapi.rs")] {
+        for source in [
+            include_str!("master/http.rs"),
+            include_str!("master/v1.rs"),
+            include_str!("gate.rs"),
+            include_str!("openapi.rs"),
+        ] {
             for chunk in source.split(needle).skip(1) {
                 let path = chunk.split('"').next().unwrap();
                 assert!(described.contains(&norm(path)), "route {path} is not in the OpenAPI description");

@@ -30,6 +30,8 @@ pub struct Extras {
     pub json_metrics: Option<JsonMetrics>,
     /// Who may do what on this port (auth off by default: the binary always sets it).
     pub gate: crate::gate::Gate,
+    /// Who this master is, as Mesos's v1 API tells its frameworks.
+    pub mesos: crate::mesos::MasterInfo,
 }
 
 #[derive(Clone)]
@@ -48,6 +50,7 @@ pub fn router(master: MasterHandle) -> Router {
 pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
     let probe = master.clone();
     extras.health.register("master", move || probe.is_running());
+    let v1 = super::v1::V1::new(master.clone(), extras.mesos.clone(), &extras.gate);
     let ops = Ops { master: master.clone(), extras };
     Router::new()
         .route("/master/state", get(state))
@@ -58,6 +61,7 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
         .route("/keel/v1/summary", get(summary))
         .with_state(master)
         .merge(Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(ops))
+        .merge(super::v1::router(v1))
 }
 
 /// A JSON error body: `{"message": "..."}` with a status code.
@@ -300,7 +304,13 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
 
 /// The description of the operator routes.
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(state, version, read_file, task, events, summary, health, metrics), tags((name = "master", description = "The master's operator API")))]
+#[openapi(
+    paths(state, version, read_file, task, events, summary, health, metrics, super::v1::scheduler),
+    tags(
+        (name = "master", description = "The master's operator API"),
+        (name = "mesos", description = "Mesos's v1 scheduler API"),
+    )
+)]
 pub struct MasterApiDoc;
 
 /// The JSON 404 for any path nobody serves.

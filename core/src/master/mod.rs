@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 mod state;
 mod timers;
+pub mod v1;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -165,6 +166,13 @@ pub(crate) enum Command {
         conn_id: u64,
         message: String,
     },
+    /// Tasks of an ACCEPT that the edge refused before the master saw them: each is answered TASK_ERROR
+    /// with its reason, in order with the framework's other events.
+    RefuseTasks {
+        framework_id: FrameworkId,
+        conn_id: u64,
+        tasks: Vec<(TaskId, String)>,
+    },
     State {
         reply: oneshot::Sender<StateSnapshot>,
     },
@@ -266,6 +274,16 @@ impl MasterHandle {
         message: String,
     ) -> Result<(), MasterError> {
         self.send(Command::CallError { framework_id, conn_id, message }).await
+    }
+
+    /// Answers each of `tasks` TASK_ERROR with its reason (see [`Command::RefuseTasks`]).
+    pub async fn refuse_tasks(
+        &self,
+        framework_id: FrameworkId,
+        conn_id: u64,
+        tasks: Vec<(TaskId, String)>,
+    ) -> Result<(), MasterError> {
+        self.send(Command::RefuseTasks { framework_id, conn_id, tasks }).await
     }
 
     pub async fn framework_disconnected(&self, framework_id: FrameworkId, conn_id: u64) {

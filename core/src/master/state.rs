@@ -392,6 +392,17 @@ impl Master {
                     self.send_event(&framework_id, Event::Error(message));
                 }
             }
+            Command::RefuseTasks { framework_id, conn_id, tasks } => {
+                if self.frameworks.get(&framework_id).and_then(|f| f.conn.as_ref()).is_some_and(|c| c.id == conn_id) {
+                    for (task_id, message) in tasks {
+                        self.counters.tasks_invalid += 1;
+                        warn!(framework_id = %framework_id, task_id = %task_id, %message, "task refused");
+                        let status =
+                            TaskStatus::from_master(task_id, TaskState::Error, None, reason::TASK_INVALID, message);
+                        self.send_update(&framework_id, status);
+                    }
+                }
+            }
             Command::State { reply } => {
                 let _ = reply.send(self.snapshot());
             }
