@@ -409,3 +409,85 @@ async fn a_v1_framework_whose_connection_drops_resubscribes_and_keeps_its_tasks(
     again.update("keeper", "TASK_KILLED").await;
     again.reader.abort();
 }
+
+#[tokio::test]
+async fn the_operator_endpoints_answer_in_mesos_shape_at_every_path_mesos_tools_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = backends().await;
+    let master = Master::start(dir.path(), &backends[0].url, "10s").await;
+    let agent = Agent::start(&master, &dir.path().join("agent"), "cpus:2;mem:1024;ports:[31000-31009]").await;
+    let agent_id = agent.agent_id().unwrap();
+    let mut fw = Framework::subscribe(&master, "mesos-shaped", Duration::from_secs(60)).await;
+    fw.launch(task("first", "exec sleep 60")).await;
+    fw.wait_state("first", keel_core::task::TaskState::Running, LONG).await;
+    fw.launch(task("second", "true")).await;
+    fw.wait_state("second", keel_core::task::TaskState::Finished, LONG).await;
+    let fid = fw.id();
+
+    for path in ["/master/state", "/master/state.json", "/state.json", "/state", "/master/state/"] {
+        let s = master.get(path).await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(s["version"], "1.11.0", "{path}");
+        assert_eq!(s["keel_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(s["activated_slaves"], 1.0);
+        assert!(s["leader"].as_str().unwrap().starts_with("master@127.0.0.1:"), "{}", s["leader"]);
+        assert_eq!(s["leader_info"]["port"], master.port);
+        assert!(s["hostname"].is_string() && s["start_time"].as_f64().unwrap() > 1.7e9);
+        assert_eq!(s["elected_time"], s["start_time"]);
+        let slave = &s["slaves"][0];
+        assert_eq!((slave["id"].as_str(), slave["active"].as_bool()), (Some(agent_id.as_str()), Some(true)));
+        assert!(slave["pid"].as_str().unwrap().starts_with("slave(1)@"), "{slave}");
+        assert_eq!(slave["resources"], json!({ "cpus": 2.0, "mem": 1024.0, "disk": 0.0, "ports": "[31000-31009]" }));
+        assert_eq!(slave["used_resources"]["cpus"], 0.1);
+        assert_eq!(slave["attributes"], json!({ "rack": "r1" }));
+        let f = s["frameworks"].as_array().unwrap().iter().find(|f| f["id"] == fid.as_str()).unwrap();
+        assert_eq!((f["name"].as_str(), f["active"].as_bool()), (Some("mesos-shaped"), Some(true)));
+        assert!(f["webui_url"].is_string());
+        let live = f["tasks"].as_array().unwrap();
+        let first = live.iter().find(|t| t["id"] == "first").expect("the running task is among the framework's tasks");
+        assert_eq!((first["executor_id"].as_str(), first["slave_id"].as_str()), (Some(""), Some(agent_id.as_str())));
+        assert_eq!(first["state"], "TASK_RUNNING");
+        let states: Vec<&str> =
+            first["statuses"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+        assert_eq!(states.first(), Some(&"TASK_STAGING"));
+        assert_eq!(states.last(), Some(&"TASK_RUNNING"));
+        assert!(first["statuses"][0]["timestamp"].as_f64().unwrap() > 1.7e9);
+        // Keel's own fields stay beside: the flat task list.
+        assert!(s["tasks"].as_array().unwrap().iter().any(|t| t["id"] == "first"));
+    }
+    for path in ["/master/slaves", "/slaves", "/master/slaves/"] {
+        let s = master.get(path).await.unwrap();
+        assert_eq!(s["slaves"][0]["id"], agent_id.as_str(), "{path}");
+        assert!(s["recovered_slaves"].is_array());
+    }
+    let none = master.get("/master/slaves?slave_id=nope").await.unwrap();
+    assert_eq!(none["slaves"], json!([]));
+    for path in ["/master/frameworks", "/frameworks/", &format!("/frameworks?framework_id={fid}")] {
+        let s = master.get(path).await.unwrap();
+        let f = s["frameworks"].as_array().unwrap().iter().find(|f| f["id"] == fid.as_str()).expect(path).clone();
+        assert!(f["tasks"].is_array() && f["completed_tasks"].is_array(), "{path}: {f}");
+        assert_eq!(f["active"], true);
+    }
+    // Tasks: live and completed, newest first by default, paged with limit (-1: all) and offset.
+    let all = master.get("/master/tasks?limit=-1").await.unwrap();
+    let ids: Vec<&str> = all["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["second", "first"], "{all:#}");
+    let asc = master.get("/tasks/?order=asc&limit=1").await.unwrap();
+    assert_eq!(asc["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(asc["tasks"][0]["id"], "first");
+    let page = master.get("/tasks?order=asc&offset=1").await.unwrap();
+    assert_eq!(page["tasks"][0]["id"], "second");
+    assert_eq!(page["tasks"][0]["state"], "TASK_FINISHED");
+    let only = master.get("/master/tasks?task_id=first").await.unwrap();
+    assert_eq!(only["tasks"].as_array().unwrap().len(), 1);
+    for bad in ["/master/tasks?limit=-2", "/master/tasks?order=sideways", "/master/tasks?limit=x"] {
+        let resp = get(&format!("{}{bad}", master.url()), &master.token).await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        assert!(resp.json::<Value>().await.unwrap()["message"].is_string());
+    }
+    assert_eq!(
+        reqwest::get(format!("{}/state.json", master.url())).await.unwrap().status(),
+        401,
+        "a credential is needed"
+    );
+    fw.shutdown.cancel();
+}

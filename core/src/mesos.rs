@@ -857,7 +857,8 @@ impl MasterInfo {
         MasterInfo { id: uuid::Uuid::new_v4().to_string(), hostname, ip: ip.to_string(), port: addr.port() }
     }
 
-    fn json(&self) -> Value {
+    /// Mesos's `MasterInfo`.
+    pub fn json(&self) -> Value {
         let ip: u32 = self.ip.parse::<std::net::Ipv4Addr>().map(|a| u32::from_le_bytes(a.octets())).unwrap_or(0);
         json!({
             "id": self.id,

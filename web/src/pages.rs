@@ -314,7 +314,7 @@ pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>,
                                         td { (state(st)) @if f["suppressed"] == true { " " span.badge { "offers suppressed" } } }
                                         td { code { (text(&f["role"])) } }
                                         td { (format!("{:.1} %", n(&f["dominant_share"]) * 100.0)) }
-                                        td { a href=(format!("/ui/tasks?framework={}", text(&f["id"]))) { (n(&f["tasks"])) } }
+                                        td { a href=(format!("/ui/tasks?framework={}", text(&f["id"]))) { (f["tasks"].as_array().map_or(0, Vec::len)) } }
                                         td { (n(&f["offers"])) }
                                         td { @let u = text(&f["webui_url"]); @if u.starts_with("http://") || u.starts_with("https://") { a href=(u) rel="noreferrer" { (u) } } @else if u.is_empty() { "—" } @else { code { (u) } } }
                                     }

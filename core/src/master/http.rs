@@ -51,9 +51,21 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
     let probe = master.clone();
     extras.health.register("master", move || probe.is_running());
     let v1 = super::v1::V1::new(master.clone(), extras.mesos.clone(), &extras.gate);
+    let mesos = Mesos { master: master.clone(), info: extras.mesos.clone() };
     let ops = Ops { master: master.clone(), extras };
+    // Mesos's tools call these at their short paths too, and with a trailing slash.
+    let mut mesos_routes = Router::new();
+    for (paths, handler) in [
+        (&["/master/state", "/master/state.json", "/state.json", "/state"][..], get(state)),
+        (&["/master/slaves", "/slaves"][..], get(slaves)),
+        (&["/master/frameworks", "/frameworks"][..], get(frameworks)),
+        (&["/master/tasks", "/tasks"][..], get(tasks)),
+    ] {
+        for path in paths {
+            mesos_routes = mesos_routes.route(path, handler.clone()).route(&format!("{path}/"), handler.clone());
+        }
+    }
     Router::new()
-        .route("/master/state", get(state))
         .route("/version", get(version))
         .route("/master/tasks/{task_id}/files/{file}", get(read_file))
         .route("/keel/v1/tasks/{task_id}", get(task))
@@ -62,6 +74,14 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
         .with_state(master)
         .merge(Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(ops))
         .merge(super::v1::router(v1))
+        .merge(mesos_routes.with_state(mesos))
+}
+
+/// What the Mesos-shaped routes need: the master, and who it is.
+#[derive(Clone)]
+struct Mesos {
+    master: MasterHandle,
+    info: crate::mesos::MasterInfo,
 }
 
 /// A JSON error body: `{"message": "..."}` with a status code.
@@ -234,14 +254,79 @@ async fn version() -> Json<serde_json::Value> {
     get,
     path = "/master/state",
     tag = "master",
-    description = "Agents, frameworks and tasks, as the master knows them.",
+    description = "Agents, frameworks and tasks, as the master knows them: a superset of Mesos's state \
+                   document (`slaves`, `frameworks` with their tasks, `leader`, `version`...), with Keel's own \
+                   fields (`agents`, `tasks`, `completed_tasks`...) beside. Also at /master/state.json, \
+                   /state.json and /state.",
     responses(
         (status = 200, description = "The cluster's state", body = serde_json::Value),
         (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
     )
 )]
-async fn state(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(master.state().await?))
+async fn state(State(m): State<Mesos>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(super::mesos_state::state(&m.master.state().await?, &m.info)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/master/slaves",
+    tag = "master",
+    description = "The agents, as Mesos's /master/slaves lists them (also at /slaves).",
+    params(("slave_id" = Option<String>, Query, description = "Only this agent")),
+    responses(
+        (status = 200, description = "`slaves` and `recovered_slaves`", body = serde_json::Value),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
+async fn slaves(
+    State(m): State<Mesos>,
+    Query(q): Query<super::mesos_state::IdQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(super::mesos_state::slaves(&m.master.state().await?, &q)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/master/frameworks",
+    tag = "master",
+    description = "The frameworks with their tasks, as Mesos's /master/frameworks lists them (also at /frameworks).",
+    params(("framework_id" = Option<String>, Query, description = "Only this framework")),
+    responses(
+        (status = 200, description = "`frameworks`, `completed_frameworks` and `unregistered_frameworks`", body = serde_json::Value),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
+async fn frameworks(
+    State(m): State<Mesos>,
+    Query(q): Query<super::mesos_state::IdQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(super::mesos_state::frameworks_document(&m.master.state().await?, &q)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/master/tasks",
+    tag = "master",
+    description = "Live and completed tasks of every framework, as Mesos's /master/tasks pages them (also at /tasks).",
+    params(
+        ("limit" = Option<i64>, Query, description = "How many tasks (default 100); -1 for all"),
+        ("offset" = Option<u64>, Query, description = "How many to skip"),
+        ("order" = Option<String>, Query, description = "asc or des (default): by launch time"),
+        ("framework_id" = Option<String>, Query, description = "Only this framework's tasks"),
+        ("task_id" = Option<String>, Query, description = "Only tasks with this id"),
+    ),
+    responses(
+        (status = 200, description = "`tasks`", body = serde_json::Value),
+        (status = 400, description = "A bad limit or order", body = crate::gate::ErrorBody),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
+async fn tasks(
+    State(m): State<Mesos>,
+    Query(q): Query<super::mesos_state::TasksQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let snapshot = m.master.state().await?;
+    super::mesos_state::tasks(&snapshot, &q).map(Json).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }
 
 /// How long `/health` waits for the master's actor before calling it wedged.
@@ -305,7 +390,10 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
 /// The description of the operator routes.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(state, version, read_file, task, events, summary, health, metrics, super::v1::scheduler),
+    paths(
+        state, slaves, frameworks, tasks, version, read_file, task, events, summary, health, metrics,
+        super::v1::scheduler
+    ),
     tags(
         (name = "master", description = "The master's operator API"),
         (name = "mesos", description = "Mesos's v1 scheduler API"),

@@ -7,6 +7,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod mesos_state;
 mod state;
 mod timers;
 pub mod v1;
@@ -23,7 +24,8 @@ use crate::ids::{AgentId, FrameworkId, TaskId};
 use crate::store::{AgentRecord, FrameworkRecord, Store, StoreError};
 
 pub use state::{
-    AgentView, ClusterEvent, FrameworkView, HistoryEntry, MAX_FILE_READ, StateSnapshot, Summary, TaskDetail, TaskView,
+    AgentView, ClusterEvent, FrameworkView, HistoryEntry, MAX_FILE_READ, StateSnapshot, StatusView, Summary,
+    TaskDetail, TaskView,
 };
 
 /// How many events a `/keel/v1/events` reader may fall behind before it is told it lagged.

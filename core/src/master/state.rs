@@ -19,7 +19,7 @@ mod registry;
 mod tasks;
 mod views;
 
-pub use views::{AgentView, FrameworkView, StateSnapshot, Summary, TaskDetail, TaskView};
+pub use views::{AgentView, FrameworkView, StateSnapshot, StatusView, Summary, TaskDetail, TaskView};
 
 use self::offers::OfferBook;
 use self::registry::{Owner, Record};

@@ -25,7 +25,9 @@ impl Master {
         }
         for (fid, fw) in frameworks {
             if let Some((tid, s, history)) = fw.completed.iter().rev().find(|(id, _, _)| id == task_id) {
-                return Some(TaskDetail { task: completed_view(fid, tid, s), history: history.clone() });
+                let mut task = completed_view(fid, tid, s);
+                task.statuses = statuses(history);
+                return Some(TaskDetail { task, history: history.clone() });
             }
         }
         None
@@ -37,11 +39,14 @@ impl Master {
             name: t.name.clone(),
             framework_id: fid.clone(),
             agent_id: t.agent_id.clone(),
+            slave_id: t.agent_id.clone(),
+            executor_id: "",
             state: t.state,
             resources: t.resources.clone(),
             message: t.status.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
             exit_code: t.status.as_ref().and_then(|s| s.exit_code),
             healthy: t.status.as_ref().and_then(|s| s.healthy),
+            statuses: statuses(&t.history),
         }
     }
 
@@ -87,8 +92,10 @@ impl Master {
                 }
                 tasks.push(self.task_view(fid, tid, t));
             }
-            for (tid, s, _) in &fw.completed {
-                completed_tasks.push(completed_view(fid, tid, s));
+            for (tid, s, history) in &fw.completed {
+                let mut view = completed_view(fid, tid, s);
+                view.statuses = statuses(history);
+                completed_tasks.push(view);
             }
         }
         tasks.sort_by(|a, b| a.id.cmp(&b.id));
@@ -129,6 +136,8 @@ impl Master {
                     active: !f.removed,
                     failover_timeout_seconds: f.info.failover_timeout.as_secs_f64(),
                     webui_url: f.info.webui_url.clone(),
+                    user: f.info.user.clone(),
+                    hostname: f.info.hostname.clone(),
                     registered_at: f.registered_at as f64 / 1000.0,
                     dominant_share: share.as_ref().map_or(0.0, |s| s.dominant_share),
                     suppressed: share.is_some_and(|s| s.suppressed),
@@ -294,6 +303,8 @@ pub struct FrameworkView {
     pub active: bool,
     pub failover_timeout_seconds: f64,
     pub webui_url: String,
+    pub user: String,
+    pub hostname: String,
     pub registered_at: f64,
     pub dominant_share: f64,
     pub suppressed: bool,
@@ -322,17 +333,35 @@ pub struct Summary {
 }
 
 fn completed_view(fid: &FrameworkId, tid: &TaskId, s: &TaskStatus) -> TaskView {
+    let agent_id = s.agent_id.clone().unwrap_or_else(|| AgentId::parse("unknown").expect("valid"));
     TaskView {
         id: tid.clone(),
         name: tid.to_string(),
         framework_id: fid.clone(),
-        agent_id: s.agent_id.clone().unwrap_or_else(|| AgentId::parse("unknown").expect("valid")),
+        agent_id: agent_id.clone(),
+        slave_id: agent_id,
+        executor_id: "",
         state: s.state,
         resources: Resources::default(),
         message: s.message.clone(),
         exit_code: s.exit_code,
         healthy: s.healthy,
+        statuses: Vec::new(),
     }
+}
+
+/// A task's states as Mesos's `statuses`, oldest first.
+fn statuses(history: &[HistoryEntry]) -> Vec<StatusView> {
+    history.iter().map(|h| StatusView { state: h.state, timestamp: h.at, healthy: h.healthy }).collect()
+}
+
+/// One state a task reached, as Mesos's state documents list them.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusView {
+    pub state: TaskState,
+    pub timestamp: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 /// One task and the states it went through, for `/keel/v1/tasks/{id}`.
@@ -349,9 +378,15 @@ pub struct TaskView {
     pub name: String,
     pub framework_id: FrameworkId,
     pub agent_id: AgentId,
+    /// `agent_id` under Mesos's name.
+    pub slave_id: AgentId,
+    /// Mesos's executor id: empty, as for Mesos's command tasks (Keel runs no custom executors).
+    pub executor_id: &'static str,
     pub state: TaskState,
     pub resources: Resources,
     pub message: String,
     pub exit_code: Option<i32>,
     pub healthy: Option<bool>,
+    /// The states the task went through (the first and the latest ones), as Mesos lists them.
+    pub statuses: Vec<StatusView>,
 }
