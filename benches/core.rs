@@ -6,6 +6,8 @@
 //!    containerizer, which reports RUNNING then FINISHED) and a framework on the gRPC scheduler API; tasks
 //!    launched, finished and acknowledged per second (target >= 10,000/s).
 //! 3. Master memory with 100,000 running tasks (resident set of the master process).
+//! 4. The same launch throughput as 2, for a framework on Mesos's v1 scheduler HTTP API (JSON, one POST per
+//!    call), against the gRPC figure of the same run (target: at least half).
 //!
 //! `KEEL_BENCH_QUICK=1` shrinks every run, for a smoke test.
 
@@ -141,6 +143,140 @@ async fn throughput(secure: bool) -> (usize, Duration) {
     (total, elapsed)
 }
 
+/// How many v1 calls a framework keeps in flight (each is its own POST, as Mesos clients send them).
+const V1_IN_FLIGHT: usize = 32;
+
+/// [`launch_all`] for a framework on the v1 HTTP API, speaking JSON as a Mesos client does: SUBSCRIBE's
+/// RecordIO stream in, every call a POST with the stream's id.
+async fn v1_launch_all(url: &str, total: usize) -> Duration {
+    use serde_json::{Value, json};
+    let http = reqwest::Client::builder().pool_max_idle_per_host(V1_IN_FLIGHT).build().unwrap();
+    let endpoint = format!("{url}/api/v1/scheduler");
+    let subscribe =
+        json!({ "type": "SUBSCRIBE", "subscribe": { "framework_info": { "user": "", "name": "bench-v1" } } });
+    let mut stream = http.post(&endpoint).json(&subscribe).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let stream_id = stream.headers()["mesos-stream-id"].to_str().unwrap().to_owned();
+    // The calls go out from a pool of senders; each answers 202.
+    let (calls, rx) = async_channel();
+    let in_flight: usize =
+        std::env::var("KEEL_BENCH_V1_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(V1_IN_FLIGHT);
+    let mut senders = Vec::new();
+    for _ in 0..in_flight {
+        let (http, endpoint, stream_id, rx) = (http.clone(), endpoint.clone(), stream_id.clone(), rx.clone());
+        senders.push(tokio::spawn(async move {
+            while let Ok(call) = rx.recv().await {
+                let resp = http.post(&endpoint).header("mesos-stream-id", &stream_id).json(&call).send().await.unwrap();
+                assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+            }
+        }));
+    }
+    let (mut framework_id, mut launched, mut done) = (Value::Null, 0usize, 0usize);
+    let mut started: Option<Instant> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    while done < total {
+        let chunk = stream.chunk().await.unwrap().expect("the event stream ended");
+        buf.extend_from_slice(&chunk);
+        let mut at = 0;
+        while let Some(nl) = buf[at..].iter().position(|b| *b == b'\n') {
+            let len: usize = std::str::from_utf8(&buf[at..at + nl]).unwrap().parse().unwrap();
+            if buf.len() < at + nl + 1 + len {
+                break;
+            }
+            let event: Value = serde_json::from_slice(&buf[at + nl + 1..at + nl + 1 + len]).unwrap();
+            at += nl + 1 + len;
+            match event["type"].as_str().unwrap_or("") {
+                "SUBSCRIBED" => framework_id = event["subscribed"]["framework_id"].clone(),
+                "OFFERS" => {
+                    started.get_or_insert_with(Instant::now);
+                    for offer in event["offers"]["offers"].as_array().unwrap() {
+                        let scalar = |name: &str| {
+                            offer["resources"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .filter(|r| r["name"] == name)
+                                .map(|r| r["scalar"]["value"].as_f64().unwrap())
+                                .sum::<f64>()
+                        };
+                        let fit = ((scalar("cpus") / 0.1 + 1e-6) as usize).min((scalar("mem") / 32.0 + 1e-6) as usize);
+                        let n = fit.min(total - launched);
+                        let tasks: Vec<Value> = (launched..launched + n)
+                            .map(|i| json!({
+                                "name": "bench", "task_id": { "value": format!("t{i}") }, "agent_id": offer["agent_id"],
+                                "resources": [
+                                    { "name": "cpus", "type": "SCALAR", "scalar": { "value": 0.1 } },
+                                    { "name": "mem", "type": "SCALAR", "scalar": { "value": 32 } },
+                                ],
+                                "command": { "value": "simulated" },
+                            }))
+                            .collect();
+                        launched += n;
+                        let call = if tasks.is_empty() {
+                            json!({ "type": "DECLINE", "framework_id": framework_id,
+                                "decline": { "offer_ids": [offer["id"]], "filters": { "refuse_seconds": 60 } } })
+                        } else {
+                            json!({ "type": "ACCEPT", "framework_id": framework_id, "accept": { "offer_ids": [offer["id"]],
+                                "operations": [{ "type": "LAUNCH", "launch": { "task_infos": tasks } }],
+                                "filters": { "refuse_seconds": 0 } } })
+                        };
+                        calls.send(call).await.unwrap();
+                    }
+                }
+                "UPDATE" => {
+                    let s = &event["update"]["status"];
+                    if s["uuid"].is_string() {
+                        let ack = json!({ "type": "ACKNOWLEDGE", "framework_id": framework_id, "acknowledge": {
+                            "agent_id": s["agent_id"], "task_id": s["task_id"], "uuid": s["uuid"] } });
+                        calls.send(ack).await.unwrap();
+                    }
+                    match s["state"].as_str().unwrap_or("") {
+                        "TASK_FINISHED" => done += 1,
+                        "TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING" => {}
+                        other => panic!("task {} ended {other} ({})", s["task_id"], s["message"]),
+                    }
+                }
+                _ => {}
+            }
+        }
+        buf.drain(..at);
+    }
+    let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
+    // The last acknowledgements go out while the stream is still open.
+    drop(calls);
+    for s in senders {
+        s.await.unwrap();
+    }
+    elapsed
+}
+
+/// A bounded many-consumer queue of calls.
+fn async_channel() -> (tokio::sync::mpsc::Sender<serde_json::Value>, SharedReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    (tx, SharedReceiver(std::sync::Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+#[derive(Clone)]
+struct SharedReceiver(std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<serde_json::Value>>>);
+
+impl SharedReceiver {
+    async fn recv(&self) -> Result<serde_json::Value, ()> {
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}
+
+/// Launch throughput of a v1 HTTP framework, set up as [`throughput`] without auth or TLS.
+async fn v1_throughput() -> (usize, Duration) {
+    let total = if quick() { 5_000 } else { 100_000 };
+    let master = support::MasterProcess::start();
+    let shutdown = CancellationToken::new();
+    let _dirs = support::start_agents(&master.target, 100, "cpus:64;mem:20480;disk:0", Some(Duration::ZERO), &shutdown);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let elapsed = v1_launch_all(&master.url, total).await;
+    shutdown.cancel();
+    (total, elapsed)
+}
+
 async fn memory() -> (usize, f64, f64, Duration) {
     let total = if quick() { 10_000 } else { 100_000 };
     let master = support::MasterProcess::start();
@@ -204,6 +340,22 @@ fn main() {
         secure_elapsed.as_secs_f64()
     );
 
+    let (v1_n, v1_elapsed) = rt.block_on(v1_throughput());
+    let v1_rate = v1_n as f64 / v1_elapsed.as_secs_f64();
+    let ratio = v1_rate / rate;
+    println!(
+        "v1 HTTP launch throughput: {v1_n} tasks in {v1_elapsed:?} = {v1_rate:.0} tasks/s ({:.0}% of gRPC)",
+        ratio * 100.0
+    );
+    let v1_verdict = if ratio >= 0.5 { "meets" } else { "MISSES" };
+    let mut v1_report = String::new();
+    let _ = writeln!(
+        v1_report,
+        "## 4. Launch throughput on Mesos's v1 HTTP API\n\nAs in 2 without auth or TLS, but the framework speaks Mesos's v1 scheduler API: JSON events from SUBSCRIBE's RecordIO stream, and every ACCEPT, DECLINE and ACKNOWLEDGE its own POST with the stream id ({V1_IN_FLIGHT} in flight over keep-alive connections). Compared with the gRPC figure of the same run.\n\n| API | tasks | seconds | tasks/s | v1 / gRPC | target |\n|---|---|---|---|---|---|\n| v1 HTTP | {v1_n} | {:.2} | {v1_rate:.0} | {:.0}% | >= 50% of gRPC ({v1_verdict}) |\n",
+        v1_elapsed.as_secs_f64(),
+        ratio * 100.0
+    );
+
     let (n, before, after, elapsed) = rt.block_on(memory());
     println!("master memory: {before:.0} MiB idle, {after:.0} MiB with {n} running tasks (launched in {elapsed:?})");
     let _ = writeln!(
@@ -211,6 +363,8 @@ fn main() {
         "## 3. Master memory\n\nResident set of the master process with 100 simulated agents, before and after launching tasks that keep running.\n\n| running tasks | RSS idle | RSS with tasks | per task |\n|---|---|---|---|\n| {n} | {before:.0} MiB | {after:.0} MiB | {:.2} KiB |\n",
         (after - before) * 1024.0 / n as f64
     );
+
+    report.push_str(&v1_report);
 
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
     keel_core::testing::write_report_section(std::path::Path::new(path), "core", &report)
