@@ -689,7 +689,10 @@ fn command_from_json(
             other => return Err(format!("environment variable type {} is not supported", truncate(other))),
         }
     }
-    Ok(CommandSpec { value: value.unwrap_or_default(), shell: shell.unwrap_or(true), arguments, env })
+    let shell = shell.unwrap_or(true);
+    // Mesos's arguments are the whole argv, its first the program's own name; Keel's follow the program.
+    let arguments = if shell { arguments } else { arguments.into_iter().skip(1).collect() };
+    Ok(CommandSpec { value: value.unwrap_or_default(), shell, arguments, env })
 }
 
 fn container_from_json(c: ContainerJson) -> Result<Option<DockerSpec>, String> {
@@ -1215,6 +1218,10 @@ mod tests {
         assert_eq!(plain.command.env["A"], "b");
         assert_eq!(plain.labels["k"], "v");
         assert_eq!(plain.kill_grace, Some(Duration::from_secs(3)));
+        let mut exec = task_info("exec-form");
+        exec["command"] = json!({ "shell": false, "value": "/bin/echo", "arguments": ["echo", "a b"] });
+        let spec = task_from_json(&TaskId::parse("exec-form").unwrap(), exec).unwrap();
+        assert_eq!((spec.command.shell, spec.command.arguments.as_slice()), (false, &["a b".to_owned()][..]));
         let d = tasks[1].container.as_ref().unwrap();
         assert_eq!((d.image.as_str(), d.network, d.port_mappings[0].container_port), ("busybox", Network::Bridge, 80));
         assert!(d.volumes[0].read_only);
