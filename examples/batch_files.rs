@@ -1,4 +1,4 @@
-//! A batch framework in one file, on Keel's own Rust driver (`keel_core::scheduler`): it counts the lines,
+//! A batch framework in one file, on Keel's own Rust driver (the `keel-driver` crate, `core/driver`): it counts the lines,
 //! words and bytes of every file in a directory, one task per file, as many at once as the offers hold,
 //! and collects each task's answer from its stdout through the master's files API.
 //!
@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use keel_core::api::{Call, Event, Filters, FrameworkInfo, Offer};
-use keel_core::client::Target;
-use keel_core::ids::TaskId;
-use keel_core::resources::Resources;
-use keel_core::scheduler::{self, DriverEvent, SchedulerHandle};
-use keel_core::task::{CommandSpec, TaskSpec, TaskState};
+use keel_driver::api::{Call, Event, Filters, FrameworkInfo, Offer};
+use keel_driver::client::Target;
+use keel_driver::ids::TaskId;
+use keel_driver::resources::Resources;
+use keel_driver::scheduler::{self, DriverEvent, SchedulerHandle};
+use keel_driver::task::{CommandSpec, TaskSpec, TaskState};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

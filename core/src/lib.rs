@@ -3,32 +3,23 @@
 
 pub mod agent;
 pub mod allocator;
-pub mod api;
 pub mod audit;
 pub mod auth;
-pub mod client;
-pub mod convert;
 pub mod election;
 pub mod gate;
 pub mod health;
-pub mod ids;
 pub mod json;
 pub mod master;
 pub mod mesos;
 pub mod openapi;
 pub mod query;
-pub mod resources;
-pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;
-pub mod task;
 pub mod testing;
 pub mod tls;
 pub mod version;
 
-/// The generated protobuf and gRPC types of `proto/keel.proto`.
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("keel.v1");
-}
+// The scheduler API, its types and the driver live in their own crate, which frameworks depend on
+// without the master, the agent or the store; they are re-exported under their old paths.
+pub use keel_driver::{api, client, convert, ids, proto, resources, scheduler, task};

@@ -110,14 +110,7 @@ pub fn user_refused(user: Option<&str>, allowed: &[String]) -> Option<String> {
         .then(|| format!("user '{user}' is not allowed on this agent (--allowed-users: {})", allowed.join(",")))
 }
 
-/// Accepts `host:port` as well as a full URL.
-pub fn normalize_url(url: &str) -> String {
-    if url.contains("://") {
-        url.trim_end_matches('/').to_owned()
-    } else {
-        format!("http://{}", url.trim_end_matches('/'))
-    }
-}
+pub use crate::client::normalize_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

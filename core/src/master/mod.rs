@@ -34,10 +34,7 @@ pub const EVENT_BUFFER: usize = 4096;
 /// How many commands may wait for the actor before senders wait too.
 const COMMAND_BUFFER: usize = 16 * 1024;
 
-/// How many messages may wait for one framework or agent connection. Past this, status updates for a
-/// framework are left to the agents' retries, and any other message closes the connection (it re-attaches;
-/// nothing is lost, because updates are retried until acknowledged).
-pub const CONNECTION_BUFFER: usize = 128 * 1024;
+pub use crate::api::CONNECTION_BUFFER;
 
 /// Tunables of the master; `Default` gives the production defaults.
 #[derive(Clone, Debug)]

@@ -7,6 +7,11 @@ use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use crate::resources::Resources;
 use crate::task::{TaskSpec, TaskState, TaskStatus};
 
+/// How many messages may wait for one framework or agent connection, on either side of it. Past this,
+/// the master leaves a framework's status updates to the agents' retries, and closes the connection for
+/// any other message (it re-attaches; nothing is lost, because updates are retried until acknowledged).
+pub const CONNECTION_BUFFER: usize = 128 * 1024;
+
 /// Decline filters refuse an agent's resources to a framework for this long unless told otherwise (Mesos's
 /// default).
 pub const DEFAULT_REFUSE: Duration = Duration::from_secs(5);

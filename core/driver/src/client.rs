@@ -8,6 +8,15 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Accepts `host:port` as well as a full URL.
+pub fn normalize_url(url: &str) -> String {
+    if url.contains("://") {
+        url.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", url.trim_end_matches('/'))
+    }
+}
+
 /// A master to talk to (or several, one of which leads), the token to present, and the CA to verify it
 /// with.
 #[derive(Clone, Default)]
@@ -37,9 +46,9 @@ impl Target {
     pub fn new(url: impl Into<String>, token: Option<String>) -> Target {
         let url = url.into();
         let mut masters: Vec<String> =
-            url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(crate::agent::normalize_url).collect();
+            url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(normalize_url).collect();
         if masters.is_empty() {
-            masters.push(crate::agent::normalize_url(&url));
+            masters.push(normalize_url(&url));
         }
         Target {
             url: masters[0].clone(),

@@ -114,7 +114,7 @@ impl Link for crate::client::Target {
                 return Err(SubscribeError::Unavailable(format!("cannot connect to {}: {e}", self.current_url())));
             }
         };
-        let (tx, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
+        let (tx, rx) = mpsc::channel(crate::api::CONNECTION_BUFFER);
         if tx.send(subscribe_to_proto(framework_id.as_ref(), info)).await.is_err() {
             return Err(SubscribeError::Unavailable("call channel closed".into()));
         }
@@ -211,7 +211,7 @@ pub fn start_on(
         framework_id: Arc::new(Mutex::new(framework_id)),
         stopping: Arc::default(),
     };
-    let (events, rx) = mpsc::channel(crate::master::CONNECTION_BUFFER);
+    let (events, rx) = mpsc::channel(crate::api::CONNECTION_BUFFER);
     tokio::spawn(drive(link, info, handle.clone(), events, shutdown));
     (handle, rx)
 }
