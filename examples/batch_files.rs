@@ -65,8 +65,12 @@ impl Batch {
         while left.contains(&self.per_task) {
             let Some(file) = self.pending.pop_front() else { break };
             left.subtract(&self.per_task);
-            let id = TaskId::parse(format!("wc-{}-{}", self.running.len() + self.counted.len() + self.failed.len(), uuid::Uuid::new_v4().simple()))
-                .expect("a valid task id");
+            let id = TaskId::parse(format!(
+                "wc-{}-{}",
+                self.running.len() + self.counted.len() + self.failed.len(),
+                uuid::Uuid::new_v4().simple()
+            ))
+            .expect("a valid task id");
             tasks.push(TaskSpec {
                 id: id.clone(),
                 name: format!("wc {}", file.display()),
@@ -101,7 +105,12 @@ async fn stdout_of(http: &reqwest::Client, args: &Args, task: &TaskId) -> Result
     Ok(body["data"].as_str().unwrap_or("").trim().to_owned())
 }
 
-async fn run(args: &Args, driver: &SchedulerHandle, events: &mut tokio::sync::mpsc::Receiver<DriverEvent>, batch: &mut Batch) -> Result<()> {
+async fn run(
+    args: &Args,
+    driver: &SchedulerHandle,
+    events: &mut tokio::sync::mpsc::Receiver<DriverEvent>,
+    batch: &mut Batch,
+) -> Result<()> {
     let http = reqwest::Client::new();
     while !batch.done() {
         let Some(event) = events.recv().await else { bail!("the driver stopped") };
@@ -113,7 +122,10 @@ async fn run(args: &Args, driver: &SchedulerHandle, events: &mut tokio::sync::mp
                 for offer in offers {
                     let tasks = batch.fill(&offer);
                     let call = if tasks.is_empty() {
-                        Call::Decline { offer_ids: vec![offer.id], filters: Filters { refuse: Some(Duration::from_secs(30)) } }
+                        Call::Decline {
+                            offer_ids: vec![offer.id],
+                            filters: Filters { refuse: Some(Duration::from_secs(30)) },
+                        }
                     } else {
                         eprintln!("launching {} tasks on {}", tasks.len(), offer.hostname);
                         Call::Accept { offer_ids: vec![offer.id], tasks, filters: Filters::default() }
@@ -130,7 +142,8 @@ async fn run(args: &Args, driver: &SchedulerHandle, events: &mut tokio::sync::mp
                 }
                 let Some(file) = batch.running.remove(&status.task_id) else { continue };
                 if status.state == TaskState::Finished {
-                    let out = stdout_of(&http, args, &status.task_id).await.unwrap_or_else(|e| format!("(no output: {e})"));
+                    let out =
+                        stdout_of(&http, args, &status.task_id).await.unwrap_or_else(|e| format!("(no output: {e})"));
                     batch.counted.insert(file, out);
                 } else {
                     batch.failed.insert(file, format!("{} {}", status.state, status.message));
@@ -161,19 +174,29 @@ async fn main() -> Result<()> {
         bail!("{} has no files to count", args.dir.display());
     }
     let per_task: Resources = args.task_resources.parse().map_err(|e| anyhow::anyhow!("--task-resources: {e}"))?;
-    let mut batch =
-        Batch { pending: files.into(), running: BTreeMap::new(), counted: BTreeMap::new(), failed: BTreeMap::new(), per_task };
+    let mut batch = Batch {
+        pending: files.into(),
+        running: BTreeMap::new(),
+        counted: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        per_task,
+    };
 
     let shutdown = CancellationToken::new();
     let target = Target::new(args.master.clone(), Some(args.token.clone()));
     let (driver, mut events) = scheduler::start(target, FrameworkInfo::new("batch-files"), None, shutdown.clone());
-    let outcome = tokio::time::timeout(Duration::from_secs(args.timeout), run(&args, &driver, &mut events, &mut batch)).await;
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(args.timeout), run(&args, &driver, &mut events, &mut batch)).await;
     // The batch is over either way: TEARDOWN tells the master to forget the framework and kill what runs.
     let _ = driver.call(Call::Teardown).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     shutdown.cancel();
     match outcome {
-        Err(_) => bail!("not done within {} s: {} files still pending or running", args.timeout, batch.pending.len() + batch.running.len()),
+        Err(_) => bail!(
+            "not done within {} s: {} files still pending or running",
+            args.timeout,
+            batch.pending.len() + batch.running.len()
+        ),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(())) => {}
     }

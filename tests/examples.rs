@@ -53,7 +53,12 @@ async fn the_rust_batch_framework_counts_every_file_in_parallel_tasks() {
     }
     // The framework tore itself down: the master forgets it.
     wait_for("the batch framework to be gone", std::time::Duration::from_secs(20), || async {
-        let state = get(&format!("{}/master/state", dev.base), &dev.token).await.ok()?.json::<serde_json::Value>().await.ok()?;
+        let state = get(&format!("{}/master/state", dev.base), &dev.token)
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()?;
         (!state["frameworks"].as_array()?.iter().any(|f| f["name"] == "batch-files")).then_some(())
     })
     .await;
