@@ -38,6 +38,9 @@
   if (shown.length && window.EventSource) {
     const es = new EventSource('/ui/events');
     window.addEventListener('pagehide', function () { es.close(); });
+    // A change between this page's rendering and the stream's opening (or while it reconnected) told no
+    // one: look once whenever the stream opens.
+    es.addEventListener('open', function () { refresh(); });
     es.addEventListener('change', function (e) {
       if (e.data.split(' ').some(function (t) { return shown.includes(t); })) refresh();
     });
