@@ -167,7 +167,12 @@ async fn v1_launch_all(url: &str, total: usize) -> Duration {
         senders.push(tokio::spawn(async move {
             while let Ok(call) = rx.recv().await {
                 let resp = http.post(&endpoint).header("mesos-stream-id", &stream_id).json(&call).send().await.unwrap();
-                assert_eq!(resp.status(), 202, "{:?}", resp.text().await);
+                if resp.status() != 202 {
+                    // The run cannot go on (the master dropped a framework that fell behind, say): say why and
+                    // stop, rather than leave the other senders waiting for ever.
+                    eprintln!("a v1 call answered {}: {:?}", resp.status(), resp.text().await);
+                    std::process::exit(1);
+                }
             }
         }));
     }

@@ -97,6 +97,8 @@ struct FrameworkInfoJson {
     name: Option<String>,
     id: Option<Id>,
     failover_timeout: Option<f64>,
+    /// Keel's agents always keep their tasks' records: accepted either way.
+    #[allow(dead_code)]
     checkpoint: Option<bool>,
     role: Option<String>,
     roles: Option<Vec<String>>,
@@ -368,8 +370,8 @@ fn subscribe(call: CallJson) -> Result<Parsed, BadCall> {
     let sub = call.subscribe.ok_or_else(|| bad("a SUBSCRIBE call needs 'subscribe'"))?;
     let f = sub.framework_info.ok_or_else(|| bad("subscribe.framework_info is missing"))?;
     refuse_rest("framework_info", &f.rest).map_err(BadCall)?;
+    let info_id = framework_id(f.id.as_ref())?;
     let framework_id = framework_id(call.framework_id.as_ref())?;
-    let info_id = framework_id_of_info(f.id.as_ref())?;
     if info_id.is_some() && framework_id.is_some() && info_id != framework_id {
         return Err(bad("framework_id and subscribe.framework_info.id name different frameworks"));
     }
@@ -396,7 +398,6 @@ fn subscribe(call: CallJson) -> Result<Parsed, BadCall> {
             truncate(r)
         )));
     }
-    let _ = f.checkpoint; // Keel's agents always keep their tasks' records.
     let failover = seconds("framework_info.failover_timeout", f.failover_timeout.unwrap_or(0.0)).map_err(BadCall)?;
     let info = FrameworkInfo {
         name,
@@ -407,10 +408,6 @@ fn subscribe(call: CallJson) -> Result<Parsed, BadCall> {
         hostname: f.hostname.unwrap_or_default(),
     };
     Ok(Parsed::Subscribe { framework_id: framework_id.or(info_id), info, principal: f.principal })
-}
-
-fn framework_id_of_info(id: Option<&Id>) -> Result<Option<FrameworkId>, BadCall> {
-    framework_id(id)
 }
 
 // ---- tasks ----
