@@ -491,3 +491,42 @@ async fn the_operator_endpoints_answer_in_mesos_shape_at_every_path_mesos_tools_
     );
     fw.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_task_group_runs_under_the_default_executor_and_a_custom_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = backends().await;
+    let master = Master::start(dir.path(), &backends[0].url, "10s").await;
+    let _agent = Agent::start(&master, &dir.path().join("agent"), "cpus:1;mem:256").await;
+    let auth = format!("Bearer {}", master.token);
+    let mut fw = V1::subscribe(&master, &auth, subscribe_call("groups", None, "*")).await;
+    let offer = fw.offer().await;
+    let group = |executor: &str, tasks: Vec<Value>| {
+        json!({ "type": "LAUNCH_GROUP", "launch_group": {
+            "executor": { "type": executor, "executor_id": { "value": format!("{executor}-executor") } },
+            "task_group": { "tasks": tasks } } })
+    };
+    let accept = json!({ "type": "ACCEPT", "accept": {
+        "offer_ids": [offer["id"]],
+        "operations": [
+            group("DEFAULT", vec![task_info("g1", &offer, 0.1, "echo one"), task_info("g2", &offer, 0.1, "echo two")]),
+            group("CUSTOM", vec![task_info("g3", &offer, 0.1, "echo three")]),
+        ] } });
+    fw.call(accept).await;
+    let refused = fw.update("g3", "TASK_ERROR").await;
+    assert!(refused["message"].as_str().unwrap().contains("DEFAULT executor"), "{refused}");
+    // Each update waits for the one before it to be acknowledged: every one is, as it comes.
+    let mut finished = std::collections::BTreeSet::new();
+    while finished.len() < 2 {
+        let e = fw.wait("the group's updates", |e| e["type"] == "UPDATE").await;
+        let status = &e["update"]["status"];
+        if status["uuid"].is_string() {
+            fw.ack(status).await;
+        }
+        if status["state"] == "TASK_FINISHED" {
+            finished.insert(status["task_id"]["value"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(finished.into_iter().collect::<Vec<_>>(), ["g1", "g2"]);
+    fw.reader.abort();
+}
