@@ -336,11 +336,9 @@ fn offer_ids(ids: &[Id]) -> Result<Vec<OfferId>, BadCall> {
     ids.iter().map(|i| OfferId::parse(i.value.clone()).map_err(|e| bad(format!("offer_ids: {e}")))).collect()
 }
 
-fn seconds(field: &str, value: f64) -> Result<Duration, String> {
-    match Duration::try_from_secs_f64(value) {
-        Ok(d) if d <= MAX_DURATION => Ok(d),
-        _ => Err(format!("{field} must be a number of seconds from 0 to 315360000 (ten years), got {value}")),
-    }
+/// The wire's range check ([`crate::convert::seconds`]), its refusal as a message.
+fn seconds(field: &'static str, value: f64) -> Result<Duration, String> {
+    crate::convert::seconds(field, value).map_err(|e| e.to_string())
 }
 
 fn filters(f: Option<FiltersJson>) -> Result<Filters, BadCall> {

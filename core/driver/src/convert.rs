@@ -40,7 +40,8 @@ impl From<ConvertError> for tonic::Status {
 /// overflowing an `Instant`.
 pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-fn seconds(field: &'static str, value: f64) -> Result<Duration, ConvertError> {
+/// `value` seconds as a duration, refused unless it is from 0 to [`MAX_DURATION`].
+pub fn seconds(field: &'static str, value: f64) -> Result<Duration, ConvertError> {
     match Duration::try_from_secs_f64(value) {
         Ok(d) if d <= MAX_DURATION => Ok(d),
         _ => Err(ConvertError::BadDuration { field, value }),

@@ -58,8 +58,9 @@ pub fn router(v1: V1) -> axum::Router {
     axum::Router::new().route("/api/v1/scheduler", axum::routing::post(scheduler)).with_state(v1)
 }
 
+/// `{"message": …}` with `status`, as every other API answers errors.
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "message": message.into() }))).into_response()
+    super::http::ApiError(status, message.into()).into_response()
 }
 
 /// Whether the caller takes JSON answers (Mesos answers 406 otherwise).
