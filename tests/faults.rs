@@ -441,7 +441,7 @@ impl Cluster {
     /// The APIs and the console answer through the leaders.
     async fn everything_answers(&self) {
         let master = self.master().await;
-        for path in ["/master/state", "/keel/v1/summary"] {
+        for path in ["/master/state", "/keel/v1/summary", "/keel/v1/frameworks"] {
             wait_for(&format!("{path} to answer"), LONG, || self.get(format!("{master}{path}"))).await;
         }
         let ui = self.http.get(format!("{master}/ui/")).bearer_auth(&self.token).send().await.unwrap();

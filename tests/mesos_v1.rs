@@ -489,6 +489,18 @@ async fn the_operator_endpoints_answer_in_mesos_shape_at_every_path_mesos_tools_
         401,
         "a credential is needed"
     );
+    // Keel's own cheap views, which the console and probes use instead of the whole state: the frameworks
+    // with their counts, not their tasks, and the health counts.
+    let list = master.get("/keel/v1/frameworks").await.unwrap();
+    let f = list["frameworks"].as_array().unwrap().iter().find(|f| f["id"] == fid.as_str()).expect("listed").clone();
+    assert_eq!(
+        (f["name"].as_str(), f["active"].as_bool(), f["tasks"].as_u64()),
+        (Some("mesos-shaped"), Some(true), Some(1))
+    );
+    assert!(f["webui_url"].is_string(), "{f}");
+    let health = master.get("/health").await.unwrap();
+    assert_eq!((health["status"].as_str(), health["agents"].as_u64()), (Some("ok"), Some(1)), "{health}");
+    assert!(health["frameworks"].as_u64().unwrap() >= 1, "{health}");
     fw.shutdown.cancel();
 }
 

@@ -185,8 +185,9 @@ impl Upstream {
         if let Some(url) = self.inner.found.read().expect("lock poisoned").get(&service) {
             return Ok(url.clone());
         }
-        let state = Box::pin(self.get_with(Service::Master, "/master/state", self.inner.own.clone())).await?;
-        let url = registered_url(&state, name).map_err(|m| Failure::new(StatusCode::SERVICE_UNAVAILABLE, m))?;
+        // The frameworks alone: the whole state would copy every task, each time a framework is looked for.
+        let list = Box::pin(self.get_with(Service::Master, "/keel/v1/frameworks", self.inner.own.clone())).await?;
+        let url = registered_url(&list, name).map_err(|m| Failure::new(StatusCode::SERVICE_UNAVAILABLE, m))?;
         self.inner.found.write().expect("lock poisoned").insert(service, url.clone());
         Ok(url)
     }

@@ -71,6 +71,7 @@ pub fn router_with(master: MasterHandle, extras: Extras) -> Router {
         .route("/keel/v1/tasks/{task_id}", get(task))
         .route("/keel/v1/events", get(events))
         .route("/keel/v1/summary", get(summary))
+        .route("/keel/v1/frameworks", get(frameworks_list))
         .with_state(master)
         .merge(Router::new().route("/health", get(health)).route("/metrics", get(metrics)).with_state(ops))
         .merge(super::v1::router(v1))
@@ -167,6 +168,21 @@ async fn read_file(
 )]
 async fn summary(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(master.summary().await?))
+}
+
+/// `GET /keel/v1/frameworks`: every framework, without the list of its tasks.
+#[utoipa::path(
+    get,
+    path = "/keel/v1/frameworks",
+    tag = "keel",
+    description = "Every framework the master knows: id, name, role, whether it is connected and active, its web UI URL, its share and how many tasks it has, without the tasks themselves.",
+    responses(
+        (status = 200, description = "`frameworks`", body = serde_json::Value),
+        (status = 503, description = "The master is not running", body = crate::gate::ErrorBody),
+    )
+)]
+async fn frameworks_list(State(master): State<MasterHandle>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(json!({ "frameworks": master.frameworks().await? })))
 }
 
 #[derive(serde::Deserialize)]
@@ -344,10 +360,13 @@ const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
     )
 )]
 async fn health(State(ops): State<Ops>) -> Response {
-    // Asking the actor proves it is alive and not wedged.
-    let master = tokio::time::timeout(HEALTH_WAIT, ops.master.state()).await;
+    // Asking the actor proves it is alive and not wedged. The summary only counts: a probe every few
+    // seconds must not copy every task, as the whole state would.
+    let master = tokio::time::timeout(HEALTH_WAIT, ops.master.summary()).await;
     let (master_up, counts) = match &master {
-        Ok(Ok(state)) => (true, json!({ "agents": state.agents.len(), "frameworks": state.frameworks.len() })),
+        Ok(Ok(summary)) => {
+            (true, json!({ "agents": summary.agents.values().sum::<usize>(), "frameworks": summary.frameworks }))
+        }
         Ok(Err(e)) => (false, json!({ "error": e.to_string() })),
         Err(_) => (false, json!({ "error": format!("no answer within {HEALTH_WAIT:?}") })),
     };
@@ -391,7 +410,8 @@ async fn metrics(State(ops): State<Ops>, headers: axum::http::HeaderMap) -> Resu
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
-        state, slaves, frameworks, tasks, version, read_file, task, events, summary, health, metrics,
+        state, slaves, frameworks, tasks, version, read_file, task, events, summary, frameworks_list, health,
+        metrics,
         super::v1::scheduler
     ),
     tags(

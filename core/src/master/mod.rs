@@ -181,6 +181,9 @@ pub(crate) enum Command {
     Summary {
         reply: oneshot::Sender<Summary>,
     },
+    Frameworks {
+        reply: oneshot::Sender<Vec<FrameworkView>>,
+    },
     Task {
         framework_id: Option<FrameworkId>,
         task_id: TaskId,
@@ -326,6 +329,11 @@ impl MasterHandle {
     /// Counts and capacity, for `/keel/v1/summary`.
     pub async fn summary(&self) -> Result<Summary, MasterError> {
         self.ask(|reply| Command::Summary { reply }).await
+    }
+
+    /// Every framework, without its tasks, for `/keel/v1/frameworks`.
+    pub async fn frameworks(&self) -> Result<Vec<FrameworkView>, MasterError> {
+        self.ask(|reply| Command::Frameworks { reply }).await
     }
 
     /// One task, live or recently completed, with the states it went through.

@@ -412,6 +412,9 @@ impl Master {
             Command::Summary { reply } => {
                 let _ = reply.send(self.summary());
             }
+            Command::Frameworks { reply } => {
+                let _ = reply.send(self.framework_views());
+            }
             Command::Task { framework_id, task_id, reply } => {
                 let _ = reply.send(self.task_detail(framework_id.as_ref(), &task_id));
             }

@@ -80,6 +80,35 @@ impl Master {
         }
     }
 
+    /// Every framework, without its tasks: what `/keel/v1/frameworks` answers, and the snapshot's list.
+    pub(super) fn framework_views(&self) -> Vec<FrameworkView> {
+        let mut frameworks: Vec<FrameworkView> = self
+            .frameworks
+            .iter()
+            .map(|(id, f)| {
+                let share = self.allocator.framework_share(id);
+                FrameworkView {
+                    id: id.clone(),
+                    name: f.info.name.clone(),
+                    role: f.info.role.clone(),
+                    connected: f.conn.is_some(),
+                    active: !f.removed,
+                    failover_timeout_seconds: f.info.failover_timeout.as_secs_f64(),
+                    webui_url: f.info.webui_url.clone(),
+                    user: f.info.user.clone(),
+                    hostname: f.info.hostname.clone(),
+                    registered_at: f.registered_at as f64 / 1000.0,
+                    dominant_share: share.as_ref().map_or(0.0, |s| s.dominant_share),
+                    suppressed: share.is_some_and(|s| s.suppressed),
+                    tasks: f.tasks.len(),
+                    offers: self.offers.count_of_framework(id),
+                }
+            })
+            .collect();
+        frameworks.sort_by(|a, b| a.id.cmp(&b.id));
+        frameworks
+    }
+
     pub(super) fn snapshot(&self) -> StateSnapshot {
         let now = now();
         let mut used: BTreeMap<&AgentId, Resources> = BTreeMap::new();
@@ -123,30 +152,7 @@ impl Master {
             })
             .collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut frameworks: Vec<FrameworkView> = self
-            .frameworks
-            .iter()
-            .map(|(id, f)| {
-                let share = self.allocator.framework_share(id);
-                FrameworkView {
-                    id: id.clone(),
-                    name: f.info.name.clone(),
-                    role: f.info.role.clone(),
-                    connected: f.conn.is_some(),
-                    active: !f.removed,
-                    failover_timeout_seconds: f.info.failover_timeout.as_secs_f64(),
-                    webui_url: f.info.webui_url.clone(),
-                    user: f.info.user.clone(),
-                    hostname: f.info.hostname.clone(),
-                    registered_at: f.registered_at as f64 / 1000.0,
-                    dominant_share: share.as_ref().map_or(0.0, |s| s.dominant_share),
-                    suppressed: share.is_some_and(|s| s.suppressed),
-                    tasks: f.tasks.len(),
-                    offers: self.offers.count_of_framework(id),
-                }
-            })
-            .collect();
-        frameworks.sort_by(|a, b| a.id.cmp(&b.id));
+        let frameworks = self.framework_views();
         StateSnapshot {
             version: env!("CARGO_PKG_VERSION"),
             started_at: self.started_at,
