@@ -28,7 +28,8 @@
 //! that the election guarantees it is what `election_sim.rs` checks.
 //!
 //! `KEEL_SIM_SEEDS=N` runs N seeds (default 1000); a failure prints its seed, and `KEEL_SIM_SEED=S`
-//! replays exactly that one (a test checks that two runs of a seed leave the same trace).
+//! replays exactly that one (a test checks that two runs of a seed leave the same trace); add
+//! `KEEL_SIM_LOG=debug` (a tracing filter) to see the actors' logs as it plays.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -1563,6 +1564,10 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
 fn a_thousand_seeded_schedules_of_faults_keep_every_invariant() {
     if let Ok(seed) = std::env::var("KEEL_SIM_SEED") {
         let seed: u64 = seed.parse().expect("KEEL_SIM_SEED is a number");
+        // The actors' own logs, between the trace's lines: `KEEL_SIM_LOG=debug` (any tracing filter).
+        if let Ok(filter) = std::env::var("KEEL_SIM_LOG") {
+            tracing_subscriber::fmt().with_env_filter(filter).without_time().with_test_writer().init();
+        }
         match run(seed) {
             Ok(trace) => eprintln!("seed {seed} kept every invariant; its trace:\n{}", trace.join("\n")),
             Err(e) => panic!("seed {seed}: {e}"),
@@ -1602,5 +1607,21 @@ fn a_seed_replays_exactly() {
             a.iter().any(|l| l.ends_with(&format!("of {CRON_ID}"))),
             "seed {seed}: the cron framework launched nothing"
         );
+    }
+}
+
+/// Seeds beyond the default thousand that once broke an invariant, kept so that their fault stays fixed.
+/// 4547 and 4802: after a master failover, an agent that had finished a cron task re-registered reporting it
+/// finished, then sent its queued RUNNING update; the master took the task back as live without counting it
+/// among the agent's tasks, so when the agent rebooted and lost it, the task stayed RUNNING in the master for
+/// ever, and its run ACTIVE.
+const REGRESSION_SEEDS: [u64; 2] = [4547, 4802];
+
+#[test]
+fn seeds_that_once_failed_keep_every_invariant() {
+    for seed in REGRESSION_SEEDS {
+        if let Err(e) = run(seed) {
+            panic!("seed {seed} (replay with KEEL_SIM_SEED={seed}): {e}");
+        }
     }
 }
