@@ -446,6 +446,10 @@ impl Cluster {
         }
         let ui = self.http.get(format!("{master}/ui/")).bearer_auth(&self.token).send().await.unwrap();
         assert_eq!(ui.status(), 200, "the console answers");
+        // The console finds the frameworks among those registered with the master (`/keel/v1/frameworks`).
+        for path in ["/ui/api/services/v2/apps", "/ui/api/jobs/v1/jobs"] {
+            wait_for(&format!("the console's {path} to answer"), LONG, || self.get(format!("{master}{path}"))).await;
+        }
         let marathon = self.marathon().await;
         wait_for("/v2/apps to answer", LONG, || self.get(format!("{marathon}/v2/apps"))).await;
         let chronos = self.chronos().await;
