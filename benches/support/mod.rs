@@ -63,6 +63,11 @@ impl MasterProcess {
         MasterProcess { child, url, target, _dir: dir }
     }
 
+    /// CPU time the master process has used so far (user and system), from `/proc`.
+    pub fn cpu(&self) -> Duration {
+        cpu_of(self.child.id())
+    }
+
     pub fn rss_mb(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let kb: f64 = status
@@ -72,6 +77,17 @@ impl MasterProcess {
             .unwrap_or(0.0);
         kb / 1024.0
     }
+}
+
+/// CPU time process `pid` has used so far (user and system), from `/proc`; zero when it cannot be read.
+pub fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: the fields counted here come after its closing parenthesis.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    // Linux reports in USER_HZ, which is 100 on every architecture Keel builds for.
+    Duration::from_millis(ticks * 10)
 }
 
 impl Drop for MasterProcess {
