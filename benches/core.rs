@@ -554,8 +554,10 @@ fn main() {
     let secure = rt.block_on(throughput(true));
     let secure_rate = secure.rate();
     let loss = (1.0 - secure_rate / rate) * 100.0;
+    // Auth and TLS can come out ahead (runs vary by about 15% on a shared host): say so plainly.
+    let change = if loss < 0.0 { format!("{:.1}% more", -loss) } else { format!("{loss:.1}% less") };
     println!(
-        "launch throughput with auth and TLS: {} tasks in {:?} = {secure_rate:.0} tasks/s ({loss:.1}% less)",
+        "launch throughput with auth and TLS: {} tasks in {:?} = {secure_rate:.0} tasks/s ({change})",
         secure.tasks, secure.elapsed
     );
     let verdict = if rate >= 10_000.0 { "meets" } else { "MISSES" };
@@ -566,7 +568,7 @@ fn main() {
     };
     let _ = writeln!(
         report,
-        "## 2. End-to-end launch throughput\n\nA `keel master` process; 100 simulated agents (in-memory containerizer: RUNNING, then FINISHED) and one framework in the benchmark process, all on gRPC over loopback, sharing the same cores. A task counts once its FINISHED update is received and acknowledged. Run twice: without auth or TLS (`--insecure-no-auth`), and as production runs it, with a token checked on every stream and TLS on the port. CPU per task is user and system time over the run, of the master process and of the benchmark process (framework and agents).\n\n| master | tasks | seconds | tasks/s | master CPU per task | framework and agents CPU per task | target |\n|---|---|---|---|---|---|---|\n| no auth, no TLS | {} | {:.2} | {rate:.0} | {} | >= 10,000/s ({verdict}) |\n| auth and TLS | {} | {:.2} | {secure_rate:.0} | {} | at most 10% less: {loss:.1}% ({secure_verdict}) |\n",
+        "## 2. End-to-end launch throughput\n\nA `keel master` process; 100 simulated agents (in-memory containerizer: RUNNING, then FINISHED) and one framework in the benchmark process, all on gRPC over loopback, sharing the same cores. A task counts once its FINISHED update is received and acknowledged. Run twice: without auth or TLS (`--insecure-no-auth`), and as production runs it, with a token checked on every stream and TLS on the port. CPU per task is user and system time over the run, of the master process and of the benchmark process (framework and agents).\n\n| master | tasks | seconds | tasks/s | master CPU per task | framework and agents CPU per task | target |\n|---|---|---|---|---|---|---|\n| no auth, no TLS | {} | {:.2} | {rate:.0} | {} | >= 10,000/s ({verdict}) |\n| auth and TLS | {} | {:.2} | {secure_rate:.0} | {} | at most 10% less: {change} ({secure_verdict}) |\n",
         plain.tasks,
         plain.elapsed.as_secs_f64(),
         cpu(&plain),
