@@ -360,8 +360,9 @@ const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
     )
 )]
 async fn health(State(ops): State<Ops>) -> Response {
-    // Asking the actor proves it is alive and not wedged. The summary only counts: a probe every few
-    // seconds must not copy every task, as the whole state would.
+    // Asking the actor proves it is alive and not wedged. The summary counts (one pass over the tasks, no
+    // copies): a probe every few seconds must not copy every task, as the whole state would. Its frameworks
+    // are those not torn down.
     let master = tokio::time::timeout(HEALTH_WAIT, ops.master.summary()).await;
     let (master_up, counts) = match &master {
         Ok(Ok(summary)) => {

@@ -828,9 +828,8 @@ impl Master {
             None if fw.completed.iter().any(|(id, _, _)| *id == tid) => Known::Completed,
             None => Known::Unknown,
         };
-        let created = matches!(known, Known::Unknown);
-        let (next, finished, complete) = match tasks::on_update(known, agent_id, &status, removed) {
-            Update::Apply { next, finished, complete } => (next, finished, complete),
+        let (next, finished, complete, track) = match tasks::on_update(known, agent_id, &status, removed) {
+            Update::Apply { next, finished, complete, track } => (next, finished, complete, track),
             Update::Completed { kill } => {
                 debug!(agent_id = %agent_id, task_id = %tid, state = %status.state, "dropped an update for a completed task");
                 self.ack_for_framework(agent_id, &framework_id, &status);
@@ -863,14 +862,8 @@ impl Master {
         task.state = next;
         task.status = Some(status.clone());
         debug!(task_id = %tid, state = %status.state, "status update");
-        // A live task the master learns of from an update (after a failover, an agent that reported the task
-        // finished still sends its queued updates in order, the older ones first) is its agent's like any
-        // other: if the agent comes back without it, or never comes back, the task is found lost. Untracked,
-        // it would stay live in the master for ever.
-        if created
-            && !next.is_terminal()
-            && let Some(agent) = self.agents.get_mut(agent_id)
-        {
+        // A live task learnt from this update: its agent's, like any other (see `Update::Apply`).
+        if track && let Some(agent) = self.agents.get_mut(agent_id) {
             agent.tasks.insert((framework_id.clone(), tid.clone()));
         }
         if finished {

@@ -29,8 +29,11 @@ pub(super) enum Update {
     Illegal(TransitionError),
     /// The task moves to `next` (it is created first when unknown). `finished`: it just ended, so its
     /// resources are free. `complete`: nothing will acknowledge this final update (no uuid, or the
-    /// framework was torn down), so the task is done with now.
-    Apply { next: TaskState, finished: bool, complete: bool },
+    /// framework was torn down), so the task is done with now. `track`: the update created a live task
+    /// (after a failover, an agent that reported the task finished still sends its queued updates, the
+    /// older ones first), which must be counted among its agent's tasks like any other, so that it is
+    /// found lost if the agent comes back without it; untracked, it would stay live for ever.
+    Apply { next: TaskState, finished: bool, complete: bool, track: bool },
 }
 
 /// The step: what an update `status` from agent `from` does to the task, given what is `known` of it and
@@ -52,6 +55,7 @@ pub(super) fn on_update(known: Known<'_>, from: &AgentId, status: &TaskStatus, f
             next,
             finished: next.is_terminal() && !before.is_terminal(),
             complete: next.is_terminal() && (framework_removed || status.uuid.is_none()),
+            track: matches!(known, Known::Unknown) && !next.is_terminal(),
         },
     }
 }
@@ -82,17 +86,17 @@ mod tests {
         let a = AgentId::parse("a").unwrap();
         let known = |state| Known::Task { agent_id: &a, state };
         let running = on_update(known(TaskState::Staging), &a, &update(TaskState::Running, true), false);
-        assert_eq!(running, Update::Apply { next: TaskState::Running, finished: false, complete: false });
+        assert_eq!(running, Update::Apply { next: TaskState::Running, finished: false, complete: false, track: false });
         // A final update waits for its acknowledgement, unless none can come.
         let failed = on_update(known(TaskState::Running), &a, &update(TaskState::Failed, true), false);
-        assert_eq!(failed, Update::Apply { next: TaskState::Failed, finished: true, complete: false });
+        assert_eq!(failed, Update::Apply { next: TaskState::Failed, finished: true, complete: false, track: false });
         let lost = on_update(known(TaskState::Running), &a, &update(TaskState::Lost, false), false);
-        assert_eq!(lost, Update::Apply { next: TaskState::Lost, finished: true, complete: true });
+        assert_eq!(lost, Update::Apply { next: TaskState::Lost, finished: true, complete: true, track: false });
         let torn_down = on_update(known(TaskState::Running), &a, &update(TaskState::Killed, true), true);
-        assert_eq!(torn_down, Update::Apply { next: TaskState::Killed, finished: true, complete: true });
+        assert_eq!(torn_down, Update::Apply { next: TaskState::Killed, finished: true, complete: true, track: false });
         // The same final update again (a retry) frees nothing twice.
         let again = on_update(known(TaskState::Failed), &a, &update(TaskState::Failed, true), false);
-        assert_eq!(again, Update::Apply { next: TaskState::Failed, finished: false, complete: false });
+        assert_eq!(again, Update::Apply { next: TaskState::Failed, finished: false, complete: false, track: false });
     }
 
     #[test]
@@ -119,10 +123,11 @@ mod tests {
     #[test]
     fn an_unknown_task_is_learnt_from_its_update_but_never_as_unknown() {
         let a = AgentId::parse("a").unwrap();
+        // A live task learnt this way is counted among its agent's tasks; a finished one is not.
         let running = on_update(Known::Unknown, &a, &update(TaskState::Running, true), false);
-        assert_eq!(running, Update::Apply { next: TaskState::Running, finished: false, complete: false });
+        assert_eq!(running, Update::Apply { next: TaskState::Running, finished: false, complete: false, track: true });
         let failed = on_update(Known::Unknown, &a, &update(TaskState::Failed, true), false);
-        assert_eq!(failed, Update::Apply { next: TaskState::Failed, finished: false, complete: false });
+        assert_eq!(failed, Update::Apply { next: TaskState::Failed, finished: false, complete: false, track: false });
         assert!(matches!(on_update(Known::Unknown, &a, &update(TaskState::Unknown, true), false), Update::Illegal(_)));
     }
 }
