@@ -292,10 +292,11 @@ pub fn agents(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>, pag
     layout(ctx, "Agents", "agents", Topics::AGENTS, body)
 }
 
-pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>, page_no: usize) -> Markup {
+/// `list` is the master's `/keel/v1/frameworks`: each framework with the count of its tasks.
+pub fn frameworks(ctx: &Ctx, list: &Result<Value, crate::upstream::Failure>, page_no: usize) -> Markup {
     let body = html! {
         h1 { "Frameworks" }
-        @match snapshot {
+        @match list {
             Err(e) => (failure("the frameworks", e)),
             Ok(s) => {
                 @let fws = s["frameworks"].as_array().cloned().unwrap_or_default();
@@ -314,7 +315,7 @@ pub fn frameworks(ctx: &Ctx, snapshot: &Result<Value, crate::upstream::Failure>,
                                         td { (state(st)) @if f["suppressed"] == true { " " span.badge { "offers suppressed" } } }
                                         td { code { (text(&f["role"])) } }
                                         td { (format!("{:.1} %", n(&f["dominant_share"]) * 100.0)) }
-                                        td { a href=(format!("/ui/tasks?framework={}", text(&f["id"]))) { (f["tasks"].as_array().map_or(0, Vec::len)) } }
+                                        td { a href=(format!("/ui/tasks?framework={}", text(&f["id"]))) { (f["tasks"].as_u64().unwrap_or(0)) } }
                                         td { (n(&f["offers"])) }
                                         td { @let u = text(&f["webui_url"]); @if u.starts_with("http://") || u.starts_with("https://") { a href=(u) rel="noreferrer" { (u) } } @else if u.is_empty() { "—" } @else { code { (u) } } }
                                     }

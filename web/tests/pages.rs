@@ -188,3 +188,20 @@ async fn actions_are_forwarded_to_the_apis() {
         assert_eq!(resp.status(), StatusCode::OK, "{asset}");
     }
 }
+
+/// The frameworks page reads the master's `/keel/v1/frameworks`, where a framework's `tasks` is a count.
+#[test]
+fn the_frameworks_page_shows_each_frameworks_task_count() {
+    let ctx =
+        keel_web::pages::Ctx { name: "ops".into(), role: "admin".into(), may_write: true, csrf: None, open: false };
+    let list = json!({ "frameworks": [
+        { "id": "fw-1", "name": "marathon", "role": "*", "active": true, "connected": true, "tasks": 37,
+          "offers": 2, "dominant_share": 0.25, "webui_url": "http://127.0.0.1:8080" },
+        { "id": "fw-2", "name": "chronos", "role": "*", "active": true, "connected": false, "tasks": 0,
+          "offers": 0, "dominant_share": 0.0, "webui_url": "" },
+    ]});
+    let html = keel_web::pages::frameworks(&ctx, &Ok(list), 1).into_string();
+    assert!(html.contains(r#"<a href="/ui/tasks?framework=fw-1">37</a>"#), "{html}");
+    assert!(html.contains(r#"<a href="/ui/tasks?framework=fw-2">0</a>"#), "{html}");
+    assert!(html.contains("25.0 %") && html.contains("disconnected"), "{html}");
+}
