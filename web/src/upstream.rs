@@ -103,14 +103,16 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// The web UI URL that the active framework named `name` registered, if exactly one URL is registered
-/// under that name: with two, the console does not guess which to trust with people's credentials. Pure.
+/// The web UI URL that the active, connected framework named `name` registered, if exactly one URL is
+/// registered under that name: with two, the console does not guess which to trust with people's
+/// credentials. Pure.
 pub fn registered_url(state: &Value, name: &str) -> Result<String, String> {
     let mut urls: Vec<String> = state["frameworks"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|f| f["name"] == name && f["active"] == true)
+        // A disconnected framework's URL is most likely its dead leader's: its successor registers its own.
+        .filter(|f| f["name"] == name && f["active"] == true && f["connected"] == true)
         .filter_map(|f| f["webui_url"].as_str())
         .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
         .map(|u| u.trim_end_matches('/').to_owned())
@@ -154,7 +156,9 @@ impl Upstream {
         let own = (!auth.is_off()).then(|| auth.internal(Principal::new("keel:console", Role::Viewer)));
         Upstream {
             inner: Arc::new(Inner {
-                http: master.http_client(),
+                // A framework's standby answers 307 to its leader: the console looks the leader up again
+                // rather than follow (which would drop the credential on the way to another host).
+                http: master.http_client_without_redirects(),
                 master: master.url.trim_end_matches('/').to_owned(),
                 auth,
                 delegated: Mutex::default(),
@@ -227,7 +231,33 @@ impl Upstream {
         self.call(service, method, path, body, self.token_for(principal)).await
     }
 
+    /// [`Self::call_once`]; when a framework answers that it moved (a redirect: the URL found is a standby's
+    /// now), the URL is forgotten and the call made once more at the leader looked up again.
     async fn call(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: Option<String>,
+    ) -> Result<(StatusCode, Vec<u8>), Failure> {
+        let answer = self.call_once(service, method, path, body.clone(), token.clone()).await?;
+        if service == Service::Master || !answer.0.is_redirection() {
+            return Ok(answer);
+        }
+        self.forget();
+        let answer = self.call_once(service, method, path, body, token).await?;
+        if answer.0.is_redirection() {
+            self.forget();
+            return Err(Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{} is changing leaders; try again in a moment", service.label()),
+            ));
+        }
+        Ok(answer)
+    }
+
+    async fn call_once(
         &self,
         service: Service,
         method: &str,
@@ -278,11 +308,19 @@ impl Upstream {
         if let Some(t) = &self.inner.own {
             req = req.bearer_auth(t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("{} did not answer: {e}", service.label())))?;
+        // Whatever keeps the stream from opening may be a stale URL (the leader moved): look it up again
+        // next time.
+        let forget = || {
+            if service != Service::Master {
+                self.forget();
+            }
+        };
+        let resp = req.send().await.map_err(|e| {
+            forget();
+            Failure::new(StatusCode::BAD_GATEWAY, format!("{} did not answer: {e}", service.label()))
+        })?;
         if !resp.status().is_success() {
+            forget();
             let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let body = resp.bytes().await.unwrap_or_default();
             return Err(Failure::from_body(status, &body));
@@ -298,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_framework_url_is_trusted_only_when_unambiguous() {
-        let fw = |name: &str, url: &str, active: bool| json!({"name": name, "webui_url": url, "active": active});
+        let fw = |name: &str, url: &str, active: bool| json!({"name": name, "webui_url": url, "active": active, "connected": true});
         let state = json!({"frameworks": [fw("marathon", "http://a:8080/", true), fw("chronos", "http://b:8081", true),
                                           fw("marathon", "http://old:1", false)]});
         assert_eq!(registered_url(&state, "marathon"), Ok("http://a:8080".into()));
@@ -307,5 +345,8 @@ mod tests {
         let odd = json!({"frameworks": [fw("marathon", "javascript:alert(1)", true)]});
         assert!(registered_url(&odd, "marathon").is_err());
         assert!(registered_url(&json!({}), "chronos").is_err());
+        // A disconnected framework's URL is its dead leader's, most likely: not trusted.
+        let gone = json!({"frameworks": [{"name": "chronos", "webui_url": "http://old:1", "active": true, "connected": false}]});
+        assert!(registered_url(&gone, "chronos").is_err());
     }
 }
