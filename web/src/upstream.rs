@@ -241,20 +241,25 @@ impl Upstream {
         body: Option<Vec<u8>>,
         token: Option<String>,
     ) -> Result<(StatusCode, Vec<u8>), Failure> {
-        let answer = self.call_once(service, method, path, body.clone(), token.clone()).await?;
-        if service == Service::Master || !answer.0.is_redirection() {
-            return Ok(answer);
+        for _ in 0..2 {
+            let answer = self.call_once(service, method, path, body.clone(), token.clone()).await?;
+            if service == Service::Master || !answer.0.is_redirection() {
+                return Ok(answer);
+            }
+            self.moved(service);
         }
-        self.forget();
-        let answer = self.call_once(service, method, path, body, token).await?;
-        if answer.0.is_redirection() {
+        Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is changing leaders; try again in a moment", service.label()),
+        ))
+    }
+
+    /// `service` may have moved (it did not answer, or answered from a standby): a framework's URL is looked
+    /// up again next time. The master's is given, never looked up.
+    fn moved(&self, service: Service) {
+        if service != Service::Master {
             self.forget();
-            return Err(Failure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{} is changing leaders; try again in a moment", service.label()),
-            ));
         }
-        Ok(answer)
     }
 
     async fn call_once(
@@ -276,9 +281,7 @@ impl Upstream {
             req = req.header("content-type", "application/json").body(b);
         }
         let resp = req.send().await.map_err(|e| {
-            if service != Service::Master {
-                self.forget();
-            }
+            self.moved(service);
             Failure::new(StatusCode::BAD_GATEWAY, format!("{} did not answer: {e}", service.label()))
         })?;
         let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -308,19 +311,13 @@ impl Upstream {
         if let Some(t) = &self.inner.own {
             req = req.bearer_auth(t);
         }
-        // Whatever keeps the stream from opening may be a stale URL (the leader moved): look it up again
-        // next time.
-        let forget = || {
-            if service != Service::Master {
-                self.forget();
-            }
-        };
+        // Whatever keeps the stream from opening may be a stale URL (the leader moved).
         let resp = req.send().await.map_err(|e| {
-            forget();
+            self.moved(service);
             Failure::new(StatusCode::BAD_GATEWAY, format!("{} did not answer: {e}", service.label()))
         })?;
         if !resp.status().is_success() {
-            forget();
+            self.moved(service);
             let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let body = resp.bytes().await.unwrap_or_default();
             return Err(Failure::from_body(status, &body));
