@@ -370,13 +370,15 @@ fn truncate(path: &str) -> String {
 
 /// Puts `gate` in front of every route of `router`.
 pub fn protect(router: Router, gate: Gate) -> Router {
+    // Shared, not cloned, by every request.
+    let gate = Arc::new(gate);
     router.layer(axum::middleware::from_fn(move |req: Request, next: Next| {
         let gate = gate.clone();
-        async move { guard(gate, req, next).await }
+        async move { guard(&gate, req, next).await }
     }))
 }
 
-async fn guard(gate: Gate, req: Request, next: Next) -> Response {
+async fn guard(gate: &Gate, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let class = classify(&method, &path);

@@ -37,19 +37,36 @@ struct Stream {
     principal: Option<String>,
 }
 
-/// The v1 API's state: the master, who the master is, and each framework's current stream.
+/// The v1 API's state: the master, who the master is, and each framework's current stream. Cloned for
+/// every request, so it is one shared pointer.
 #[derive(Clone)]
-pub struct V1 {
+pub struct V1(Arc<Shared>);
+
+pub struct Shared {
     master: MasterHandle,
     info: MasterInfo,
     auth_off: bool,
     audit: Audit,
-    streams: Arc<Mutex<HashMap<FrameworkId, Stream>>>,
+    streams: Mutex<HashMap<FrameworkId, Stream>>,
+}
+
+impl std::ops::Deref for V1 {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl V1 {
     pub fn new(master: MasterHandle, info: MasterInfo, gate: &crate::gate::Gate) -> V1 {
-        V1 { master, info, auth_off: gate.auth.is_off(), audit: gate.audit.clone(), streams: Arc::default() }
+        V1(Arc::new(Shared {
+            master,
+            info,
+            auth_off: gate.auth.is_off(),
+            audit: gate.audit.clone(),
+            streams: Mutex::default(),
+        }))
     }
 }
 
@@ -219,7 +236,7 @@ async fn subscribe(
         let _ = &closer; // Dropped with the stream: the framework is then disconnected.
         let mut chunk = Vec::new();
         for e in &events {
-            chunk.extend(mesos::record(&mesos::event_json(e, &info, &role)));
+            mesos::write_record(&mut chunk, e, &info, &role);
         }
         Ok::<_, std::convert::Infallible>(Bytes::from(chunk))
     });
