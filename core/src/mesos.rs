@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::api::{Call, Event, Filters, FrameworkInfo, Offer};
@@ -86,7 +87,7 @@ struct CallJson {
 
 #[derive(Deserialize, Debug)]
 struct SubscribeJson {
-    framework_info: Option<FrameworkInfoJson>,
+    framework_info: Option<Checked<FrameworkInfoJson>>,
     #[serde(default)]
     suppressed_roles: Vec<String>,
 }
@@ -110,8 +111,6 @@ struct FrameworkInfoJson {
     /// Passed on by Mesos, unread by it; accepted.
     #[allow(dead_code)]
     labels: Option<Value>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -152,7 +151,7 @@ struct OperationJson {
 #[derive(Deserialize, Debug)]
 struct LaunchJson {
     #[serde(default)]
-    task_infos: Vec<Value>,
+    task_infos: Vec<Box<RawValue>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -170,7 +169,7 @@ struct ExecutorJson {
 #[derive(Deserialize, Debug)]
 struct TaskGroupJson {
     #[serde(default)]
-    tasks: Vec<Value>,
+    tasks: Vec<Box<RawValue>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -298,12 +297,79 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Refuses the first field of `rest` that asks for something (see [`is_empty`]), naming it.
+/// Refuses the first field of `rest` (the fields Keel does not read that ask for something), naming it.
 fn refuse_rest(what: &str, rest: &Map<String, Value>) -> Result<(), String> {
-    match rest.iter().find(|(_, v)| !is_empty(v)) {
-        Some((k, _)) => Err(format!("{what}.{} is not supported by Keel", truncate(k))),
+    match rest.keys().next() {
+        Some(k) => Err(format!("{what}.{} is not supported by Keel", truncate(k))),
         None => Ok(()),
     }
+}
+
+/// A JSON object read as `T`, whose derived `Deserialize` skips the fields it does not know, and beside it
+/// those unknown fields that ask for something (see [`is_empty`]), for the caller to refuse. serde's
+/// `flatten` would do the same by buffering every field of the object in a generic tree first; this reads
+/// the object's text twice instead (as `T`, then as its fields' unparsed text, parsing only the unknown
+/// ones), which costs much less for the thousands of `TaskInfo`s of a busy framework's ACCEPTs.
+#[derive(Debug)]
+struct Checked<T> {
+    value: T,
+    rest: Map<String, Value>,
+}
+
+impl<T> std::ops::Deref for Checked<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = <&RawValue>::deserialize(d)?;
+        let value = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        let known = fields_of::<T>();
+        let mut rest = Map::new();
+        let object: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        for (key, v) in object {
+            if !known.contains(&key.as_str()) {
+                let v: Value = serde_json::from_str(v.get()).map_err(D::Error::custom)?;
+                if !is_empty(&v) {
+                    rest.insert(key, v);
+                }
+            }
+        }
+        Ok(Checked { value, rest })
+    }
+}
+
+/// The JSON field names a derived `Deserialize` of a struct reads: serde hands them to the deserializer,
+/// and this one keeps them and stops.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 fn framework_id(id: Option<&Id>) -> Result<Option<FrameworkId>, BadCall> {
@@ -366,8 +432,8 @@ fn check_role(role: &str) -> Result<(), String> {
 
 fn subscribe(call: CallJson) -> Result<Parsed, BadCall> {
     let sub = call.subscribe.ok_or_else(|| bad("a SUBSCRIBE call needs 'subscribe'"))?;
-    let f = sub.framework_info.ok_or_else(|| bad("subscribe.framework_info is missing"))?;
-    refuse_rest("framework_info", &f.rest).map_err(BadCall)?;
+    let Checked { value: f, rest } = sub.framework_info.ok_or_else(|| bad("subscribe.framework_info is missing"))?;
+    refuse_rest("framework_info", &rest).map_err(BadCall)?;
     let info_id = framework_id(f.id.as_ref())?;
     let framework_id = framework_id(call.framework_id.as_ref())?;
     if info_id.is_some() && framework_id.is_some() && info_id != framework_id {
@@ -415,11 +481,17 @@ fn subscribe(call: CallJson) -> Result<Parsed, BadCall> {
 fn launches(ops: Vec<OperationJson>) -> Result<(Vec<TaskSpec>, Refused), BadCall> {
     let mut tasks = Vec::new();
     let mut refused = Vec::new();
-    let mut take = |infos: Vec<Value>, group_refusal: Option<&str>| -> Result<(), BadCall> {
+    let mut take = |infos: Vec<Box<RawValue>>, group_refusal: Option<&str>| -> Result<(), BadCall> {
+        /// The one field read before the rest, so that a task that cannot run is refused by its id.
+        #[derive(Deserialize)]
+        struct TaskIdOnly {
+            task_id: Option<Id>,
+        }
         for info in infos {
-            let tid = info.get("task_id").and_then(|t| t.get("value")).and_then(Value::as_str).unwrap_or("");
+            let only: TaskIdOnly = serde_json::from_str(info.get()).map_err(|e| bad(format!("task_info: {e}")))?;
+            let tid = only.task_id.map(|i| i.value).unwrap_or_default();
             let tid = TaskId::parse(tid).map_err(|e| bad(format!("task_info.task_id: {e}")))?;
-            match group_refusal.map(|r| Err(r.to_owned())).unwrap_or_else(|| task_from_json(&tid, info)) {
+            match group_refusal.map(|r| Err(r.to_owned())).unwrap_or_else(|| task_from_json(&tid, info.get())) {
                 Ok(spec) => tasks.push(spec),
                 Err(why) => refused.push((tid, why)),
             }
@@ -454,9 +526,9 @@ fn launches(ops: Vec<OperationJson>) -> Result<(Vec<TaskSpec>, Refused), BadCall
 struct TaskInfoJson {
     name: Option<String>,
     #[serde(default)]
-    resources: Vec<ResourceJson>,
-    command: Option<CommandJson>,
-    container: Option<ContainerJson>,
+    resources: Vec<Checked<ResourceJson>>,
+    command: Option<Checked<CommandJson>>,
+    container: Option<Checked<ContainerJson>>,
     health_check: Option<HealthCheckJson>,
     kill_policy: Option<KillPolicyJson>,
     labels: Option<LabelsJson>,
@@ -467,8 +539,6 @@ struct TaskInfoJson {
     task_id: Option<Id>,
     #[allow(dead_code)]
     agent_id: Option<Id>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -482,8 +552,6 @@ struct ResourceJson {
     role: Option<String>,
     #[allow(dead_code)]
     allocation_info: Option<Value>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -511,8 +579,6 @@ struct CommandJson {
     arguments: Vec<String>,
     environment: Option<EnvironmentJson>,
     user: Option<String>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -533,11 +599,9 @@ struct VariableJson {
 struct ContainerJson {
     #[serde(rename = "type")]
     kind: Option<String>,
-    docker: Option<DockerJson>,
+    docker: Option<Checked<DockerJson>>,
     #[serde(default)]
-    volumes: Vec<VolumeJson>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
+    volumes: Vec<Checked<VolumeJson>>,
 }
 
 #[derive(Deserialize)]
@@ -547,8 +611,6 @@ struct DockerJson {
     #[serde(default)]
     port_mappings: Vec<PortMappingJson>,
     force_pull_image: Option<bool>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -563,8 +625,6 @@ struct VolumeJson {
     container_path: Option<String>,
     host_path: Option<String>,
     mode: Option<String>,
-    #[serde(flatten)]
-    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -576,7 +636,7 @@ struct HealthCheckJson {
     timeout_seconds: Option<f64>,
     consecutive_failures: Option<u32>,
     grace_period_seconds: Option<f64>,
-    command: Option<CommandJson>,
+    command: Option<Checked<CommandJson>>,
     http: Option<HttpCheckJson>,
     tcp: Option<TcpCheckJson>,
 }
@@ -618,19 +678,20 @@ struct LabelJson {
 }
 
 /// One `TaskInfo` as a [`TaskSpec`], or why Keel cannot run it (the framework gets TASK_ERROR with it).
-pub fn task_from_json(tid: &TaskId, info: Value) -> Result<TaskSpec, String> {
-    let t: TaskInfoJson = serde_json::from_value(info).map_err(|e| format!("task_info is malformed: {e}"))?;
-    if t.rest.contains_key("executor") && !t.rest.get("executor").is_some_and(is_empty) {
+pub fn task_from_json(tid: &TaskId, info: &str) -> Result<TaskSpec, String> {
+    let Checked { value: t, rest } =
+        serde_json::from_str::<Checked<TaskInfoJson>>(info).map_err(|e| format!("task_info is malformed: {e}"))?;
+    if rest.contains_key("executor") {
         return Err("a custom executor (TaskInfo.executor) is not supported: Keel runs tasks with its own \
                     command executor; give the task a 'command' or a Docker 'container'"
             .into());
     }
-    refuse_rest("task_info", &t.rest)?;
+    refuse_rest("task_info", &rest)?;
     let resources = resources_from_json(&t.resources)?;
     let mut command = CommandSpec { shell: true, ..Default::default() };
     let mut user = None;
-    if let Some(c) = t.command {
-        refuse_rest("task_info.command", &c.rest)?;
+    if let Some(Checked { value: c, rest }) = t.command {
+        refuse_rest("task_info.command", &rest)?;
         command = command_from_json(c.shell, c.value, c.arguments, c.environment)?;
         user = c.user.filter(|u| !u.is_empty());
     }
@@ -690,14 +751,14 @@ fn command_from_json(
     Ok(CommandSpec { value: value.unwrap_or_default(), shell, arguments, env })
 }
 
-fn container_from_json(c: ContainerJson) -> Result<Option<DockerSpec>, String> {
-    refuse_rest("task_info.container", &c.rest)?;
+fn container_from_json(Checked { value: c, rest }: Checked<ContainerJson>) -> Result<Option<DockerSpec>, String> {
+    refuse_rest("task_info.container", &rest)?;
     let kind = c.kind.as_deref().unwrap_or("MESOS");
     let volumes = c
         .volumes
         .into_iter()
-        .map(|v| {
-            refuse_rest("container.volumes[]", &v.rest)?;
+        .map(|Checked { value: v, rest }| {
+            refuse_rest("container.volumes[]", &rest)?;
             Ok(Volume {
                 host_path: v.host_path.filter(|p| !p.is_empty()).ok_or("container.volumes[].host_path is missing")?,
                 container_path: v
@@ -716,8 +777,8 @@ fn container_from_json(c: ContainerJson) -> Result<Option<DockerSpec>, String> {
         "MESOS" if c.docker.is_none() && volumes.is_empty() => Ok(None),
         "MESOS" => Err("a MESOS container with volumes or an image is not supported: use a DOCKER container".into()),
         "DOCKER" => {
-            let d = c.docker.ok_or("a DOCKER container needs 'docker'")?;
-            refuse_rest("container.docker", &d.rest)?;
+            let Checked { value: d, rest } = c.docker.ok_or("a DOCKER container needs 'docker'")?;
+            refuse_rest("container.docker", &rest)?;
             let network = match d.network.as_deref().unwrap_or("HOST") {
                 "HOST" => Network::Host,
                 "BRIDGE" => Network::Bridge,
@@ -763,8 +824,8 @@ fn health_check_from_json(h: HealthCheckJson, resources: &Resources) -> Result<H
     };
     let kind = match h.kind.as_deref().unwrap_or("") {
         "COMMAND" => {
-            let c = h.command.ok_or("a COMMAND health check needs 'command'")?;
-            refuse_rest("health_check.command", &c.rest)?;
+            let Checked { value: c, rest } = h.command.ok_or("a COMMAND health check needs 'command'")?;
+            refuse_rest("health_check.command", &rest)?;
             let command = c.value.filter(|v| !v.trim().is_empty()).ok_or("health_check.command.value is missing")?;
             HealthCheckKind::Command { command }
         }
@@ -795,11 +856,12 @@ fn health_check_from_json(h: HealthCheckJson, resources: &Resources) -> Result<H
 
 /// Mesos's resource list as Keel's [`Resources`]: scalar cpus, mem and disk, and port ranges, unreserved.
 pub fn resources_from_json_value(v: &Value) -> Result<Resources, String> {
-    let list: Vec<ResourceJson> = serde_json::from_value(v.clone()).map_err(|e| format!("resources: {e}"))?;
+    let list: Vec<Checked<ResourceJson>> =
+        serde_json::from_str(&v.to_string()).map_err(|e| format!("resources: {e}"))?;
     resources_from_json(&list)
 }
 
-fn resources_from_json(list: &[ResourceJson]) -> Result<Resources, String> {
+fn resources_from_json(list: &[Checked<ResourceJson>]) -> Result<Resources, String> {
     let mut r = Resources::default();
     for res in list {
         let name = res.name.as_deref().unwrap_or("");
@@ -966,36 +1028,82 @@ pub fn mesos_reason(keel: &str, state: TaskState) -> Option<&'static str> {
     }
 }
 
-/// A status as Mesos's `TaskStatus`. The uuid is the base64 of the bytes of Keel's uuid text, which
+/// Mesos's `{"value": …}` id, borrowed.
+#[derive(Serialize)]
+struct IdRef<'a> {
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct ContainerStatusJson<'a> {
+    container_id: IdRef<'a>,
+}
+
+/// A status as Mesos's `TaskStatus`, written straight from Keel's (the UPDATE events of a busy framework
+/// are most of what the v1 API writes). The uuid is the base64 of the bytes of Keel's uuid text, which
 /// [`parse_call`] turns back on ACKNOWLEDGE.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    task_id: IdRef<'a>,
+    state: &'static str,
+    source: &'static str,
+    timestamp: f64,
+    container_status: ContainerStatusJson<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<IdRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    healthy: Option<bool>,
+}
+
+impl<'a> StatusJson<'a> {
+    fn new(s: &'a TaskStatus) -> StatusJson<'a> {
+        StatusJson {
+            task_id: IdRef { value: s.task_id.as_str() },
+            state: s.state.name(),
+            source: match s.source {
+                Source::Master => "SOURCE_MASTER",
+                Source::Agent if s.reason.as_deref().is_some_and(|r| r.starts_with("REASON_AGENT")) => "SOURCE_AGENT",
+                Source::Agent => "SOURCE_EXECUTOR",
+            },
+            timestamp: s.timestamp,
+            container_status: ContainerStatusJson { container_id: IdRef { value: s.task_id.as_str() } },
+            message: &s.message,
+            reason: s.reason.as_deref().and_then(|r| mesos_reason(r, s.state)),
+            agent_id: s.agent_id.as_ref().map(|a| IdRef { value: a.as_str() }),
+            uuid: s.uuid.as_ref().map(|u| BASE64.encode(u.as_bytes())),
+            healthy: s.healthy,
+        }
+    }
+}
+
+/// The UPDATE event of a status.
+#[derive(Serialize)]
+struct UpdateJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    update: UpdateBodyJson<'a>,
+}
+
+#[derive(Serialize)]
+struct UpdateBodyJson<'a> {
+    status: StatusJson<'a>,
+}
+
+impl<'a> UpdateJson<'a> {
+    fn new(status: &'a TaskStatus) -> UpdateJson<'a> {
+        UpdateJson { kind: "UPDATE", update: UpdateBodyJson { status: StatusJson::new(status) } }
+    }
+}
+
+/// A status as Mesos's `TaskStatus` (see [`StatusJson`]).
 pub fn status_json(s: &TaskStatus) -> Value {
-    let mut v = json!({
-        "task_id": id(s.task_id.as_str()),
-        "state": s.state.name(),
-        "source": match s.source {
-            Source::Master => "SOURCE_MASTER",
-            Source::Agent if s.reason.as_deref().is_some_and(|r| r.starts_with("REASON_AGENT")) => "SOURCE_AGENT",
-            Source::Agent => "SOURCE_EXECUTOR",
-        },
-        "timestamp": s.timestamp,
-        "container_status": { "container_id": id(s.task_id.as_str()) },
-    });
-    if !s.message.is_empty() {
-        v["message"] = s.message.clone().into();
-    }
-    if let Some(r) = s.reason.as_deref().and_then(|r| mesos_reason(r, s.state)) {
-        v["reason"] = r.into();
-    }
-    if let Some(a) = &s.agent_id {
-        v["agent_id"] = id(a.as_str());
-    }
-    if let Some(u) = &s.uuid {
-        v["uuid"] = BASE64.encode(u.as_bytes()).into();
-    }
-    if let Some(h) = s.healthy {
-        v["healthy"] = h.into();
-    }
-    v
+    serde_json::to_value(StatusJson::new(s)).unwrap_or_default()
 }
 
 /// One event as the v1 API sends it. `role` is the subscribed framework's role.
@@ -1014,19 +1122,25 @@ pub fn event_json(e: &Event, master: &MasterInfo, role: &str) -> Value {
             "offers": { "offers": offers.iter().map(|o| offer_json(o, role)).collect::<Vec<_>>() },
         }),
         Event::Rescind(offer_id) => json!({ "type": "RESCIND", "rescind": { "offer_id": id(offer_id.as_str()) } }),
-        Event::Update(status) => json!({ "type": "UPDATE", "update": { "status": status_json(status) } }),
+        Event::Update(status) => serde_json::to_value(UpdateJson::new(status)).unwrap_or_default(),
         Event::Failure { agent_id } => json!({ "type": "FAILURE", "failure": { "agent_id": id(agent_id.as_str()) } }),
         Event::Error(message) => json!({ "type": "ERROR", "error": { "message": message } }),
         Event::Heartbeat => json!({ "type": "HEARTBEAT" }),
     }
 }
 
-/// One RecordIO record: the length of the JSON in bytes, a newline, the JSON.
-pub fn record(v: &Value) -> Vec<u8> {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut out = format!("{}\n", body.len()).into_bytes();
+/// Appends `e` to `out` as one RecordIO record of its [`event_json`]: the length of the JSON in bytes, a
+/// newline, the JSON.
+pub fn write_record(out: &mut Vec<u8>, e: &Event, master: &MasterInfo, role: &str) {
+    let body = match e {
+        // Written without building a JSON tree: most of a busy stream.
+        Event::Update(status) => serde_json::to_vec(&UpdateJson::new(status)),
+        other => serde_json::to_vec(&event_json(other, master, role)),
+    }
+    .unwrap_or_default();
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.push(b'\n');
     out.extend_from_slice(&body);
-    out
 }
 
 #[cfg(test)]
@@ -1178,6 +1292,10 @@ mod tests {
 
     #[test]
     fn launches_map_task_infos_and_refuse_what_keel_cannot_run() {
+        // Fields Keel does not read are accepted while they ask for nothing.
+        let mut plain = task_info("plain");
+        (plain["data"], plain["check"], plain["executor"]) = (json!(""), json!({}), Value::Null);
+        plain["resources"][0]["reservations"] = json!([]);
         let mut with_executor = task_info("exec");
         with_executor["executor"] = json!({ "executor_id": { "value": "e" }, "command": { "value": "x" } });
         let mut with_uris = task_info("uris");
@@ -1197,7 +1315,7 @@ mod tests {
         let (c, refused) = call(json!({ "type": "ACCEPT", "framework_id": fid(), "accept": {
             "offer_ids": [{ "value": "o1" }],
             "operations": [
-                { "type": "LAUNCH", "launch": { "task_infos": [task_info("plain"), with_executor, with_uris, with_gpus, reserved] } },
+                { "type": "LAUNCH", "launch": { "task_infos": [plain, with_executor, with_uris, with_gpus, reserved] } },
                 { "type": "LAUNCH_GROUP", "launch_group": { "executor": { "type": "DEFAULT" }, "task_group": { "tasks": [docker] } } },
                 { "type": "LAUNCH_GROUP", "launch_group": { "executor": { "type": "CUSTOM" }, "task_group": { "tasks": [task_info("custom")] } } },
             ],
@@ -1215,7 +1333,7 @@ mod tests {
         assert_eq!(plain.kill_grace, Some(Duration::from_secs(3)));
         let mut exec = task_info("exec-form");
         exec["command"] = json!({ "shell": false, "value": "/bin/echo", "arguments": ["echo", "a b"] });
-        let spec = task_from_json(&TaskId::parse("exec-form").unwrap(), exec).unwrap();
+        let spec = task_from_json(&TaskId::parse("exec-form").unwrap(), &exec.to_string()).unwrap();
         assert_eq!((spec.command.shell, spec.command.arguments.as_slice()), (false, &["a b".to_owned()][..]));
         let d = tasks[1].container.as_ref().unwrap();
         assert_eq!((d.image.as_str(), d.network, d.port_mappings[0].container_port), ("busybox", Network::Bridge, 80));
@@ -1227,6 +1345,10 @@ mod tests {
         assert!(why["gpus"].contains("'gpus'"), "{}", why["gpus"]);
         assert!(why["reserved"].contains("reservations"), "{}", why["reserved"]);
         assert!(why["custom"].contains("DEFAULT executor"), "{}", why["custom"]);
+        assert_eq!(why.len(), 5, "{why:?}");
+        // What an object's known fields are is serde's list, renames included.
+        assert!(fields_of::<ResourceJson>().contains(&"type"));
+        assert!(!fields_of::<ResourceJson>().contains(&"kind"));
     }
 
     #[test]
@@ -1249,7 +1371,7 @@ mod tests {
         assert_eq!(r.cpus.as_f64(), 1.5);
         let mut t = task_info("t");
         t["kill_policy"]["grace_period"]["nanoseconds"] = json!(-1);
-        assert!(task_from_json(&TaskId::parse("t").unwrap(), t).is_err());
+        assert!(task_from_json(&TaskId::parse("t").unwrap(), &t.to_string()).is_err());
     }
 
     #[test]
@@ -1297,12 +1419,21 @@ mod tests {
             "gone",
         );
         status.uuid = Some("u-1".into());
-        let u = event_json(&Event::Update(status), &master, "*");
+        let update = Event::Update(status);
+        let u = event_json(&update, &master, "*");
         let s = &u["update"]["status"];
         assert_eq!((s["state"].as_str(), s["source"].as_str()), (Some("TASK_LOST"), Some("SOURCE_MASTER")));
         assert_eq!(s["reason"], "REASON_AGENT_REMOVED");
         assert_eq!(uuid_from_json(s["uuid"].as_str().unwrap()).unwrap(), "u-1");
         assert_eq!(event_json(&Event::Heartbeat, &master, "*"), json!({ "type": "HEARTBEAT" }));
-        assert_eq!(record(&json!({ "a": 1 })), b"7\n{\"a\":1}".to_vec());
+        let mut out = Vec::new();
+        write_record(&mut out, &Event::Heartbeat, &master, "*");
+        assert_eq!(out, b"20\n{\"type\":\"HEARTBEAT\"}".to_vec());
+        // An UPDATE's record, written without a JSON tree, says what its event_json says.
+        out.clear();
+        write_record(&mut out, &update, &master, "*");
+        let (len, body) = std::str::from_utf8(&out).unwrap().split_once('\n').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), body.len());
+        assert_eq!(serde_json::from_str::<Value>(body).unwrap(), u);
     }
 }
