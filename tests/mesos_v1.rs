@@ -279,6 +279,45 @@ async fn a_v1_framework_launches_kills_reconciles_and_tears_down_beside_a_grpc_o
     grpc.shutdown.cancel();
 }
 
+/// Writes `calls` (body, stream id) as POSTs to the v1 API in one write on one connection, and returns the
+/// status of each answer, in the order they came.
+async fn pipeline(base: &str, auth: &str, calls: &[(&str, &str)]) -> Vec<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = String::new();
+    for (body, stream_id) in calls {
+        out += &format!(
+            "POST /api/v1/scheduler HTTP/1.1\r\nhost: {addr}\r\nauthorization: {auth}\r\ncontent-type: application/json\r\nmesos-stream-id: {stream_id}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    tcp.write_all(out.as_bytes()).await.unwrap();
+    let (mut buf, mut statuses) = (Vec::new(), Vec::new());
+    while statuses.len() < calls.len() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk)).await.expect("answers").unwrap();
+        assert!(n > 0, "the connection closed after {statuses:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        // Take every whole answer: its head, then a body of its content-length.
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let Some(head_end) = text.find("\r\n\r\n") else { break };
+            let head = &text[..head_end];
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if buf.len() < head_end + 4 + length {
+                break;
+            }
+            statuses.push(head.split(' ').nth(1).unwrap().parse().unwrap());
+            buf.drain(..head_end + 4 + length);
+        }
+    }
+    statuses
+}
+
 #[tokio::test]
 async fn bad_v1_calls_are_refused_with_the_answer_mesos_gives() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,6 +396,12 @@ async fn bad_v1_calls_are_refused_with_the_answer_mesos_gives() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403, "another principal may not call for this framework");
+    // Calls pipelined on one connection, as Mesos's scheduler library sends them, are answered in order.
+    let revive_text = revive.to_string();
+    let pipelined: Vec<(&str, &str)> =
+        vec![(&revive_text, &fw.stream_id), (&revive_text, "not-the-stream"), ("{not json", &fw.stream_id)];
+    let answers = pipeline(&master.url(), &auth, &pipelined).await;
+    assert_eq!(answers, [202, 400, 400]);
     // An operation Keel does not perform: 400 naming it.
     let offer = fw.offer().await;
     let mut reserve = launch(&offer, vec![]);
