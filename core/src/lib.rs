@@ -5,6 +5,7 @@ pub mod agent;
 pub mod allocator;
 pub mod audit;
 pub mod auth;
+mod coalesce;
 pub mod election;
 pub mod gate;
 pub mod health;

@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::coalesce::Coalesce;
 use crate::gate;
 use crate::master::grpc::{AgentService, Authenticate, SchedulerService};
 use crate::master::{MasterHandle, http};
@@ -329,7 +330,24 @@ where
         .keep_alive_interval(limits.h2_keepalive)
         .keep_alive_timeout(limits.h2_keepalive)
         .max_concurrent_streams(1024);
-    let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+    if h2 {
+        drive(builder.http2_only(), io, router, shutdown).await
+    } else {
+        // Pipelined requests get their answers in one write ([`Coalesce`]).
+        drive(builder.http1_only(), Coalesce::new(io), router, shutdown).await
+    }
+}
+
+/// Serves one connection with `builder` until it ends, or until `shutdown` and a grace period.
+async fn drive<I>(
+    builder: Builder<TokioExecutor>,
+    io: I,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
     tokio::pin!(conn);
     tokio::select! {
