@@ -10,7 +10,8 @@
 //! - a second flush comes with nothing written in between (each held flush wakes the connection's task,
 //!   so that flush always comes, at the latest on its next poll: a streamed answer is never held longer);
 //! - the bytes held reach [`HELD`], which bounds the memory a connection holds;
-//! - shutdown.
+//! - shutdown, or the connection being dropped (hyper ends on some errors without a shutdown; what the
+//!   socket takes at once is still sent).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -21,8 +22,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The most a connection holds back, in bytes.
 pub const HELD: usize = 64 << 10;
 
+/// A buffer larger than this is released once sent, so an idle connection keeps little.
+const KEPT: usize = 16 << 10;
+
 /// An I/O stream whose writes are held back as the module says.
-pub struct Coalesce<I> {
+pub struct Coalesce<I: AsyncWrite + Unpin> {
     io: I,
     held: Vec<u8>,
     /// How much of `held` is already written.
@@ -33,7 +37,7 @@ pub struct Coalesce<I> {
     unflushed: bool,
 }
 
-impl<I> Coalesce<I> {
+impl<I: AsyncWrite + Unpin> Coalesce<I> {
     pub fn new(io: I) -> Coalesce<I> {
         Coalesce { io, held: Vec::new(), sent: 0, fresh: false, unflushed: false }
     }
@@ -51,8 +55,21 @@ impl<I: AsyncWrite + Unpin> Coalesce<I> {
             self.unflushed = true;
         }
         self.held.clear();
+        if self.held.capacity() > KEPT {
+            self.held = Vec::new();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Holds `data`, growing the buffer by doubling but never past [`HELD`].
+    fn hold(&mut self, data: &[u8]) {
+        let need = self.held.len() + data.len();
+        if need > self.held.capacity() {
+            let target = (self.held.capacity() * 2).max(need).min(HELD).max(need);
+            self.held.reserve_exact(target - self.held.len());
+        }
+        self.held.extend_from_slice(data);
     }
 
     /// Makes room for `len` more bytes: drains first if they would not fit. `false` when they are too many
@@ -84,7 +101,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
         if !ready!(this.poll_room(cx, data.len()))? {
             return Pin::new(&mut this.io).poll_write(cx, data);
         }
-        this.held.extend_from_slice(data);
+        this.hold(data);
         this.fresh = true;
         Poll::Ready(Ok(data.len()))
     }
@@ -100,7 +117,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
             return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
-            this.held.extend_from_slice(b);
+            this.hold(b);
         }
         this.fresh = true;
         Poll::Ready(Ok(len))
@@ -128,6 +145,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Drop for Coalesce<I> {
+    fn drop(&mut self) {
+        // One attempt, without waiting: what the socket takes now is not lost with the connection.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.poll_drain(&mut cx).is_ready() {
+            let _ = Pin::new(&mut self.io).poll_flush(&mut cx);
+        }
     }
 }
 
@@ -208,8 +235,35 @@ mod tests {
         }
         assert_eq!(c.io.writes.len(), 1, "the fourth chunk would not fit: the first three went out");
         assert!(c.held.len() <= HELD);
+        assert!(c.held.capacity() <= HELD, "{}", c.held.capacity());
         let big = vec![b'y'; HELD];
         c.write_all(&big).await.unwrap();
         assert_eq!(c.io.writes.last().unwrap().len(), HELD, "too big to hold: written through");
+        assert!(c.held.capacity() <= KEPT, "a large buffer is released once sent");
+    }
+
+    #[test]
+    fn what_is_held_is_sent_when_the_connection_is_dropped() {
+        let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl AsyncWrite for Shared {
+            fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Poll::Ready(Ok(data.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut c = Coalesce::new(Shared(writes.clone()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut c).poll_write(&mut cx, b"answer").is_ready());
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
+        assert!(writes.lock().unwrap().is_empty());
+        drop(c);
+        assert_eq!(writes.lock().unwrap().as_slice(), b"answer");
     }
 }
