@@ -226,6 +226,7 @@ const V1_IN_FLIGHT: usize = 32;
 /// Sends the call bodies from `calls` as [`Transport::Pipelined`] does, to `addr`, and checks that each
 /// answers 202. Ends when `calls` closes and every answer is in.
 async fn pipelined_sender(addr: &str, stream_id: &str, calls: SharedReceiver) {
+    use std::io::Write as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The only consumer.
     let mut calls = calls.0.lock().await;
@@ -288,7 +289,7 @@ async fn pipelined_sender(addr: &str, stream_id: &str, calls: SharedReceiver) {
         let mut n = 0;
         while let Some(body) = next {
             let _ = write!(
-                Writer(&mut out),
+                out,
                 "POST /api/v1/scheduler HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json\r\nmesos-stream-id: {stream_id}\r\ncontent-length: {}\r\n\r\n",
                 body.len()
             );
@@ -302,16 +303,6 @@ async fn pipelined_sender(addr: &str, stream_id: &str, calls: SharedReceiver) {
     }
     drop(sent);
     reader.await.unwrap();
-}
-
-/// `write!` into a byte buffer.
-struct Writer<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Writer<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// The parts of a v1 event the benchmark's framework reads; serde skips the rest, as a typed client does.

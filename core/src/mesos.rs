@@ -1101,11 +1101,6 @@ impl<'a> UpdateJson<'a> {
     }
 }
 
-/// A status as Mesos's `TaskStatus` (see [`StatusJson`]).
-pub fn status_json(s: &TaskStatus) -> Value {
-    serde_json::to_value(StatusJson::new(s)).unwrap_or_default()
-}
-
 /// One event as the v1 API sends it. `role` is the subscribed framework's role.
 pub fn event_json(e: &Event, master: &MasterInfo, role: &str) -> Value {
     match e {
