@@ -22,8 +22,15 @@ impl std::ops::Deref for Marathon {
 }
 
 impl Marathon {
+    /// Starts the framework and waits until it leads and its scheduler answers: `/ping` answers before the
+    /// election, and a write sent in between is refused 503.
     async fn start(master: &Master, db: &str, log: std::path::PathBuf) -> Marathon {
-        Marathon(FrameworkProc::start("marathon", master, db, &["--deployment-timeout", "4s"], log).await)
+        let m = Marathon(FrameworkProc::start("marathon", master, db, &["--deployment-timeout", "4s"], log).await);
+        wait_for("the services framework to lead", LONG, || async {
+            (m.send(reqwest::Method::GET, "/v2/deployments", None).await.0 == 200).then_some(())
+        })
+        .await;
+        m
     }
 
     async fn restart(&mut self) {
