@@ -1160,6 +1160,20 @@ mod tests {
         json!({ "value": "f1" })
     }
 
+    #[test]
+    fn hostile_task_infos_are_refused_without_panicking() {
+        let tid = TaskId::parse("t").unwrap();
+        // A repeated key: refused, as Keel's other JSON bodies refuse them, rather than one value winning.
+        let repeated = r#"{"task_id":{"value":"t"},"name":"a","name":"b","command":{"value":"true"}}"#;
+        assert!(task_from_json(&tid, repeated).unwrap_err().contains("duplicate field"));
+        for not_an_object in ["[1]", "\"x\"", "null", "7"] {
+            assert!(task_from_json(&tid, not_an_object).is_err(), "{not_an_object}");
+        }
+        // An unknown field nested far deeper than any TaskInfo: an error, not a stack overflow.
+        let deep = format!(r#"{{"task_id":{{"value":"t"}},"x":{}1{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(task_from_json(&tid, &deep).is_err());
+    }
+
     fn task_info(id: &str) -> Value {
         json!({
             "name": id, "task_id": { "value": id }, "agent_id": { "value": "a1" },
